@@ -1,0 +1,22 @@
+// File: cli/commands.h
+//
+// One function per subcommand: it registers its flags on the parent app and
+// returns the action to run once parsing succeeded. Actions return the exit
+// code: 0 success, 2 bad input (one line on stderr naming the problem),
+// 1 an internal failure.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace masktune::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitBadInput = 2;
+
+using Action = std::function<int()>;
+
+Action AddAttendCommand(CLI::App& app);
+
+}  // namespace masktune::cli

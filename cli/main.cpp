@@ -1,0 +1,36 @@
+// masktune: one binary, one subcommand per job.
+#include <cstdio>
+#include <exception>
+#include <map>
+
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  using namespace masktune::cli;
+  CLI::App app{
+      "masktune: search sparse-attention configurations for long-context LLMs.\n"
+      "Design: DESIGN.md; masker semantics: ../shared/spec/maskers.md"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Print help for every subcommand");
+  std::map<CLI::App*, Action> actions;
+  Action attend = AddAttendCommand(app);
+  actions[app.get_subcommand("attend")] = attend;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "masktune: %s (see --help)\n", e.what());
+    return kExitBadInput;
+  }
+  try {
+    for (auto& [sub, action] : actions)
+      if (sub->parsed()) return action();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "masktune: internal error: %s\n", e.what());
+    return kExitFailure;
+  }
+  return kExitBadInput;
+}

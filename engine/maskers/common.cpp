@@ -1,0 +1,97 @@
+#include "engine/maskers/common.h"
+
+#include <algorithm>
+#include <cfenv>
+
+namespace masktune {
+
+void ParallelRows(int64_t rows, const std::function<void(int64_t)>& fn) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t r = 0; r < rows; ++r) fn(r);
+}
+
+void ForEachScoreRow(const AttentionInputs& in, float scale,
+                     const std::function<void(int64_t, float*)>& fn) {
+  const int64_t B = in.batch(), H = in.heads(), Hkv = in.kv_heads(), Q = in.num_queries();
+  const int64_t N = in.num_keys(), D = in.head_dim(), g = in.group();
+  // Rows of one work item: g heads x qb queries, all reading the same kv head.
+  const int64_t qb = std::max<int64_t>(1, std::min<int64_t>(Q, 32 / g));
+  const int64_t qblocks = (Q + qb - 1) / qb;
+  const int64_t items = B * Hkv * qblocks;
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t b = item / (Hkv * qblocks), kvh = (item / qblocks) % Hkv;
+      const int64_t i0 = (item % qblocks) * qb, i1 = std::min(Q, i0 + qb);
+      const int64_t nrows = g * (i1 - i0);
+      scores.resize(static_cast<size_t>(nrows * N));
+      std::vector<const float*> qs;
+      for (int64_t hh = 0; hh < g; ++hh)
+        for (int64_t i = i0; i < i1; ++i) qs.push_back(in.query(b, kvh * g + hh, i));
+      for (int64_t j = 0; j < N; ++j) {
+        const float* k = in.key(b, kvh, j);
+        for (int64_t r = 0; r < nrows; ++r) scores[r * N + j] = Dot(qs[r], k, D) * scale;
+      }
+      for (int64_t hh = 0; hh < g; ++hh) {
+        for (int64_t i = i0; i < i1; ++i) {
+          float* s = scores.data() + (hh * (i1 - i0) + (i - i0)) * N;
+          if (const float* m = in.mask_row(b, i))
+            for (int64_t j = 0; j < N; ++j) s[j] += m[j];
+          fn((b * H + kvh * g + hh) * Q + i, s);
+        }
+      }
+    }
+  }
+}
+
+void SelectTopK(const float* scores, int64_t n, int64_t k, int32_t* out,
+                std::vector<float>& scratch) {
+  if (k <= 0) return;
+  // Threshold = the k-th largest value; take everything above it, then the
+  // lowest-indexed keys equal to it until k are taken.
+  scratch.assign(scores, scores + n);
+  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
+  const float thr = scratch[static_cast<size_t>(k - 1)];
+  int64_t above = 0;
+  for (int64_t j = 0; j < n; ++j) above += scores[j] > thr;
+  int64_t ties = k - above, w = 0;
+  for (int64_t j = 0; j < n && w < k; ++j) {
+    if (scores[j] > thr) {
+      out[w++] = static_cast<int32_t>(j);
+    } else if (scores[j] == thr && ties > 0) {
+      out[w++] = static_cast<int32_t>(j);
+      --ties;
+    }
+  }
+}
+
+void PseudoQuantize(float* x, int64_t n, int bits) {
+  if (n == 0) return;
+  const float max_quant = static_cast<float>((1 << bits) - 1);
+  const float lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n);
+  float range = hi - lo;
+  if (range == 0.0f) range = 1.0f;
+  const float scale = max_quant / range;
+  for (int64_t i = 0; i < n; ++i) {
+    // nearbyint rounds half to even in the default rounding mode, as torch.round does.
+    const float q = std::clamp(std::nearbyint((x[i] - lo) * scale), 0.0f, max_quant);
+    x[i] = q / scale + lo;
+  }
+}
+
+void ExcludePrevious(const Mask& prev, int64_t row, float fill, float* scores,
+                     std::vector<float>& prev_row) {
+  if (prev.is_empty()) return;
+  if (prev.form() == Mask::Form::kSparse) {
+    prev.ForEachKept(row, [&](int64_t j, float) { scores[j] = fill; });
+    return;
+  }
+  prev_row.resize(static_cast<size_t>(prev.shape().keys));
+  prev.ExpandRow(row, prev_row.data());
+  for (int64_t j = 0; j < prev.shape().keys; ++j)
+    if (prev_row[j] != 0.0f) scores[j] = fill;
+}
+
+}  // namespace masktune

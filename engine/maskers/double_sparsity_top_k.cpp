@@ -1,0 +1,146 @@
+// double_sparsity_top_k: top-k on scores from a few outlier channels per head,
+// chosen offline (the Double Sparsity authors' channel files) (spec:
+// "double_sparsity_top_k").
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/maskers/common.h"
+#include "engine/maskers/maskers.h"
+
+namespace masktune {
+namespace {
+
+using json = nlohmann::json;
+
+class DoubleSparsityTopKMasker : public Masker {
+ public:
+  DoubleSparsityTopKMasker(MaskerConfig c, json channels)
+      : config_(std::move(c)), channels_(std::move(channels)) {}
+
+  static Result<std::unique_ptr<DoubleSparsityTopKMasker>> Create(const MaskerConfig& c,
+                                                                  const std::string&) {
+    const std::string& path = c.Str("sorted_channel_file");
+    std::ifstream f(path);
+    if (!f) return Status::Error("sorted_channel_file '" + path + "': cannot open file");
+    std::stringstream text;
+    text << f.rdbuf();
+    json channels;
+    try {
+      channels = json::parse(text.str());
+    } catch (const json::parse_error& e) {
+      return Status::Error("sorted_channel_file '" + path + "': not valid JSON: " + e.what());
+    }
+    if (!channels.is_object())
+      return Status::Error("sorted_channel_file '" + path + "': expected a JSON object");
+    return std::make_unique<DoubleSparsityTopKMasker>(c, std::move(channels));
+  }
+
+  Result<Mask> AddMask(const AttentionInputs& in, const Mask& prev, LayerState&) const override {
+    if (prev.is_full()) return prev;
+    const MaskShape shape = in.mask_shape();
+    const int64_t n = shape.keys, D = in.head_dim(), H = in.heads(), g = in.group();
+    const int64_t k = config_.Size("heavy_size", n);
+    if (n - shape.queries <= k) return Mask::Full(shape);
+    const int64_t c = D / config_.Int("group_factor");
+    if (c == 0)
+      return Status::Error("group_factor " + std::to_string(config_.Int("group_factor")) +
+                           " leaves no channel of head_dim " + std::to_string(D));
+    MT_ASSIGN_OR_RETURN(std::vector<int32_t> order, Channels(in.layer, H, D, c));
+    const int bits = static_cast<int>(config_.Int("label_bits"));
+    const float norm = static_cast<float>(std::sqrt(static_cast<double>(c)));
+
+    const int64_t B = in.batch(), Q = shape.queries;
+    std::vector<int32_t> idx(static_cast<size_t>(shape.rows() * k));
+    // One work item per (batch, head): reduce and quantise that head's keys once.
+    ParallelRows(B * H, [&](int64_t bh) {
+      thread_local std::vector<float> kc, qc, scores, prev_row, scratch;
+      const int64_t b = bh / H, h = bh % H;
+      const int32_t* ch = order.data() + h * c;
+      kc.resize(static_cast<size_t>(n * c));
+      for (int64_t j = 0; j < n; ++j) {
+        const float* key = in.key(b, h / g, j);
+        float* dst = kc.data() + j * c;
+        for (int64_t t = 0; t < c; ++t) dst[t] = key[ch[t]];
+        if (bits < 16) PseudoQuantize(dst, c, bits);
+      }
+      qc.resize(static_cast<size_t>(c));
+      scores.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < Q; ++i) {
+        const float* q = in.query(b, h, i);
+        for (int64_t t = 0; t < c; ++t) qc[t] = q[ch[t]];
+        if (bits < 16) PseudoQuantize(qc.data(), c, bits);
+        const float* m = in.mask_row(b, i);
+        for (int64_t j = 0; j < n; ++j)
+          scores[j] = Dot(qc.data(), kc.data() + j * c, c) / norm + (m ? m[j] : 0.0f);
+        const int64_t row = bh * Q + i;
+        ExcludePrevious(prev, row, kNegInf, scores.data(), prev_row);
+        SelectTopK(scores.data(), n, k, idx.data() + row * k, scratch);
+      }
+    });
+    return prev.Merge(Mask::FromRowIndices(shape, idx, k, 1.0f));
+  }
+
+ private:
+  // The first c channels of every head for `layer`, [heads, c], checked.
+  Result<std::vector<int32_t>> Channels(int layer, int64_t heads, int64_t D, int64_t c) const {
+    const std::string key =
+        "model.layers." + std::to_string(layer) + ".self_attn." + config_.Str("channel_selection");
+    const std::string where = "sorted_channel_file '" + config_.Str("sorted_channel_file") +
+                              "': key '" + key + "': ";
+    auto it = channels_.find(key);
+    if (it == channels_.end()) return Status::Error(where + "missing");
+    if (!it->is_array() || static_cast<int64_t>(it->size()) != heads)
+      return Status::Error(where + "expected a list of " + std::to_string(heads) +
+                           " per-head channel lists, found " +
+                           (it->is_array() ? std::to_string(it->size()) + " entries" : it->type_name()));
+    std::vector<int32_t> out;
+    for (int64_t h = 0; h < heads; ++h) {
+      const json& list = (*it)[static_cast<size_t>(h)];
+      if (!list.is_array() || static_cast<int64_t>(list.size()) < c)
+        return Status::Error(where + "head " + std::to_string(h) + ": expected a list of at least " +
+                             std::to_string(c) + " channel indices");
+      for (int64_t t = 0; t < c; ++t) {
+        const json& v = list[static_cast<size_t>(t)];
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= D)
+          return Status::Error(where + "head " + std::to_string(h) + ": channel " + v.dump() +
+                               " is not an index in [0, " + std::to_string(D) + ")");
+        out.push_back(v.get<int32_t>());
+      }
+    }
+    return out;
+  }
+
+  MaskerConfig config_;
+  json channels_;
+};
+
+}  // namespace
+
+MaskerSchema DoubleSparsityTopKSchema() {
+  MaskerSchema s;
+  s.type = "double_sparsity_top_k";
+  s.reference_name = "DoubleSparsityTopKMaskerConfig";
+  s.help = "Double Sparsity: top-k on scores from each head's outlier channels";
+  FieldSpec file;
+  file.name = "sorted_channel_file";
+  file.type = FieldType::kPath;
+  file.help = "JSON channel file in the Double Sparsity authors' format";
+  FieldSpec selection;
+  selection.name = "channel_selection";
+  selection.type = FieldType::kString;
+  selection.default_value = std::string("qk_proj");
+  selection.help = "which projection's channels: the key suffix in the channel file";
+  s.fields = {SizeField("heavy_size", "keys to keep per row (float: fraction of the keys)"),
+              file,
+              IntField("group_factor", Range{0, 1e300, true, false},
+                       "keep head_dim / group_factor channels", int64_t{16}),
+              IntField("label_bits", Range{0, 16, true, false},
+                       "bits of the quantised labels (16 = unquantised)", int64_t{4}),
+              selection};
+  s.create = Factory<DoubleSparsityTopKMasker>(&DoubleSparsityTopKMasker::Create);
+  return s;
+}
+
+}  // namespace masktune

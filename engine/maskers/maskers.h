@@ -1,0 +1,28 @@
+// File: engine/maskers/maskers.h
+//
+// The schemas (with factories) of the maskers masktune ships, one per file in
+// engine/maskers/. MaskerRegistry::WithBuiltins() registers all of them.
+#pragma once
+
+#include <vector>
+
+#include "engine/masker.h"
+
+namespace masktune {
+
+MaskerSchema SinkSchema();
+MaskerSchema LocalSchema();
+MaskerSchema CausalSchema();
+MaskerSchema OracleTopKSchema();
+MaskerSchema OracleTopPSchema();
+MaskerSchema QuestTopKSchema();
+MaskerSchema DoubleSparsityTopKSchema();
+MaskerSchema HashAttentionTopKSchema();
+
+inline std::vector<MaskerSchema> BuiltinMaskerSchemas() {
+  return {SinkSchema(),      LocalSchema(),     CausalSchema(),
+          OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(),
+          DoubleSparsityTopKSchema(), HashAttentionTopKSchema()};
+}
+
+}  // namespace masktune

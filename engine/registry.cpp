@@ -1,0 +1,282 @@
+#include "engine/registry.h"
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "engine/maskers/maskers.h"
+
+namespace masktune {
+namespace {
+
+std::string TypeName(FieldType t) {
+  switch (t) {
+    case FieldType::kSize: return "a size (integer count or float fraction of the keys)";
+    case FieldType::kInt: return "an integer";
+    case FieldType::kFloat: return "a number";
+    case FieldType::kBool: return "true or false";
+    case FieldType::kString: return "a string";
+    case FieldType::kPath: return "a file path";
+  }
+  return "?";
+}
+
+std::string Quote(const FieldValue& v) {
+  if (std::holds_alternative<std::string>(v)) return "\"" + std::get<std::string>(v) + "\"";
+  return FieldValueToString(v);
+}
+
+Status Expected(const FieldSpec& spec, const std::string& what, const FieldValue& found) {
+  return Status::Error("field '" + spec.name + "': expected " + what + ", found " + Quote(found));
+}
+
+}  // namespace
+
+std::string Range::ToString() const {
+  auto num = [](double x) {
+    if (x == std::floor(x) && std::fabs(x) < 1e15) return std::to_string(static_cast<int64_t>(x));
+    std::string s = std::to_string(x);
+    while (s.back() == '0') s.pop_back();
+    return s;
+  };
+  const bool no_lo = lo <= -1e300, no_hi = hi >= 1e300;
+  if (no_hi && !no_lo) return (lo_open ? "> " : ">= ") + num(lo);
+  if (no_lo && !no_hi) return (hi_open ? "< " : "<= ") + num(hi);
+  if (no_lo && no_hi) return "any value";
+  return "in " + std::string(lo_open ? "(" : "[") + num(lo) + ", " + num(hi) +
+         (hi_open ? ")" : "]");
+}
+
+std::string FieldValueToString(const FieldValue& v) {
+  if (auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+  if (auto* b = std::get_if<bool>(&v)) return *b ? "true" : "false";
+  if (auto* s = std::get_if<std::string>(&v)) return *s;
+  // Floats keep a decimal point, since that is what makes them fractions.
+  nlohmann::json j = std::get<double>(v);
+  std::string s = j.dump();
+  if (s.find_first_of(".eE") == std::string::npos) s += ".0";
+  return s;
+}
+
+double MaskerConfig::Float(const std::string& f) const {
+  const FieldValue& v = values.at(f);
+  if (auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
+  return std::get<double>(v);
+}
+
+int64_t MaskerConfig::Size(const std::string& f, int64_t keys) const {
+  const FieldValue& v = values.at(f);
+  if (auto* i = std::get_if<int64_t>(&v)) return *i;
+  // Python's int(x * keys): the product in double, truncated toward zero.
+  return static_cast<int64_t>(std::get<double>(v) * static_cast<double>(keys));
+}
+
+const FieldSpec* MaskerSchema::Find(const std::string& field) const {
+  for (const FieldSpec& f : fields)
+    if (f.name == field) return &f;
+  return nullptr;
+}
+
+FieldSpec SizeField(const std::string& name, std::string help,
+                    std::optional<FieldValue> default_value) {
+  FieldSpec f;
+  f.name = name;
+  f.type = FieldType::kSize;
+  f.default_value = std::move(default_value);
+  f.int_range = Range{0, 1e300, true, false};
+  f.float_range = Range{0, 1e300, true, false};
+  f.help = std::move(help);
+  return f;
+}
+
+FieldSpec IntField(const std::string& name, Range range, std::string help,
+                   std::optional<FieldValue> default_value) {
+  FieldSpec f;
+  f.name = name;
+  f.type = FieldType::kInt;
+  f.int_range = range;
+  f.default_value = std::move(default_value);
+  f.help = std::move(help);
+  return f;
+}
+
+Status CheckFieldValue(const FieldSpec& spec, const FieldValue& value) {
+  const bool is_int = std::holds_alternative<int64_t>(value);
+  const bool is_float = std::holds_alternative<double>(value);
+  switch (spec.type) {
+    case FieldType::kSize:
+      if (is_int && !spec.int_range.Contains(static_cast<double>(std::get<int64_t>(value))))
+        return Expected(spec, "an integer count " + spec.int_range.ToString(), value);
+      if (is_float && !spec.float_range.Contains(std::get<double>(value)))
+        return Expected(spec, "a fraction " + spec.float_range.ToString(), value);
+      if (!is_int && !is_float) return Expected(spec, TypeName(spec.type), value);
+      return Status::Ok();
+    case FieldType::kInt:
+      if (!is_int) return Expected(spec, TypeName(spec.type), value);
+      if (!spec.int_range.Contains(static_cast<double>(std::get<int64_t>(value))))
+        return Expected(spec, "an integer " + spec.int_range.ToString(), value);
+      return Status::Ok();
+    case FieldType::kFloat: {
+      if (!is_int && !is_float) return Expected(spec, TypeName(spec.type), value);
+      const double x = is_int ? static_cast<double>(std::get<int64_t>(value)) : std::get<double>(value);
+      if (!std::isfinite(x) || !spec.float_range.Contains(x))
+        return Expected(spec, "a number " + spec.float_range.ToString(), value);
+      return Status::Ok();
+    }
+    case FieldType::kBool:
+      if (!std::holds_alternative<bool>(value)) return Expected(spec, TypeName(spec.type), value);
+      return Status::Ok();
+    case FieldType::kString:
+    case FieldType::kPath: {
+      if (!std::holds_alternative<std::string>(value))
+        return Expected(spec, TypeName(spec.type), value);
+      const std::string& s = std::get<std::string>(value);
+      if (spec.type == FieldType::kPath && s.empty())
+        return Expected(spec, "a non-empty file path", value);
+      if (!spec.choices.empty() &&
+          std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end()) {
+        std::string list;
+        for (const auto& c : spec.choices) list += (list.empty() ? "" : ", ") + c;
+        return Expected(spec, "one of " + list, value);
+      }
+      return Status::Ok();
+    }
+  }
+  return Status::Ok();
+}
+
+MaskerRegistry MaskerRegistry::WithBuiltins() {
+  MaskerRegistry r;
+  for (MaskerSchema& s : BuiltinMaskerSchemas()) r.Register(std::move(s));
+  return r;
+}
+
+void MaskerRegistry::Register(MaskerSchema schema) {
+  std::string type = schema.type;
+  schemas_[type] = std::move(schema);
+}
+
+const MaskerSchema* MaskerRegistry::Find(const std::string& type) const {
+  auto it = schemas_.find(type);
+  return it == schemas_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> MaskerRegistry::Types() const {
+  std::vector<std::string> out;
+  for (const auto& [type, schema] : schemas_) out.push_back(type);
+  return out;
+}
+
+Result<MaskerConfig> MaskerRegistry::Validate(const std::string& type,
+                                              const std::map<std::string, FieldValue>& given,
+                                              const std::string& base_dir) const {
+  const MaskerSchema* schema = Find(type);
+  if (!schema) {
+    std::string known;
+    for (const auto& t : Types()) known += (known.empty() ? "" : ", ") + t;
+    return Status::Error("unknown masker type '" + type + "' (known: " + known + ")");
+  }
+  MaskerConfig config;
+  config.type = type;
+  for (const auto& [name, value] : given) {
+    const FieldSpec* spec = schema->Find(name);
+    if (!spec) {
+      std::string fields;
+      for (const auto& f : schema->fields) fields += (fields.empty() ? "" : ", ") + f.name;
+      return Status::Error("unknown field '" + name + "' (" + type + " has: " +
+                           (fields.empty() ? "no fields" : fields) + ")");
+    }
+    MT_RETURN_IF_ERROR(CheckFieldValue(*spec, value));
+    FieldValue v = value;
+    if (spec->type == FieldType::kPath && !base_dir.empty()) {
+      std::filesystem::path p(std::get<std::string>(v));
+      if (p.is_relative()) v = (std::filesystem::path(base_dir) / p).lexically_normal().string();
+    }
+    config.values[name] = std::move(v);
+  }
+  for (const FieldSpec& spec : schema->fields) {
+    if (config.values.count(spec.name)) continue;
+    if (!spec.default_value) return Status::Error("missing required field '" + spec.name + "'");
+    config.values[spec.name] = *spec.default_value;
+  }
+  return config;
+}
+
+Result<std::vector<MaskerConfig>> MaskerRegistry::ParseJsonList(const std::string& json_text,
+                                                                const std::string& base_dir) const {
+  using json = nlohmann::json;
+  json list;
+  try {
+    list = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    return Status::Error(std::string("masker list is not valid JSON: ") + e.what());
+  }
+  if (!list.is_array()) return Status::Error("masker list must be a JSON array of objects");
+  std::vector<MaskerConfig> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const json& item = list[i];
+    std::string where = "maskers[" + std::to_string(i) + "]";
+    if (!item.is_object()) return Status::Error(where + ": expected an object, found " + item.dump());
+    if (!item.contains("type") || !item["type"].is_string())
+      return Status::Error(where + ": missing string field 'type'");
+    const std::string type = item["type"].get<std::string>();
+    where += " (" + type + "): ";
+    std::map<std::string, FieldValue> given;
+    for (auto& [key, val] : item.items()) {
+      if (key == "type") continue;
+      if (val.is_boolean()) {
+        given[key] = val.get<bool>();
+      } else if (val.is_number_integer()) {
+        given[key] = val.get<int64_t>();
+      } else if (val.is_number_float()) {
+        given[key] = val.get<double>();
+      } else if (val.is_string()) {
+        given[key] = val.get<std::string>();
+      } else {
+        return Status::Error(where + "field '" + key + "': expected a number, bool or string, found " +
+                             val.dump());
+      }
+    }
+    auto config = Validate(type, given, base_dir);
+    if (!config.ok()) return config.status().WithContext(where);
+    out.push_back(std::move(config).value());
+  }
+  return out;
+}
+
+Result<MaskerStack> MaskerStack::Build(const MaskerRegistry& registry,
+                                       const std::vector<MaskerConfig>& configs) {
+  MaskerStack stack;
+  int sampling = -1;
+  for (size_t i = 0; i < configs.size(); ++i) {
+    const std::string where = "maskers[" + std::to_string(i) + "] (" + configs[i].type + "): ";
+    const MaskerSchema* schema = registry.Find(configs[i].type);
+    if (!schema) return Status::Error(where + "unknown masker type");
+    if (schema->sampling) {
+      if (sampling >= 0)
+        return Status::Error(where + "a stack holds at most one sampling masker; maskers[" +
+                             std::to_string(sampling) + "] is one already");
+      sampling = static_cast<int>(i);
+    }
+    auto masker = schema->create(configs[i], configs[i].type + "#" + std::to_string(i));
+    if (!masker.ok()) return masker.status().WithContext(where);
+    stack.types_.push_back(configs[i].type);
+    stack.maskers_.push_back(std::move(masker).value());
+  }
+  return stack;
+}
+
+Result<Mask> MaskerStack::ComputeMask(const AttentionInputs& in, StackState& state) const {
+  MT_RETURN_IF_ERROR(CheckAttentionInputs(in));
+  Mask mask = Mask::Empty(in.mask_shape());
+  LayerState& layer = state[in.layer];
+  for (size_t i = 0; i < maskers_.size(); ++i) {
+    auto next = maskers_[i]->AddMask(in, mask, layer);
+    if (!next.ok())
+      return next.status().WithContext("maskers[" + std::to_string(i) + "] (" + types_[i] + "): ");
+    mask = std::move(next).value();
+  }
+  return mask;
+}
+
+}  // namespace masktune

@@ -1,0 +1,67 @@
+// File: engine/registry.h
+//
+// The masker registry: type name -> schema and factory. It validates masker
+// configurations (JSON lists here; sweep files reuse CheckFieldValue) and
+// builds maskers and stacks. A registry is a value passed to whoever needs
+// it; `MaskerRegistry::WithBuiltins()` holds every masker masktune ships.
+// Thread-safety: const methods may run concurrently.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/mask.h"
+#include "engine/masker.h"
+#include "engine/status.h"
+
+namespace masktune {
+
+class MaskerRegistry {
+ public:
+  static MaskerRegistry WithBuiltins();
+
+  // Adds a schema; a second schema of the same type replaces the first.
+  void Register(MaskerSchema schema);
+  const MaskerSchema* Find(const std::string& type) const;
+  std::vector<std::string> Types() const;
+
+  // Validates `given` (field -> value, as written by the user) for masker
+  // `type`: unknown type, unknown field, wrong type, out-of-range value and a
+  // missing required field are errors naming the masker and the field. Fills
+  // defaults; resolves relative kPath values against `base_dir` ("" = as is).
+  Result<MaskerConfig> Validate(const std::string& type,
+                                const std::map<std::string, FieldValue>& given,
+                                const std::string& base_dir) const;
+
+  // Parses a JSON masker list `[{"type": "sink", "sink_size": 4}, ...]`.
+  // Errors start with "maskers[i] (type): ".
+  Result<std::vector<MaskerConfig>> ParseJsonList(const std::string& json_text,
+                                                  const std::string& base_dir) const;
+
+ private:
+  std::map<std::string, MaskerSchema> schemas_;
+};
+
+// OK when `value` fits `spec` (type and range); else "field 'name': expected
+// ..., found ..." (the caller prefixes the masker and place).
+Status CheckFieldValue(const FieldSpec& spec, const FieldValue& value);
+
+// Maskers in order, each receiving the mask of the ones before it.
+class MaskerStack {
+ public:
+  // Builds every masker; rejects a stack with two sampling maskers.
+  static Result<MaskerStack> Build(const MaskerRegistry& registry,
+                                   const std::vector<MaskerConfig>& configs);
+
+  // Runs the stack on one call; `state` holds the per-layer caches across calls.
+  Result<Mask> ComputeMask(const AttentionInputs& in, StackState& state) const;
+  size_t size() const { return maskers_.size(); }
+
+ private:
+  std::vector<std::string> types_;
+  std::vector<std::shared_ptr<const Masker>> maskers_;
+};
+
+}  // namespace masktune

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages masktune builds and tests with. Idempotent:
+# silent and fast (one dpkg query) when everything is already present.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  doctest-dev          # tests
+  nlohmann-json3-dev   # JSON: safetensors headers, masker lists, channel files
+  libcli11-dev         # command-line parsing
+  libbenchmark-dev     # bench/
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "setup: installing ${missing[*]}" >&2
+sudo_cmd=()
+[ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq >/dev/null
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
