@@ -246,19 +246,23 @@ Result<std::vector<MaskerConfig>> MaskerRegistry::ParseJsonList(const std::strin
 
 Result<MaskerStack> MaskerStack::Build(const MaskerRegistry& registry,
                                        const std::vector<MaskerConfig>& configs) {
-  MaskerStack stack;
+  // The stack's shape is checked before any masker loads its side files.
   int sampling = -1;
   for (size_t i = 0; i < configs.size(); ++i) {
     const std::string where = "maskers[" + std::to_string(i) + "] (" + configs[i].type + "): ";
     const MaskerSchema* schema = registry.Find(configs[i].type);
     if (!schema) return Status::Error(where + "unknown masker type");
-    if (schema->sampling) {
-      if (sampling >= 0)
-        return Status::Error(where + "a stack holds at most one sampling masker; maskers[" +
-                             std::to_string(sampling) + "] is one already");
-      sampling = static_cast<int>(i);
-    }
-    auto masker = schema->create(configs[i], configs[i].type + "#" + std::to_string(i));
+    if (!schema->sampling) continue;
+    if (sampling >= 0)
+      return Status::Error(where + "a stack holds at most one sampling masker; maskers[" +
+                           std::to_string(sampling) + "] is one already");
+    sampling = static_cast<int>(i);
+  }
+  MaskerStack stack;
+  for (size_t i = 0; i < configs.size(); ++i) {
+    const std::string where = "maskers[" + std::to_string(i) + "] (" + configs[i].type + "): ";
+    auto masker = registry.Find(configs[i].type)
+                      ->create(configs[i], configs[i].type + "#" + std::to_string(i));
     if (!masker.ok()) return masker.status().WithContext(where);
     stack.types_.push_back(configs[i].type);
     stack.maskers_.push_back(std::move(masker).value());

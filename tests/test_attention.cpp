@@ -1,1 +1,119 @@
 #include <doctest/doctest.h>
+
+#include "engine/attention.h"
+#include "tests/helpers.h"
+
+namespace masktune {
+namespace {
+
+using testing::Case;
+using testing::MaxAbsDiff;
+using testing::NaiveAttention;
+
+TEST_CASE("dense attention matches the naive formula") {
+  struct Dims {
+    int64_t b, h, hkv, q, n, d;
+    bool causal;
+  };
+  // Grouped-query heads, several queries, key counts that are not a multiple
+  // of the tile, and long rows split into chunks across threads.
+  for (Dims s : {Dims{1, 4, 4, 1, 100, 16, false}, Dims{2, 8, 2, 1, 777, 64, false},
+                 Dims{1, 4, 2, 5, 300, 32, true}, Dims{1, 2, 1, 1, 5000, 8, false},
+                 Dims{1, 6, 3, 40, 200, 8, true}}) {
+    CAPTURE(s.n);
+    Case c(s.b, s.h, s.hkv, s.q, s.n, s.d, 11, s.causal);
+    const Tensor out = DenseAttention(c.in);
+    CHECK(out.shape() == Shape{s.b, s.h, s.q, s.d});
+    CHECK(MaxAbsDiff(out, NaiveAttention(c.in, nullptr)) < 2e-5f);
+  }
+}
+
+TEST_CASE("masked attention weights kept keys by 1/p") {
+  Case c(1, 4, 2, 3, 90, 16, 5, true);
+  const MaskShape shape = c.in.mask_shape();
+  std::vector<float> p(static_cast<size_t>(shape.rows() * shape.keys), 0.0f);
+  for (size_t i = 0; i < p.size(); ++i)
+    if (i % 3 != 1) p[i] = (i % 5 == 0) ? 0.25f : 1.0f;
+  const Mask dense = Mask::Dense(shape, p);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, dense), NaiveAttention(c.in, &dense)) < 2e-5f);
+  // The same mask in sparse form gives the same output.
+  std::vector<int64_t> ptr{0};
+  std::vector<int32_t> cols;
+  std::vector<float> vals;
+  for (int64_t r = 0; r < shape.rows(); ++r) {
+    for (int64_t j = 0; j < shape.keys; ++j)
+      if (float x = p[r * shape.keys + j]; x > 0) {
+        cols.push_back(static_cast<int32_t>(j));
+        vals.push_back(x);
+      }
+    ptr.push_back(static_cast<int64_t>(cols.size()));
+  }
+  const Mask sparse = Mask::Sparse(shape, ptr, cols, vals);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, sparse), MaskedAttention(c.in, dense)) < 1e-6f);
+}
+
+TEST_CASE("empty and full masks mean dense attention") {
+  Case c(1, 2, 1, 1, 64, 8, 3);
+  const Tensor dense = DenseAttention(c.in);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, Mask::Empty(c.in.mask_shape())), dense) == 0.0f);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, Mask::Full(c.in.mask_shape())), dense) == 0.0f);
+  CHECK(RelativeL2Error(dense, dense) == 0.0);
+}
+
+TEST_CASE("a row with no usable key outputs zeros; far-below scores stay finite") {
+  Case c(1, 1, 1, 1, 8, 4, 9);
+  // Key 0 alone, with a score 200 below the row maximum: exp underflows in
+  // the reference's formula, but the kept-key maximum keeps the output exact.
+  for (int d = 0; d < 4; ++d) {
+    c.q.data()[d] = 10.0f;
+    c.k.data()[d] = -10.0f;  // score -400 * scaling vs +... for other keys
+  }
+  for (int64_t j = 1; j < 8; ++j)
+    for (int d = 0; d < 4; ++d) c.k.data()[j * 4 + d] = 10.0f;
+  const MaskShape shape = c.in.mask_shape();
+  const Mask only0 = Mask::FromRowIndices(shape, {0}, 1, 1.0f);
+  const Tensor out = MaskedAttention(c.in, only0);
+  for (int d = 0; d < 4; ++d) CHECK(out.data()[d] == doctest::Approx(c.v.data()[d]));
+  const Mask none = Mask::Dense(shape, std::vector<float>(8, 0.0f));
+  const Tensor zero = MaskedAttention(c.in, none);
+  for (int d = 0; d < 4; ++d) CHECK(zero.data()[d] == 0.0f);
+}
+
+TEST_CASE("relative L2 error") {
+  Tensor a({4}, std::vector<float>{3, 0, 0, 4});
+  Tensor b({4}, std::vector<float>{3, 0, 0, 0});
+  CHECK(RelativeL2Error(b, a) == doctest::Approx(0.8));
+}
+
+TEST_CASE("input shape checks name the tensors") {
+  Case c(1, 4, 2, 2, 16, 8, 1, true);
+  AttentionInputs in = c.in;
+  CHECK(CheckAttentionInputs(in).ok());
+  Tensor k3({1, 3, 16, 8});
+  in.keys = &k3;
+  in.values = &k3;
+  CHECK(CheckAttentionInputs(in).message() ==
+        "heads of q must be a multiple of kv_heads of k: q (1, 4, 2, 8), k (1, 3, 16, 8), v (1, 3, "
+        "16, 8)");
+  Tensor kd({1, 2, 16, 4});
+  in.keys = &kd;
+  in.values = &kd;
+  CHECK(CheckAttentionInputs(in).message().rfind("q and k disagree on head_dim", 0) == 0);
+  in = c.in;
+  Tensor v2({1, 2, 15, 8});
+  in.values = &v2;
+  CHECK(CheckAttentionInputs(in).message().rfind("k and v must have the same shape", 0) == 0);
+  in = c.in;
+  Tensor m({1, 1, 2, 15});
+  in.attention_mask = &m;
+  CHECK(CheckAttentionInputs(in).message() ==
+        "attention_mask: expected shape (1, 1, 2, 16), found (1, 1, 2, 15)");
+  Tensor q3({1, 4, 8});
+  in = c.in;
+  in.queries = &q3;
+  CHECK(CheckAttentionInputs(in).message() ==
+        "tensor 'q': expected rank 4, found rank 3 with shape (1, 4, 8)");
+}
+
+}  // namespace
+}  // namespace masktune

@@ -1,1 +1,148 @@
+// The masktune binary as a user runs it: output, files written, and one-line
+// errors with exit code 2 for bad input.
 #include <doctest/doctest.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "engine/safetensors.h"
+#include "tests/helpers.h"
+
+namespace masktune {
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Run Masktune(const std::string& args) {
+  Run r;
+  const std::string cmd = std::string(MASKTUNE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string Golden(const std::string& name) {
+  const char* env = std::getenv("MASKTUNE_GOLDEN_DIR");
+  return std::string(env ? env : MASKTUNE_GOLDEN_DIR) + "/" + name;
+}
+
+// One line on stderr, exit 2, naming `part`.
+void CheckBadInput(const Run& r, const std::string& part) {
+  CAPTURE(r.output);
+  CHECK(r.code == 2);
+  CHECK(r.output.find(part) != std::string::npos);
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
+
+TEST_CASE("attend prints density and error, and writes mask and out") {
+  testing::TempDir dir;
+  const Run r = Masktune("attend --input " + Golden("oracle_topk_s0.safetensors") + " --out " +
+                         dir / "o.safetensors");
+  REQUIRE(r.code == 0);
+  const auto line = nlohmann::json::parse(r.output);
+  CHECK(line["density"].get<double>() == doctest::Approx(0.123046875));
+  CHECK(line["error"].get<double>() == doctest::Approx(0.026713902).epsilon(1e-4));
+  auto out = SafetensorsFile::Read(dir / "o.safetensors");
+  REQUIRE(out.ok());
+  CHECK(out->Get("mask").value()->shape() == Shape{1, 4, 1, 512});
+  CHECK(out->Get("out").value()->shape() == Shape{1, 4, 1, 64});
+  auto golden = SafetensorsFile::Read(Golden("oracle_topk_s0.safetensors"));
+  REQUIRE(golden.ok());
+  CHECK(out->Get("mask").value()->vec() == golden->Get("expected_mask").value()->vec());
+}
+
+TEST_CASE("attend with an explicit list, @FILE, [] and --repeat") {
+  testing::TempDir dir;
+  const std::string input = " --input " + Golden("sink_local_s1.safetensors");
+  const Run inline_list =
+      Masktune("attend" + input + R"( --maskers '[{"type":"sink","sink_size":4},{"type":"local","window_size":16}]')");
+  REQUIRE(inline_list.code == 0);
+  CHECK(nlohmann::json::parse(inline_list.output)["density"].get<double>() ==
+        doctest::Approx(0.02574002556502819));
+  std::ofstream(dir / "stack.json") << R"([{"type":"oracle_top_k","heavy_size":1.0}])";
+  const Run from_file = Masktune("attend" + input + " --maskers @" + dir / "stack.json");
+  REQUIRE(from_file.code == 0);
+  CHECK(nlohmann::json::parse(from_file.output)["density"].get<double>() == 1.0);
+  CHECK(nlohmann::json::parse(from_file.output)["error"].get<double>() == 0.0);
+  const Run dense = Masktune("attend" + input + " --maskers '[]' --repeat 3");
+  REQUIRE(dense.code == 0);
+  const auto line = nlohmann::json::parse(dense.output);
+  CHECK(line["error"].get<double>() == 0.0);
+  for (const char* key : {"mask_s", "attention_s", "dense_s"}) {
+    CAPTURE(key);
+    CHECK(line[key].get<double>() > 0.0);
+  }
+}
+
+TEST_CASE("attend rejects bad input with one line and exit code 2") {
+  testing::TempDir dir;
+  const std::string stack = R"( --maskers '[{"type":"sink","sink_size":4}]')";
+  CheckBadInput(Masktune("attend --input " + dir / "missing.safetensors" + stack),
+                "missing.safetensors: cannot open file");
+
+  // Truncated: a golden case cut in half.
+  std::filesystem::copy_file(Golden("sink_local_s0.safetensors"), dir / "cut.safetensors");
+  std::filesystem::resize_file(dir / "cut.safetensors",
+                               std::filesystem::file_size(dir / "cut.safetensors") / 2);
+  CheckBadInput(Masktune("attend --input " + dir / "cut.safetensors" + stack), "truncated");
+
+  // q and k disagree on head_dim.
+  Tensor q({1, 2, 1, 8}), k({1, 1, 16, 4});
+  REQUIRE(WriteSafetensors(dir / "shape.safetensors", {{"q", &q}, {"k", &k}, {"v", &k}}).ok());
+  CheckBadInput(Masktune("attend --input " + dir / "shape.safetensors" + stack),
+                "q and k disagree on head_dim: q (1, 2, 1, 8), k (1, 1, 16, 4)");
+
+  // A missing tensor and a NaN.
+  REQUIRE(WriteSafetensors(dir / "nov.safetensors", {{"q", &q}, {"k", &q}}).ok());
+  CheckBadInput(Masktune("attend --input " + dir / "nov.safetensors" + stack), "missing tensor 'v'");
+  Tensor nan_q({1, 2, 1, 8});
+  nan_q.data()[3] = std::nanf("");
+  Tensor kv({1, 1, 16, 8});
+  REQUIRE(WriteSafetensors(dir / "nan.safetensors", {{"q", &nan_q}, {"k", &kv}, {"v", &kv}}).ok());
+  CheckBadInput(Masktune("attend --input " + dir / "nan.safetensors" + stack),
+                "tensor 'q' holds a non-finite value (nan) at flat index 3");
+
+  const std::string input = "attend --input " + Golden("sink_local_s0.safetensors");
+  CheckBadInput(Masktune(input + R"( --maskers '[{"type":"top_k","heavy_size":4}]')"),
+                "--maskers: maskers[0] (top_k): unknown masker type 'top_k'");
+  CheckBadInput(Masktune(input + R"( --maskers '[{"type":"oracle_top_k","heavy_size":-3}]')"),
+                "--maskers: maskers[0] (oracle_top_k): field 'heavy_size': expected an integer "
+                "count > 0, found -3");
+  CheckBadInput(Masktune(input + R"( --maskers '[{"type":"sink","sink_size":4,"size":1}]')"),
+                "unknown field 'size'");
+  CheckBadInput(Masktune(input + " --maskers '[{'"), "masker list is not valid JSON");
+  CheckBadInput(Masktune(input + " --maskers @" + dir / "none.json"), "cannot open");
+  CheckBadInput(Masktune(input + R"( --maskers '[{"type":"double_sparsity_top_k","heavy_size":4,"sorted_channel_file":"double_sparsity_s0.channels.json"}]' --layer 5)"),
+                "key 'model.layers.5.self_attn.qk_proj': missing");
+  CheckBadInput(Masktune(input + " --repeat 0"), "--repeat");
+  CheckBadInput(Masktune("attend"), "--input is required");
+  REQUIRE(WriteSafetensors(dir / "plain.safetensors", {{"q", &q}, {"k", &kv}, {"v", &kv}}).ok());
+  CheckBadInput(Masktune("attend --input " + dir / "plain.safetensors"), "carries no case metadata");
+}
+
+TEST_CASE("every subcommand answers --help") {
+  const Run top = Masktune("--help");
+  CHECK(top.code == 0);
+  CHECK(top.output.find("attend") != std::string::npos);
+  const Run attend = Masktune("attend --help");
+  CHECK(attend.code == 0);
+  CHECK(attend.output.find("--maskers") != std::string::npos);
+  CHECK(attend.output.find("Exit codes") != std::string::npos);
+  const Run none = Masktune("");
+  CHECK(none.code == 2);
+}
+
+}  // namespace
+}  // namespace masktune

@@ -1,1 +1,303 @@
 #include <doctest/doctest.h>
+
+#include <fstream>
+#include <numeric>
+
+#include "engine/maskers/common.h"
+#include "engine/registry.h"
+#include "engine/safetensors.h"
+#include "tests/helpers.h"
+
+namespace masktune {
+namespace {
+
+using testing::Case;
+using testing::KeptKeys;
+
+// Builds the stack from JSON and runs it once.
+Mask Run(const std::string& json, const AttentionInputs& in, StackState* state = nullptr,
+         const std::string& base_dir = "") {
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto configs = registry.ParseJsonList(json, base_dir);
+  REQUIRE_MESSAGE(configs.ok(), configs.status().message());
+  auto stack = MaskerStack::Build(registry, configs.value());
+  REQUIRE_MESSAGE(stack.ok(), stack.status().message());
+  StackState local;
+  auto mask = stack->ComputeMask(in, state ? *state : local);
+  REQUIRE_MESSAGE(mask.ok(), mask.status().message());
+  return std::move(mask).value();
+}
+
+std::string RunError(const std::string& json, const AttentionInputs& in, int layer = 0,
+                     StackState* state = nullptr) {
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto configs = registry.ParseJsonList(json, "");
+  if (!configs.ok()) return configs.status().message();
+  auto stack = MaskerStack::Build(registry, configs.value());
+  if (!stack.ok()) return stack.status().message();
+  StackState local;
+  AttentionInputs call = in;
+  call.layer = layer;
+  auto mask = stack->ComputeMask(call, state ? *state : local);
+  return mask.ok() ? "" : mask.status().message();
+}
+
+std::vector<int64_t> Range(int64_t a, int64_t b) {
+  std::vector<int64_t> v(static_cast<size_t>(b - a));
+  std::iota(v.begin(), v.end(), a);
+  return v;
+}
+
+// Keys of row (b, h, i) sorted by the unscaled score, best first, ties by index.
+std::vector<int64_t> RankByScore(const AttentionInputs& in, int64_t b, int64_t h, int64_t i) {
+  const int64_t n = in.num_keys();
+  std::vector<double> s(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    double dot = 0;
+    for (int64_t d = 0; d < in.head_dim(); ++d)
+      dot += static_cast<double>(in.query(b, h, i)[d]) * in.key(b, h / in.group(), j)[d];
+    s[j] = dot + (in.attention_mask ? in.mask_row(b, i)[j] : 0.0);
+  }
+  std::vector<int64_t> order = Range(0, n);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return s[x] > s[y]; });
+  return order;
+}
+
+TEST_CASE("sizes at or above the key count give full attention") {
+  Case c(1, 2, 1, 2, 30, 8, 1, true);
+  CHECK(Run(R"([{"type":"sink","sink_size":30}])", c.in).is_full());
+  CHECK_FALSE(Run(R"([{"type":"sink","sink_size":29}])", c.in).is_full());
+  CHECK(Run(R"([{"type":"local","window_size":28}])", c.in).is_full());  // keys <= w + queries
+  CHECK_FALSE(Run(R"([{"type":"local","window_size":27}])", c.in).is_full());
+  CHECK(Run(R"([{"type":"oracle_top_k","heavy_size":30}])", c.in).is_full());
+  CHECK(Run(R"([{"type":"oracle_top_k","heavy_size":1.0}])", c.in).is_full());
+  CHECK(Run(R"([{"type":"oracle_top_p","top_p":1.0}])", c.in).is_full());
+  CHECK(Run(R"([{"type":"quest_top_k","heavy_size":30,"page_size":4}])", c.in).is_full());
+  // A full mask passes through every later masker unchanged.
+  CHECK(Run(R"([{"type":"sink","sink_size":64},{"type":"local","window_size":2},
+                {"type":"causal"},{"type":"oracle_top_k","heavy_size":1}])", c.in).is_full());
+}
+
+TEST_CASE("float sizes are fractions of the keys, integers are counts") {
+  Case c(1, 2, 2, 1, 40, 8, 2);
+  CHECK(KeptKeys(Run(R"([{"type":"sink","sink_size":0.25}])", c.in), 0) == Range(0, 10));
+  CHECK(KeptKeys(Run(R"([{"type":"sink","sink_size":3}])", c.in), 1) == Range(0, 3));
+  CHECK(Run(R"([{"type":"oracle_top_k","heavy_size":1}])", c.in).CountNonzero() == 2);
+  CHECK(Run(R"([{"type":"oracle_top_k","heavy_size":0.1}])", c.in).CountNonzero() == 8);
+  // int(0.99 * 40) = 39: one key short of full.
+  CHECK(Run(R"([{"type":"oracle_top_k","heavy_size":0.99}])", c.in).CountNonzero() == 78);
+}
+
+TEST_CASE("local window of several queries under a causal mask") {
+  Case c(1, 1, 1, 3, 20, 4, 3, true);  // queries at positions 17, 18, 19
+  const Mask m = Run(R"([{"type":"sink","sink_size":2},{"type":"local","window_size":4}])", c.in);
+  CHECK(KeptKeys(m, 0) == std::vector<int64_t>{0, 1, 14, 15, 16, 17});
+  CHECK(KeptKeys(m, 1) == std::vector<int64_t>{0, 1, 15, 16, 17, 18});
+  CHECK(KeptKeys(m, 2) == std::vector<int64_t>{0, 1, 16, 17, 18, 19});
+  // Keys an earlier masker kept after the query's position are cleared by local.
+  const Mask late = Run(R"([{"type":"sink","sink_size":19},{"type":"local","window_size":2}])", c.in);
+  CHECK(KeptKeys(late, 0) == Range(0, 18));
+  CHECK(KeptKeys(late, 2) == Range(0, 20));
+}
+
+TEST_CASE("causal clears keys after each query and leaves an empty mask empty") {
+  Case c(1, 2, 1, 2, 12, 4, 4, true);
+  CHECK(Run(R"([{"type":"causal"}])", c.in).is_empty());
+  const Mask m = Run(R"([{"type":"sink","sink_size":11},{"type":"causal"}])", c.in);
+  CHECK(KeptKeys(m, 0) == Range(0, 11));  // position 10: key 10 stays, key 11 is not kept
+  CHECK(KeptKeys(m, 1) == Range(0, 11));  // position 11: sink kept 0..10
+  const Mask m2 = Run(R"([{"type":"oracle_top_k","heavy_size":11},{"type":"causal"}])", c.in);
+  CHECK(KeptKeys(m2, 0).back() <= 10);
+}
+
+TEST_CASE("oracle top-k: grouped-query heads rank against their kv head") {
+  Case c(2, 8, 2, 1, 200, 16, 5);
+  const Mask m = Run(R"([{"type":"oracle_top_k","heavy_size":7}])", c.in);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t h = 0; h < 8; ++h) {
+      auto best = RankByScore(c.in, b, h, 0);
+      best.resize(7);
+      std::sort(best.begin(), best.end());
+      CHECK(KeptKeys(m, b * 8 + h) == best);
+    }
+}
+
+TEST_CASE("oracle top-k skips keys an earlier masker kept, and forbidden keys") {
+  Case c(1, 2, 1, 4, 64, 8, 6, true);
+  const Mask m = Run(R"([{"type":"sink","sink_size":4},{"type":"oracle_top_k","heavy_size":5}])", c.in);
+  for (int64_t row = 0; row < 8; ++row) {
+    const auto kept = KeptKeys(m, row);
+    CHECK(kept.size() == 9);  // overlapping maskers: the top-k adds 5 new keys
+    const int64_t pos = 60 + row % 4;
+    for (int64_t j : kept) CHECK(j <= pos);
+    // The 5 new keys are the best-scoring keys outside the sink.
+    auto order = RankByScore(c.in, 0, row / 4, row % 4);
+    std::vector<int64_t> want = Range(0, 4);
+    for (int64_t j : order)
+      if (j >= 4 && want.size() < 9) want.push_back(j);
+    std::sort(want.begin(), want.end());
+    CHECK(kept == want);
+  }
+}
+
+TEST_CASE("oracle top-k prefers keys already kept over forbidden ones when short of keys") {
+  Case c(1, 1, 1, 2, 10, 4, 7, true);  // query 0 may see keys 0..8
+  const Mask m = Run(R"([{"type":"sink","sink_size":6},{"type":"oracle_top_k","heavy_size":4}])", c.in);
+  // Only keys 6, 7, 8 are new and allowed for query 0; the fourth pick is a
+  // sink key (a no-op), never the forbidden key 9.
+  CHECK(KeptKeys(m, 0) == Range(0, 9));
+  CHECK(KeptKeys(m, 1) == Range(0, 10));
+}
+
+TEST_CASE("top-k ties go to the lower key index") {
+  std::vector<float> scores = {1, 3, 2, 3, 3, 0, 2};
+  std::vector<float> scratch;
+  auto top = [&](int64_t k) {
+    std::vector<int32_t> out(static_cast<size_t>(k));
+    SelectTopK(scores.data(), 7, k, out.data(), scratch);
+    return out;
+  };
+  CHECK(top(3) == std::vector<int32_t>{1, 3, 4});
+  CHECK(top(4) == std::vector<int32_t>{1, 2, 3, 4});
+  CHECK(top(5) == std::vector<int32_t>{1, 2, 3, 4, 6});
+}
+
+TEST_CASE("oracle top-p keeps the smallest set holding the mass") {
+  Case c(1, 1, 1, 1, 6, 2, 8);
+  c.in.scaling = 1.0f;
+  // Scores log(8), log(4), log(2), log(1)... via q = (1, 0), k_j = (log w_j, 0).
+  const float w[6] = {8, 1, 4, 0.5f, 2, 0.5f};
+  c.q.data()[0] = 1;
+  c.q.data()[1] = 0;
+  for (int j = 0; j < 6; ++j) {
+    c.k.data()[j * 2] = std::log(w[j]);
+    c.k.data()[j * 2 + 1] = 0;
+  }
+  // Total 16: 8 is 0.5, 8+4 = 0.75, 8+4+2 = 0.875.
+  CHECK(KeptKeys(Run(R"([{"type":"oracle_top_p","top_p":0.5}])", c.in), 0) ==
+        std::vector<int64_t>{0, 2});  // u_0 = 0.5 <= 0.5, so the threshold is the next value
+  CHECK(KeptKeys(Run(R"([{"type":"oracle_top_p","top_p":0.7}])", c.in), 0) ==
+        std::vector<int64_t>{0, 2});
+  CHECK(KeptKeys(Run(R"([{"type":"oracle_top_p","top_p":0.8}])", c.in), 0) ==
+        std::vector<int64_t>{0, 2, 4});
+  CHECK(KeptKeys(Run(R"([{"type":"oracle_top_p","top_p":0.9}])", c.in), 0) ==
+        std::vector<int64_t>{0, 1, 2, 4});
+  // 15/16 <= 0.95: the threshold is 0.5, and both keys at it are kept.
+  CHECK(KeptKeys(Run(R"([{"type":"oracle_top_p","top_p":0.95}])", c.in), 0) == Range(0, 6));
+}
+
+TEST_CASE("pseudo-quantisation rounds half to even on a uniform grid") {
+  std::vector<float> x = {0.0f, 0.5f, 1.5f, 3.0f};
+  PseudoQuantize(x.data(), 4, 2);  // 3 levels over [0, 3]: scale 1
+  CHECK(x == std::vector<float>{0.0f, 0.0f, 2.0f, 3.0f});
+  std::vector<float> flat = {2.0f, 2.0f};
+  PseudoQuantize(flat.data(), 2, 4);  // zero range reads as 1
+  CHECK(flat == std::vector<float>{2.0f, 2.0f});
+}
+
+TEST_CASE("quest picks the pages with the best upper bound") {
+  Case c(1, 2, 1, 1, 50, 4, 9);
+  // heavy 20, page 8: kp = min(7, max(3, 20 / 8 = 2)) = 3 pages; the last page has 2 keys.
+  const Mask m = Run(R"([{"type":"quest_top_k","heavy_size":20,"page_size":8}])", c.in);
+  for (int64_t h = 0; h < 2; ++h) {
+    std::vector<std::pair<float, int64_t>> bound;
+    for (int64_t p = 0; p < 7; ++p) {
+      float s = 0;
+      for (int64_t d = 0; d < 4; ++d) {
+        float lo = 1e30f, hi = -1e30f;
+        for (int64_t j = p * 8; j < std::min<int64_t>(50, p * 8 + 8); ++j) {
+          lo = std::min(lo, c.in.key(0, 0, j)[d]);
+          hi = std::max(hi, c.in.key(0, 0, j)[d]);
+        }
+        const float q = c.in.query(0, h, 0)[d];
+        s += std::max(q * lo, q * hi);
+      }
+      bound.push_back({-s, p});
+    }
+    std::sort(bound.begin(), bound.end());
+    std::vector<int64_t> want;
+    for (int t = 0; t < 3; ++t)
+      for (int64_t j = bound[t].second * 8; j < std::min<int64_t>(50, bound[t].second * 8 + 8); ++j)
+        want.push_back(j);
+    std::sort(want.begin(), want.end());
+    CHECK(KeptKeys(m, h) == want);
+  }
+}
+
+TEST_CASE("quest gates by the attention mask and skips pages with no allowed key") {
+  Case c(1, 1, 1, 4, 40, 4, 10, true);  // positions 36..39; page 9 = keys 36..39
+  const Mask m = Run(R"([{"type":"quest_top_k","heavy_size":4,"page_size":4}])", c.in);
+  for (int64_t i = 0; i < 4; ++i) {
+    const auto kept = KeptKeys(m, i);
+    CHECK(kept.size() >= 8);  // three pages, part of the last one perhaps forbidden
+    for (int64_t j : kept) CHECK(j <= 36 + i);
+  }
+}
+
+TEST_CASE("double sparsity reads the channel file and names what is wrong in it") {
+  testing::TempDir dir;
+  Case c(1, 2, 1, 1, 64, 8, 12);
+  std::ofstream(dir / "ch.json") << R"({"model.layers.0.self_attn.qk_proj": [[7,6,5,4,3,2,1,0],[0,1,2,3,4,5,6,7]],
+                                        "model.layers.1.self_attn.qk_proj": [[0,1]],
+                                        "model.layers.2.self_attn.qk_proj": [[0,9,1,1],[0,1,2,3]]})";
+  const std::string stack = R"([{"type":"double_sparsity_top_k","heavy_size":6,"group_factor":4,
+                                 "label_bits":16,"sorted_channel_file":")" + dir / "ch.json" + "\"}]";
+  const Mask m = Run(stack, c.in);
+  // Head 1 uses channels 0, 1: its top keys by q0*k0 + q1*k1.
+  std::vector<std::pair<float, int64_t>> s;
+  for (int64_t j = 0; j < 64; ++j) {
+    const float* k = c.in.key(0, 0, j);
+    const float* q = c.in.query(0, 1, 0);
+    s.push_back({-(q[0] * k[0] + q[1] * k[1]), j});
+  }
+  std::sort(s.begin(), s.end());
+  std::vector<int64_t> want;
+  for (int t = 0; t < 6; ++t) want.push_back(s[t].second);
+  std::sort(want.begin(), want.end());
+  CHECK(KeptKeys(m, 1) == want);
+  CHECK(RunError(stack, c.in, 3).find("key 'model.layers.3.self_attn.qk_proj': missing") !=
+        std::string::npos);
+  CHECK(RunError(stack, c.in, 1).find("expected a list of 2 per-head channel lists, found 1 entries") !=
+        std::string::npos);
+  CHECK(RunError(stack, c.in, 2).find("head 0: channel 9 is not an index in [0, 8)") !=
+        std::string::npos);
+}
+
+TEST_CASE("hash attention caches key signatures per layer and extends them") {
+  testing::TempDir dir;
+  // One linear layer (4 -> 4 bits) per side, identity weights: signature = sign(x).
+  Tensor eye({1, 4, 4}), bias({1, 4});
+  for (int d = 0; d < 4; ++d) eye.data()[d * 4 + d] = 1;
+  REQUIRE(WriteSafetensors(dir / "w.safetensors", {{"layer0.query_matrix.0", &eye},
+                                                   {"layer0.query_bias.0", &bias},
+                                                   {"layer0.key_matrix.0", &eye},
+                                                   {"layer0.key_bias.0", &bias}})
+              .ok());
+  const std::string stack = R"([{"type":"hash_attention_top_k","heavy_size":3,"hat_bits":4,
+      "hat_mlp_layers":1,"hat_mlp_hidden_size":4,"hat_mlp_activation":"relu",
+      "hat_weight_file":")" + dir / "w.safetensors" + "\"}]";
+  Case c(1, 1, 1, 1, 40, 4, 13);
+  // Key 37 matches the query's signs exactly; 38 matches 3 of 4.
+  for (int d = 0; d < 4; ++d) {
+    c.q.data()[d] = d % 2 ? 1.0f : -1.0f;
+    for (int64_t j = 0; j < 40; ++j) c.k.data()[j * 4 + d] = d % 2 ? -1.0f : 1.0f;  // all opposite
+    c.k.data()[37 * 4 + d] = c.q.data()[d];
+    c.k.data()[38 * 4 + d] = d == 0 ? 1.0f : c.q.data()[d];
+    c.k.data()[39 * 4 + d] = d < 2 ? c.q.data()[d] : -c.q.data()[d];
+  }
+  StackState state;
+  Case small(1, 1, 1, 1, 30, 4, 13);
+  std::copy_n(c.k.data(), 30 * 4, small.k.data());
+  std::copy_n(c.q.data(), 4, small.q.data());
+  Run(stack, small.in, &state);
+  CHECK(state[0].tensors.begin()->second.shape() == Shape{1, 1, 30, 4});
+  const Mask m = Run(stack, c.in, &state);  // 10 new keys signed on this call
+  CHECK(state[0].tensors.begin()->second.shape() == Shape{1, 1, 40, 4});
+  CHECK(KeptKeys(m, 0) == std::vector<int64_t>{37, 38, 39});
+  CHECK(RunError(stack, small.in, 0, &state).find("brings 30 keys, fewer than the 40 cached") !=
+        std::string::npos);
+  CHECK(RunError(stack, c.in, 1).find("missing tensor 'layer1.query_matrix.0'") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace masktune
