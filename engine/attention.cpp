@@ -7,45 +7,46 @@
 #include <limits>
 #include <vector>
 
-#include "engine/maskers/common.h"
+#include "engine/cpu_kernels.h"
 
 namespace masktune {
 namespace {
 
 constexpr int64_t kTile = 64;  // keys scored together before the softmax update
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// The online-softmax state of one row: running max m, denominator d, and the
-// unnormalised output o (head_dim floats, stored by the caller).
+// The online-softmax state of one row: running max m and denominator d; the
+// unnormalised output o (head_dim floats) is stored by the caller.
 struct SoftmaxState {
-  float m = -std::numeric_limits<float>::infinity();
+  float m = kNegInf;
   float d = 0.0f;
 
-  // Folds a tile of scores s[0..t) with weights 1/p (p == nullptr: all 1) and
-  // value rows v[0..t) into (m, d, o).
-  template <typename ValueRow>
-  void Update(const float* s, const float* p, int64_t t, ValueRow&& v, float* o, int64_t D) {
-    float tile_max = -std::numeric_limits<float>::infinity();
+  // Turns a tile of scores s[0..t) into weights exp(s - m) / p in place
+  // (p == nullptr: all 1), rescaling o and d to the tile's new maximum. The
+  // caller then adds sum_x s[x] v_x to o.
+  void Weigh(float* s, const float* p, int64_t t, float* o, int64_t D) {
+    float tile_max = kNegInf;
     for (int64_t x = 0; x < t; ++x) tile_max = std::max(tile_max, s[x]);
-    if (tile_max == -std::numeric_limits<float>::infinity()) return;  // all masked
-    const float m_new = std::max(m, tile_max);
-    if (m_new > m) {
-      const float alpha = std::exp(m - m_new);  // exp(-inf) = 0 on the first tile
+    if (tile_max == kNegInf) {  // every key of the tile is masked out
+      std::fill_n(s, t, 0.0f);
+      return;
+    }
+    if (tile_max > m) {
+      const float alpha = std::exp(m - tile_max);  // exp(-inf) = 0 on the first tile
       d *= alpha;
       for (int64_t e = 0; e < D; ++e) o[e] *= alpha;
-      m = m_new;
+      m = tile_max;
     }
-    for (int64_t x = 0; x < t; ++x) {
-      float w = std::exp(s[x] - m);
-      if (p) w /= p[x];
-      d += w;
-      const float* vr = v(x);
-      for (int64_t e = 0; e < D; ++e) o[e] += w * vr[e];
-    }
+    for (int64_t x = 0; x < t; ++x) s[x] -= m;
+    kernels::ExpInPlace(s, t);
+    if (p)
+      for (int64_t x = 0; x < t; ++x) s[x] /= p[x];
+    for (int64_t x = 0; x < t; ++x) d += s[x];
   }
 
   // Merges another partial state (over disjoint keys) into this one.
   void Merge(const SoftmaxState& other, const float* o_other, float* o, int64_t D) {
-    if (other.m == -std::numeric_limits<float>::infinity()) return;
+    if (other.m == kNegInf) return;
     const float m_new = std::max(m, other.m);
     const float a = std::exp(m - m_new), b = std::exp(other.m - m_new);
     d = d * a + other.d * b;
@@ -114,29 +115,40 @@ Tensor DenseAttention(const AttentionInputs& in) {
 #pragma omp parallel
   {
     std::vector<float> s(static_cast<size_t>(rows_per_item * kTile));
+    std::vector<const float*> qs(static_cast<size_t>(rows_per_item)), ks(kTile), vs(kTile);
+    std::vector<const float*> kn(kTile), vn(kTile);
+    std::vector<float*> os(static_cast<size_t>(rows_per_item));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < base * chunks; ++it) {
       const int64_t item = it / chunks, c = it % chunks;
       const int64_t b = item / (Hkv * qblocks), kvh = (item / qblocks) % Hkv;
       const int64_t i0 = (item % qblocks) * qb, i1 = std::min(Q, i0 + qb), nq = i1 - i0;
       const int64_t j0 = c * chunk_len, j1 = std::min(N, j0 + chunk_len);
+      const int64_t nrows = g * nq;
+      for (int64_t r = 0; r < nrows; ++r) {
+        qs[r] = in.query(b, kvh * g + r / nq, i0 + r % nq);
+        os[r] = partial.data() + static_cast<size_t>(it * rows_per_item + r) * D;
+      }
       for (int64_t jt = j0; jt < j1; jt += kTile) {
         const int64_t t = std::min(kTile, j1 - jt);
-        for (int64_t hh = 0; hh < g; ++hh) {
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = hh * nq + (i - i0);
-            const float* q = in.query(b, kvh * g + hh, i);
-            const float* m = in.mask_row(b, i);
-            for (int64_t x = 0; x < t; ++x)
-              s[r * kTile + x] = Dot(q, in.key(b, kvh, jt + x), D) * in.scaling + (m ? m[jt + x] : 0.0f);
-          }
+        // This tile's rows, and the next tile's to prefetch while this one
+        // computes (the hardware prefetcher alone does not run far enough ahead).
+        for (int64_t x = 0; x < t; ++x) {
+          ks[x] = in.key(b, kvh, jt + x);
+          vs[x] = in.value(b, kvh, jt + x);
+          const bool next = jt + kTile + x < j1;
+          kn[x] = next ? in.key(b, kvh, jt + kTile + x) : nullptr;
+          vn[x] = next ? in.value(b, kvh, jt + kTile + x) : nullptr;
         }
-        for (int64_t r = 0; r < g * nq; ++r) {
-          const size_t slot = static_cast<size_t>(it * rows_per_item + r);
-          states[slot].Update(s.data() + r * kTile, nullptr, t,
-                              [&](int64_t x) { return in.value(b, kvh, jt + x); },
-                              partial.data() + slot * D, D);
+        kernels::ScoreTile(qs.data(), nrows, ks.data(), t, D, in.scaling, s.data(), kTile,
+                           kn.data());
+        for (int64_t r = 0; r < nrows; ++r) {
+          float* sr = s.data() + r * kTile;
+          if (const float* m = in.mask_row(b, i0 + r % nq))
+            for (int64_t x = 0; x < t; ++x) sr[x] += m[jt + x];
+          states[static_cast<size_t>(it * rows_per_item + r)].Weigh(sr, nullptr, t, os[r], D);
         }
+        kernels::AccumulateTile(os.data(), nrows, s.data(), kTile, vs.data(), t, D, vn.data());
       }
     }
   }
@@ -170,6 +182,7 @@ Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask) {
   {
     std::vector<int32_t> idx;
     std::vector<float> prob, s(kTile), o(static_cast<size_t>(D));
+    std::vector<const float*> ks(kTile), vs(kTile), kn(kTile), vn(kTile);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < shape.rows(); ++row) {
       const int64_t b = shape.batch_of(row), h = (row / Q) % H, i = shape.query_of(row);
@@ -181,17 +194,25 @@ Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask) {
       });
       const float* q = in.query(b, h, i);
       const float* m = in.mask_row(b, i);
+      float* o_ptr = o.data();
       SoftmaxState st;
       std::fill(o.begin(), o.end(), 0.0f);
       const int64_t kept = static_cast<int64_t>(idx.size());
       for (int64_t x0 = 0; x0 < kept; x0 += kTile) {
         const int64_t t = std::min(kTile, kept - x0);
+        // Gathered rows: the next tile's are prefetched while this one computes.
         for (int64_t x = 0; x < t; ++x) {
-          const int64_t j = idx[x0 + x];
-          s[x] = Dot(q, in.key(b, h / g, j), D) * in.scaling + (m ? m[j] : 0.0f);
+          ks[x] = in.key(b, h / g, idx[x0 + x]);
+          vs[x] = in.value(b, h / g, idx[x0 + x]);
+          const bool next = x0 + kTile + x < kept;
+          kn[x] = next ? in.key(b, h / g, idx[x0 + kTile + x]) : nullptr;
+          vn[x] = next ? in.value(b, h / g, idx[x0 + kTile + x]) : nullptr;
         }
-        st.Update(s.data(), prob.data() + x0, t,
-                  [&](int64_t x) { return in.value(b, h / g, idx[x0 + x]); }, o.data(), D);
+        kernels::ScoreTile(&q, 1, ks.data(), t, D, in.scaling, s.data(), kTile, kn.data());
+        if (m)
+          for (int64_t x = 0; x < t; ++x) s[x] += m[idx[x0 + x]];
+        st.Weigh(s.data(), prob.data() + x0, t, o_ptr, D);
+        kernels::AccumulateTile(&o_ptr, 1, s.data(), kTile, vs.data(), t, D, vn.data());
       }
       Normalize(st, o.data(), out.data() + row * D, D);
     }

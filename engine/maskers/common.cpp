@@ -1,9 +1,13 @@
 #include "engine/maskers/common.h"
 
 #include <algorithm>
-#include <cfenv>
+#include "engine/cpu_kernels.h"
 
 namespace masktune {
+
+namespace {
+constexpr int64_t kTile = 64;  // keys per ScoreTile call
+}  // namespace
 
 void ParallelRows(int64_t rows, const std::function<void(int64_t)>& fn) {
 #pragma omp parallel for schedule(dynamic, 1)
@@ -27,12 +31,17 @@ void ForEachScoreRow(const AttentionInputs& in, float scale,
       const int64_t i0 = (item % qblocks) * qb, i1 = std::min(Q, i0 + qb);
       const int64_t nrows = g * (i1 - i0);
       scores.resize(static_cast<size_t>(nrows * N));
-      std::vector<const float*> qs;
+      std::vector<const float*> qs, ks(kTile), next(kTile);
       for (int64_t hh = 0; hh < g; ++hh)
         for (int64_t i = i0; i < i1; ++i) qs.push_back(in.query(b, kvh * g + hh, i));
-      for (int64_t j = 0; j < N; ++j) {
-        const float* k = in.key(b, kvh, j);
-        for (int64_t r = 0; r < nrows; ++r) scores[r * N + j] = Dot(qs[r], k, D) * scale;
+      for (int64_t jt = 0; jt < N; jt += kTile) {
+        const int64_t t = std::min(kTile, N - jt);
+        for (int64_t x = 0; x < t; ++x) {
+          ks[x] = in.key(b, kvh, jt + x);
+          next[x] = jt + kTile + x < N ? in.key(b, kvh, jt + kTile + x) : nullptr;
+        }
+        kernels::ScoreTile(qs.data(), nrows, ks.data(), t, D, scale, scores.data() + jt, N,
+                           next.data());
       }
       for (int64_t hh = 0; hh < g; ++hh) {
         for (int64_t i = i0; i < i1; ++i) {

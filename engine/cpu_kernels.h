@@ -1,0 +1,30 @@
+// File: engine/cpu_kernels.h
+//
+// The CPU engine's inner loops, register-blocked so the compiler vectorises
+// them, and compiled for several x86-64 levels (AVX-512, AVX2+FMA, baseline)
+// with the best one picked at load time: one binary runs on any x86-64 and
+// uses the vector units it finds. Internal to engine/.
+#pragma once
+
+#include <cstdint>
+
+namespace masktune::kernels {
+
+// s[r * ld + t] = scale * <q[r], k[t]> for r < rows, t < keys (vectors of d floats).
+// `prefetch` (optional, `keys` entries, nullptr entries skipped): rows of d
+// floats to bring into the cache meanwhile, spread over the computation; a
+// streaming caller passes the next tile's rows so memory and arithmetic overlap.
+void ScoreTile(const float* const* q, int64_t rows, const float* const* k, int64_t keys,
+               int64_t d, float scale, float* s, int64_t ld,
+               const float* const* prefetch = nullptr);
+
+// o[r][e] += sum_t w[r * ldw + t] * v[t][e] for r < rows, e < d; `prefetch` as above.
+void AccumulateTile(float* const* o, int64_t rows, const float* w, int64_t ldw,
+                    const float* const* v, int64_t keys, int64_t d,
+                    const float* const* prefetch = nullptr);
+
+// x[i] = exp(x[i]) over n floats; accurate to about 2 ulp, exp(-inf) = 0,
+// underflow to 0 below -87.3. Inputs must not be NaN or +inf.
+void ExpInPlace(float* x, int64_t n);
+
+}  // namespace masktune::kernels
