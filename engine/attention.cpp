@@ -40,7 +40,7 @@ struct SoftmaxState {
     for (int64_t x = 0; x < t; ++x) s[x] -= m;
     kernels::ExpInPlace(s, t);
     if (p)
-      for (int64_t x = 0; x < t; ++x) s[x] /= p[x];
+      for (int64_t x = 0; x < t; ++x) s[x] = p[x] > 0.0f ? s[x] / p[x] : 0.0f;
     for (int64_t x = 0; x < t; ++x) d += s[x];
   }
 
@@ -94,7 +94,12 @@ Status CheckAttentionInputs(const AttentionInputs& in) {
   return Status::Ok();
 }
 
-Tensor DenseAttention(const AttentionInputs& in) {
+namespace {
+
+// Streams every key and value row once per (kv head, query block): the query
+// heads of a kv head are scored together. With a mask, keys it drops score
+// -inf and kept keys weigh 1/p. Best for dense attention and dense masks.
+Tensor StreamingAttention(const AttentionInputs& in, const Mask* mask) {
   const int64_t B = in.batch(), H = in.heads(), Hkv = in.kv_heads(), Q = in.num_queries();
   const int64_t N = in.num_keys(), D = in.head_dim(), g = in.group();
   // Work items: (batch, kv head, query block, key chunk). The query heads of a
@@ -118,6 +123,7 @@ Tensor DenseAttention(const AttentionInputs& in) {
     std::vector<const float*> qs(static_cast<size_t>(rows_per_item)), ks(kTile), vs(kTile);
     std::vector<const float*> kn(kTile), vn(kTile);
     std::vector<float*> os(static_cast<size_t>(rows_per_item));
+    std::vector<float> p;  // kept probabilities of the item's rows over its chunk
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < base * chunks; ++it) {
       const int64_t item = it / chunks, c = it % chunks;
@@ -128,6 +134,13 @@ Tensor DenseAttention(const AttentionInputs& in) {
       for (int64_t r = 0; r < nrows; ++r) {
         qs[r] = in.query(b, kvh * g + r / nq, i0 + r % nq);
         os[r] = partial.data() + static_cast<size_t>(it * rows_per_item + r) * D;
+      }
+      if (mask) {
+        p.resize(static_cast<size_t>(nrows * (j1 - j0)));
+        for (int64_t r = 0; r < nrows; ++r) {
+          const int64_t row = (b * H + kvh * g + r / nq) * Q + i0 + r % nq;
+          mask->ExpandRow(row, p.data() + r * (j1 - j0), j0, j1);
+        }
       }
       for (int64_t jt = j0; jt < j1; jt += kTile) {
         const int64_t t = std::min(kTile, j1 - jt);
@@ -146,7 +159,11 @@ Tensor DenseAttention(const AttentionInputs& in) {
           float* sr = s.data() + r * kTile;
           if (const float* m = in.mask_row(b, i0 + r % nq))
             for (int64_t x = 0; x < t; ++x) sr[x] += m[jt + x];
-          states[static_cast<size_t>(it * rows_per_item + r)].Weigh(sr, nullptr, t, os[r], D);
+          const float* pr = mask ? p.data() + r * (j1 - j0) + (jt - j0) : nullptr;
+          if (pr)
+            for (int64_t x = 0; x < t; ++x)
+              if (pr[x] <= 0.0f) sr[x] = kNegInf;
+          states[static_cast<size_t>(it * rows_per_item + r)].Weigh(sr, pr, t, os[r], D);
         }
         kernels::AccumulateTile(os.data(), nrows, s.data(), kTile, vs.data(), t, D, vn.data());
       }
@@ -173,8 +190,9 @@ Tensor DenseAttention(const AttentionInputs& in) {
   return out;
 }
 
-Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask) {
-  if (mask.is_empty() || mask.is_full()) return DenseAttention(in);
+// Gathers each row's kept keys: reads only what the mask keeps, but per query
+// head. Best for sparse masks.
+Tensor GatherAttention(const AttentionInputs& in, const Mask& mask) {
   const MaskShape shape = in.mask_shape();
   const int64_t H = in.heads(), Q = shape.queries, D = in.head_dim(), g = in.group();
   Tensor out({shape.batch, H, Q, D});
@@ -218,6 +236,21 @@ Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask) {
     }
   }
   return out;
+}
+
+}  // namespace
+
+Tensor DenseAttention(const AttentionInputs& in) { return StreamingAttention(in, nullptr); }
+
+Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask, AttentionPath path) {
+  if (mask.is_empty() || mask.is_full()) return DenseAttention(in);
+  if (path == AttentionPath::kAuto) {
+    // Gathering reads density * group times the bytes streaming reads, at a
+    // random-access premium (about 2x here): stream once that is the larger.
+    path = mask.Density() * static_cast<double>(in.group()) * 2.0 >= 1.0 ? AttentionPath::kStream
+                                                                         : AttentionPath::kGather;
+  }
+  return path == AttentionPath::kStream ? StreamingAttention(in, &mask) : GatherAttention(in, mask);
 }
 
 double RelativeL2Error(const Tensor& out, const Tensor& ref) {

@@ -19,10 +19,17 @@
 
 namespace masktune {
 
+// How masked attention reads keys and values: kStream reads all of them once
+// per kv head (its cost does not depend on the mask), kGather only each row's
+// kept keys (cost ~ density x heads). kAuto picks by density and group size.
+// All paths compute the same result up to float rounding.
+enum class AttentionPath { kAuto, kStream, kGather };
+
 // out [batch, heads, queries, head_dim]. Inputs must pass CheckAttentionInputs.
 Tensor DenseAttention(const AttentionInputs& in);
 // `mask` has in.mask_shape().
-Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask);
+Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask,
+                       AttentionPath path = AttentionPath::kAuto);
 
 // ||out - ref||_2 / ||ref||_2 over the whole tensor (0 when both are zero).
 double RelativeL2Error(const Tensor& out, const Tensor& ref);

@@ -31,15 +31,18 @@ Mask Mask::FromRowIndices(const MaskShape& shape, const std::vector<int32_t>& in
                 std::vector<float>(indices.size(), value));
 }
 
-void Mask::ExpandRow(int64_t row, float* out) const {
+void Mask::ExpandRow(int64_t row, float* out, int64_t begin, int64_t end) const {
   const int64_t n = shape_.keys;
   if (form_ == Form::kDense) {
-    std::copy_n(dense_.data() + row * n, n, out);
+    std::copy(dense_.data() + row * n + begin, dense_.data() + row * n + end, out);
     return;
   }
-  std::fill_n(out, n, form_ == Form::kFull ? 1.0f : 0.0f);
+  std::fill_n(out, end - begin, form_ == Form::kFull ? 1.0f : 0.0f);
   if (form_ == Form::kSparse) {
-    for (int64_t e = row_ptr_[row]; e < row_ptr_[row + 1]; ++e) out[cols_[e]] = values_[e];
+    const int32_t* first = cols_.data() + row_ptr_[row];
+    const int32_t* last = cols_.data() + row_ptr_[row + 1];
+    for (const int32_t* c = std::lower_bound(first, last, begin); c != last && *c < end; ++c)
+      out[*c - begin] = values_[c - cols_.data()];
   }
 }
 

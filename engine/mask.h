@@ -50,7 +50,9 @@ class Mask {
   bool is_empty() const { return form_ == Form::kEmpty; }
 
   // Writes row `row` as `shape.keys` probabilities into `out` (full: ones, empty: zeros).
-  void ExpandRow(int64_t row, float* out) const;
+  void ExpandRow(int64_t row, float* out) const { ExpandRow(row, out, 0, shape_.keys); }
+  // The same for keys [begin, end) only, into out[0 .. end - begin).
+  void ExpandRow(int64_t row, float* out, int64_t begin, int64_t end) const;
 
   // Calls fn(key, p) for every kept key of `row` in increasing key order.
   // Full rows visit every key with p = 1; empty rows visit nothing.

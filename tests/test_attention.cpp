@@ -35,7 +35,9 @@ TEST_CASE("masked attention weights kept keys by 1/p") {
   for (size_t i = 0; i < p.size(); ++i)
     if (i % 3 != 1) p[i] = (i % 5 == 0) ? 0.25f : 1.0f;
   const Mask dense = Mask::Dense(shape, p);
-  CHECK(MaxAbsDiff(MaskedAttention(c.in, dense), NaiveAttention(c.in, &dense)) < 2e-5f);
+  const Tensor naive = NaiveAttention(c.in, &dense);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, dense, AttentionPath::kGather), naive) < 2e-5f);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, dense, AttentionPath::kStream), naive) < 2e-5f);
   // The same mask in sparse form gives the same output.
   std::vector<int64_t> ptr{0};
   std::vector<int32_t> cols;
@@ -49,7 +51,28 @@ TEST_CASE("masked attention weights kept keys by 1/p") {
     ptr.push_back(static_cast<int64_t>(cols.size()));
   }
   const Mask sparse = Mask::Sparse(shape, ptr, cols, vals);
-  CHECK(MaxAbsDiff(MaskedAttention(c.in, sparse), MaskedAttention(c.in, dense)) < 1e-6f);
+  for (AttentionPath path : {AttentionPath::kGather, AttentionPath::kStream})
+    CHECK(MaxAbsDiff(MaskedAttention(c.in, sparse, path), MaskedAttention(c.in, dense, path)) < 1e-6f);
+}
+
+TEST_CASE("both masked paths agree on long rows split across threads") {
+  Case c(1, 8, 2, 1, 5000, 64, 21);
+  const MaskShape shape = c.in.mask_shape();
+  // Every third key kept with probability 0.5, plus a dense band at the end.
+  std::vector<int64_t> ptr{0};
+  std::vector<int32_t> cols;
+  std::vector<float> vals;
+  for (int64_t r = 0; r < shape.rows(); ++r) {
+    for (int64_t j = r; j < shape.keys; j += 3) {
+      cols.push_back(static_cast<int32_t>(j));
+      vals.push_back(j >= 4900 ? 1.0f : 0.5f);
+    }
+    ptr.push_back(static_cast<int64_t>(cols.size()));
+  }
+  const Mask m = Mask::Sparse(shape, ptr, cols, vals);
+  const Tensor naive = NaiveAttention(c.in, &m);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, m, AttentionPath::kStream), naive) < 2e-5f);
+  CHECK(MaxAbsDiff(MaskedAttention(c.in, m, AttentionPath::kGather), naive) < 2e-5f);
 }
 
 TEST_CASE("empty and full masks mean dense attention") {
@@ -74,9 +97,13 @@ TEST_CASE("a row with no usable key outputs zeros; far-below scores stay finite"
   const Mask only0 = Mask::FromRowIndices(shape, {0}, 1, 1.0f);
   const Tensor out = MaskedAttention(c.in, only0);
   for (int d = 0; d < 4; ++d) CHECK(out.data()[d] == doctest::Approx(c.v.data()[d]));
-  const Mask none = Mask::Dense(shape, std::vector<float>(8, 0.0f));
-  const Tensor zero = MaskedAttention(c.in, none);
-  for (int d = 0; d < 4; ++d) CHECK(zero.data()[d] == 0.0f);
+  for (AttentionPath path : {AttentionPath::kGather, AttentionPath::kStream}) {
+    const Tensor exact = MaskedAttention(c.in, only0, path);
+    for (int d = 0; d < 4; ++d) CHECK(exact.data()[d] == doctest::Approx(c.v.data()[d]));
+    const Mask none = Mask::Dense(shape, std::vector<float>(8, 0.0f));
+    const Tensor zero = MaskedAttention(c.in, none, path);
+    for (int d = 0; d < 4; ++d) CHECK(zero.data()[d] == 0.0f);
+  }
 }
 
 TEST_CASE("relative L2 error") {

@@ -78,6 +78,11 @@ TEST_CASE("row access agrees across forms") {
   CHECK(row == std::vector<float>(6, 1.0f));
   CHECK(testing::KeptKeys(Mask::Dense(kShape, s.ToDense().vec()), 0) == std::vector<int64_t>{1, 4});
   CHECK(testing::KeptKeys(s, 1).empty());
+  std::vector<float> part(3);
+  s.ExpandRow(0, part.data(), 2, 5);  // keys 2, 3, 4
+  CHECK(part == std::vector<float>{0, 0, 1.0f});
+  Mask::Dense(kShape, s.ToDense().vec()).ExpandRow(0, part.data(), 1, 4);
+  CHECK(part == std::vector<float>{0.5f, 0, 0});
 }
 
 }  // namespace

@@ -186,6 +186,40 @@ TEST_CASE("oracle top-p keeps the smallest set holding the mass") {
   CHECK(KeptKeys(Run(R"([{"type":"oracle_top_p","top_p":0.95}])", c.in), 0) == Range(0, 6));
 }
 
+TEST_CASE("oracle top-p agrees with the reference's sort-and-cumsum on long rows with ties") {
+  Case c(1, 4, 2, 2, 3000, 16, 31, true);
+  // Keys on a coarse grid, so that many scores tie.
+  for (float& x : c.k.vec()) x = std::round(x * 2.0f) / 2.0f;
+  for (float& x : c.q.vec()) x = std::round(x);
+  for (double top_p : {0.05, 0.3, 0.5, 0.9, 0.999}) {
+    CAPTURE(top_p);
+    const Mask m = Run(R"([{"type":"oracle_top_p","top_p":)" + std::to_string(top_p) + "}]", c.in);
+    for (int64_t row = 0; row < 8; ++row) {
+      const int64_t h = row / 2, i = row % 2, n = 3000;
+      std::vector<float> e(n);
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        e[j] = Dot(c.in.query(0, h, i), c.in.key(0, h / 2, j), 16) * c.in.scaling +
+               c.in.mask_row(0, i)[j];
+        mx = std::max(mx, e[j]);
+      }
+      for (float& x : e) x = std::exp(x - mx);
+      std::vector<float> sorted = e;
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      std::vector<float> cum(n);
+      double acc = 0;
+      for (int64_t t = 0; t < n; ++t) cum[t] = static_cast<float>(acc += sorted[t]);
+      int64_t t_star = 0;
+      while (t_star < n && cum[t_star] / cum[n - 1] <= static_cast<float>(top_p)) ++t_star;
+      const float thr = sorted[std::min(t_star, n - 1)];
+      std::vector<int64_t> want;
+      for (int64_t j = 0; j < n; ++j)
+        if (e[j] >= thr) want.push_back(j);
+      CHECK(KeptKeys(m, row) == want);
+    }
+  }
+}
+
 TEST_CASE("pseudo-quantisation rounds half to even on a uniform grid") {
   std::vector<float> x = {0.0f, 0.5f, 1.5f, 3.0f};
   PseudoQuantize(x.data(), 4, 2);  // 3 levels over [0, 3]: scale 1

@@ -53,30 +53,39 @@ class DoubleSparsityTopKMasker : public Masker {
 
     const int64_t B = in.batch(), Q = shape.queries;
     std::vector<int32_t> idx(static_cast<size_t>(shape.rows() * k));
-    // One work item per (batch, head): reduce and quantise that head's keys once.
-    ParallelRows(B * H, [&](int64_t bh) {
+    // One work item per (batch, kv head): each key row is read once and
+    // reduced (and quantised) for the item's g heads, [g, keys, c], in a
+    // buffer each thread keeps across calls.
+    ParallelRows(B * in.kv_heads(), [&](int64_t bk) {
       thread_local std::vector<float> kc, qc, scores, prev_row, scratch;
-      const int64_t b = bh / H, h = bh % H;
-      const int32_t* ch = order.data() + h * c;
-      kc.resize(static_cast<size_t>(n * c));
+      const int64_t b = bk / in.kv_heads(), kvh = bk % in.kv_heads();
+      kc.resize(static_cast<size_t>(g * n * c));
       for (int64_t j = 0; j < n; ++j) {
-        const float* key = in.key(b, h / g, j);
-        float* dst = kc.data() + j * c;
-        for (int64_t t = 0; t < c; ++t) dst[t] = key[ch[t]];
-        if (bits < 16) PseudoQuantize(dst, c, bits);
+        const float* key = in.key(b, kvh, j);
+        for (int64_t hh = 0; hh < g; ++hh) {
+          const int32_t* ch = order.data() + (kvh * g + hh) * c;
+          float* dst = kc.data() + (hh * n + j) * c;
+          for (int64_t t = 0; t < c; ++t) dst[t] = key[ch[t]];
+          if (bits < 16) PseudoQuantize(dst, c, bits);
+        }
       }
       qc.resize(static_cast<size_t>(c));
       scores.resize(static_cast<size_t>(n));
-      for (int64_t i = 0; i < Q; ++i) {
-        const float* q = in.query(b, h, i);
-        for (int64_t t = 0; t < c; ++t) qc[t] = q[ch[t]];
-        if (bits < 16) PseudoQuantize(qc.data(), c, bits);
-        const float* m = in.mask_row(b, i);
-        for (int64_t j = 0; j < n; ++j)
-          scores[j] = Dot(qc.data(), kc.data() + j * c, c) / norm + (m ? m[j] : 0.0f);
-        const int64_t row = bh * Q + i;
-        ExcludePrevious(prev, row, kNegInf, scores.data(), prev_row);
-        SelectTopK(scores.data(), n, k, idx.data() + row * k, scratch);
+      for (int64_t hh = 0; hh < g; ++hh) {
+        const int64_t h = kvh * g + hh;
+        const int32_t* ch = order.data() + h * c;
+        for (int64_t i = 0; i < Q; ++i) {
+          const float* q = in.query(b, h, i);
+          for (int64_t t = 0; t < c; ++t) qc[t] = q[ch[t]];
+          if (bits < 16) PseudoQuantize(qc.data(), c, bits);
+          const float* keys = kc.data() + hh * n * c;
+          const float* m = in.mask_row(b, i);
+          for (int64_t j = 0; j < n; ++j)
+            scores[j] = Dot(qc.data(), keys + j * c, c) / norm + (m ? m[j] : 0.0f);
+          const int64_t row = (b * H + h) * Q + i;
+          ExcludePrevious(prev, row, kNegInf, scores.data(), prev_row);
+          SelectTopK(scores.data(), n, k, idx.data() + row * k, scratch);
+        }
       }
     });
     return prev.Merge(Mask::FromRowIndices(shape, idx, k, 1.0f));

@@ -8,6 +8,43 @@
 namespace masktune {
 namespace {
 
+// The reference sorts e descending, takes cumulative sums c_t (accumulated in
+// double, stored as float, as torch's CPU cumsum does), normalises u_t =
+// c_t / c_last in float, counts t* = #{u_t <= top_p} and returns sorted[t*]
+// (t* clamped to n - 1). This finds the same t* without sorting: quickselect
+// on ranks, steered by the sum of the values ranked above the pivot. Ties
+// have equal values, so the order among them changes no prefix sum.
+float Threshold(const float* e, int64_t n, float top_p, std::vector<float>& a) {
+  a.assign(e, e + n);
+  double total_d = 0.0;
+  for (float x : a) total_d += x;
+  const float total = static_cast<float>(total_d);
+  auto within = [&](double prefix) { return static_cast<float>(prefix) / total <= top_p; };
+  // a[lo, end) holds exactly the ranks lo .. end-1; `above` sums ranks < lo;
+  // t* lies in [lo, end - 1], or is n when end == n and no prefix exceeds top_p.
+  int64_t lo = 0, end = n;
+  double above = 0.0;
+  while (end - lo > 32) {
+    const int64_t mid = lo + (end - lo) / 2;
+    std::nth_element(a.begin() + lo, a.begin() + mid, a.begin() + end, std::greater<float>());
+    double prefix = above;  // the sum of ranks 0 .. mid
+    for (int64_t t = lo; t <= mid; ++t) prefix += a[t];
+    if (within(prefix)) {  // u_mid <= top_p: t* > mid
+      above = prefix;
+      lo = mid + 1;
+    } else {  // t* <= mid
+      end = mid + 1;
+    }
+  }
+  std::sort(a.begin() + lo, a.begin() + end, std::greater<float>());
+  int64_t t = lo;
+  for (; t < end; ++t) {
+    above += a[t];
+    if (!within(above)) break;
+  }
+  return a[std::min(t, n - 1)];
+}
+
 class OracleTopPMasker : public Masker {
  public:
   explicit OracleTopPMasker(MaskerConfig c) : config_(std::move(c)) {}
@@ -20,21 +57,11 @@ class OracleTopPMasker : public Masker {
     const float top_p_f = static_cast<float>(top_p);  // the reference compares in float32
     std::vector<std::vector<int32_t>> kept(static_cast<size_t>(shape.rows()));
     ForEachScoreRow(in, in.scaling, [&](int64_t row, float* s) {
-      thread_local std::vector<float> prev_row, sorted, cum;
+      thread_local std::vector<float> prev_row, sorted;
       ExcludePrevious(prev, row, kLowest, s, prev_row);
       const float m = *std::max_element(s, s + n);
       for (int64_t j = 0; j < n; ++j) s[j] = std::exp(s[j] - m);
-      sorted.assign(s, s + n);
-      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
-      // torch's CPU cumsum accumulates in double and stores float.
-      cum.resize(static_cast<size_t>(n));
-      double acc = 0.0;
-      for (int64_t t = 0; t < n; ++t) cum[t] = static_cast<float>(acc += sorted[t]);
-      const float total = cum[n - 1];
-      // t* = how many normalised sums are <= top_p (searchsorted, right side).
-      int64_t t_star = 0;
-      while (t_star < n && cum[t_star] / total <= top_p_f) ++t_star;
-      const float thr = sorted[std::min(t_star, n - 1)];
+      const float thr = Threshold(s, n, top_p_f, sorted);
       for (int64_t j = 0; j < n; ++j)
         if (s[j] >= thr) kept[row].push_back(static_cast<int32_t>(j));
     });

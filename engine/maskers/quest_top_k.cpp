@@ -27,22 +27,25 @@ class QuestTopKMasker : public Masker {
     const int64_t B = in.batch(), Hkv = in.kv_heads();
     std::vector<float> kmin(static_cast<size_t>(B * Hkv * pages * D));
     std::vector<float> kmax(kmin.size());
-    ParallelRows(B * Hkv * pages, [&](int64_t item) {
-      const int64_t b = item / (Hkv * pages), kvh = (item / pages) % Hkv, p = item % pages;
-      float* lo = kmin.data() + item * D;
-      float* hi = kmax.data() + item * D;
-      std::fill_n(lo, D, std::numeric_limits<float>::infinity());
-      std::fill_n(hi, D, -std::numeric_limits<float>::infinity());
-      for (int64_t j = p * ps; j < std::min(n, (p + 1) * ps); ++j) {
-        const float* key = in.key(b, kvh, j);
-        for (int64_t d = 0; d < D; ++d) {
-          lo[d] = std::min(lo[d], key[d]);
-          hi[d] = std::max(hi[d], key[d]);
+    // One work item per (batch, kv head): its keys stream through once.
+    ParallelRows(B * Hkv, [&](int64_t bk) {
+      const int64_t b = bk / Hkv, kvh = bk % Hkv;
+      for (int64_t p = 0; p < pages; ++p) {
+        float* lo = kmin.data() + (bk * pages + p) * D;
+        float* hi = kmax.data() + (bk * pages + p) * D;
+        std::copy_n(in.key(b, kvh, p * ps), D, lo);
+        std::copy_n(in.key(b, kvh, p * ps), D, hi);
+        for (int64_t j = p * ps + 1; j < std::min(n, (p + 1) * ps); ++j) {
+          const float* key = in.key(b, kvh, j);
+          for (int64_t d = 0; d < D; ++d) {
+            lo[d] = std::min(lo[d], key[d]);
+            hi[d] = std::max(hi[d], key[d]);
+          }
         }
-      }
-      if (bits < 16) {
-        PseudoQuantize(lo, D, bits);
-        PseudoQuantize(hi, D, bits);
+        if (bits < 16) {
+          PseudoQuantize(lo, D, bits);
+          PseudoQuantize(hi, D, bits);
+        }
       }
     });
 
