@@ -21,32 +21,17 @@
 #include "engine/attention.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
+#include "engine/timing.h"
 
 using namespace masktune;
 
 namespace {
 
-struct Timing {
-  double median = 0, best = 0;  // seconds per call
-};
-
-template <typename Fn>
-Timing Time(int repeat, Fn&& fn) {
-  std::vector<double> t;
-  for (int r = 0; r < repeat; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return {t[t.size() / 2], t[0]};
-}
-
 // STREAM copy over arrays far larger than the caches: bytes read + written per second.
 Timing CopyBandwidth(int repeat) {
   const size_t n = size_t{64} << 20;  // 256 MiB per array
   std::vector<float> a(n, 1.0f), b(n, 0.0f);
-  const Timing t = Time(repeat, [&] {
+  const Timing t = TimeCalls(repeat, [&] {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; ++i) b[i] = a[i];
   });
@@ -156,7 +141,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(queries), static_cast<long long>(heads),
                 static_cast<long long>(kv_heads), static_cast<long long>(n),
                 static_cast<long long>(head_dim), kv_bytes / (1 << 20), repeat);
-    const Timing dense = Time(repeat, [&] { (void)DenseAttention(in); });
+    const Timing dense = TimeCalls(repeat, [&] { (void)DenseAttention(in); });
     const double dense_s = dense.median;
     std::printf("  %-30s %9.2f ms median, %.2f ms best: %.2f GB/s (K+V) = %.1f%% of copy bw\n",
                 "dense attention", dense.median * 1e3, dense.best * 1e3,
@@ -178,8 +163,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s: %s\n", name.c_str(), mask.status().message().c_str());
         return 1;
       }
-      const double mask_s = Time(repeat, [&] { (void)stack->ComputeMask(in, state); }).median;
-      const double attn_s = Time(repeat, [&] { (void)MaskedAttention(in, mask.value()); }).median;
+      const double mask_s = TimeCalls(repeat, [&] { (void)stack->ComputeMask(in, state); }).median;
+      const double attn_s = TimeCalls(repeat, [&] { (void)MaskedAttention(in, mask.value()); }).median;
       std::printf("  %-30s %9.2f %9.2f %9.2f %9.2f %9.4f\n", name.c_str(), mask_s * 1e3,
                   attn_s * 1e3, (mask_s + attn_s) * 1e3, (mask_s + attn_s) / dense_s,
                   mask->Density());

@@ -1,6 +1,5 @@
 // masktune attend: one masker stack on attention tensors from a file.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include "engine/attention.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
+#include "engine/timing.h"
 
 namespace masktune::cli {
 namespace {
@@ -63,18 +63,6 @@ double Scaling(const AttendOptions& o, const SafetensorsFile& file, int64_t head
   return 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
-template <typename Fn>
-double MedianSeconds(int repeat, Fn&& fn) {
-  std::vector<double> t;
-  for (int r = 0; r < repeat; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
-}
-
 int RunAttend(const AttendOptions& o) {
   auto file_or = SafetensorsFile::Read(o.input);
   if (!file_or.ok()) return Fail(file_or.status().message());
@@ -111,12 +99,13 @@ int RunAttend(const AttendOptions& o) {
   line["error"] = RelativeL2Error(out, dense);
   if (o.repeat > 0) {
     // Each mask timing starts from a fresh layer state, as a first call does.
-    line["mask_s"] = MedianSeconds(o.repeat, [&] {
+    line["mask_s"] = TimeCalls(o.repeat, [&] {
       StackState fresh;
       (void)stack->ComputeMask(in, fresh);
-    });
-    line["attention_s"] = MedianSeconds(o.repeat, [&] { (void)MaskedAttention(in, mask.value()); });
-    line["dense_s"] = MedianSeconds(o.repeat, [&] { (void)DenseAttention(in); });
+    }).median;
+    line["attention_s"] =
+        TimeCalls(o.repeat, [&] { (void)MaskedAttention(in, mask.value()); }).median;
+    line["dense_s"] = TimeCalls(o.repeat, [&] { (void)DenseAttention(in); }).median;
   }
   if (!o.out.empty()) {
     const Tensor dense_mask = mask->ToDense();

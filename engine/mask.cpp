@@ -31,6 +31,19 @@ Mask Mask::FromRowIndices(const MaskShape& shape, const std::vector<int32_t>& in
                 std::vector<float>(indices.size(), value));
 }
 
+Mask Mask::FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,
+                    float value) {
+  assert(static_cast<int64_t>(rows.size()) == shape.rows());
+  std::vector<int64_t> row_ptr(1, 0);
+  std::vector<int32_t> cols;
+  for (const auto& r : rows) {
+    cols.insert(cols.end(), r.begin(), r.end());
+    row_ptr.push_back(static_cast<int64_t>(cols.size()));
+  }
+  std::vector<float> values(cols.size(), value);
+  return Sparse(shape, std::move(row_ptr), std::move(cols), std::move(values));
+}
+
 void Mask::ExpandRow(int64_t row, float* out, int64_t begin, int64_t end) const {
   const int64_t n = shape_.keys;
   if (form_ == Form::kDense) {

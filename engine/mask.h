@@ -40,6 +40,9 @@ class Mask {
   // with values in (0, 1]. row_ptr has shape.rows() + 1 entries.
   static Mask Sparse(const MaskShape& shape, std::vector<int64_t> row_ptr,
                      std::vector<int32_t> cols, std::vector<float> values);
+  // rows[r]: the sorted key indices of row r, each written with `value`.
+  static Mask FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,
+                       float value);
   // `per_row` sorted key indices per row, each written with `value`.
   static Mask FromRowIndices(const MaskShape& shape, const std::vector<int32_t>& indices,
                              int64_t per_row, float value);

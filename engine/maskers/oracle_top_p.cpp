@@ -65,14 +65,7 @@ class OracleTopPMasker : public Masker {
       for (int64_t j = 0; j < n; ++j)
         if (s[j] >= thr) kept[row].push_back(static_cast<int32_t>(j));
     });
-    std::vector<int64_t> row_ptr(1, 0);
-    std::vector<int32_t> cols;
-    for (const auto& r : kept) {
-      cols.insert(cols.end(), r.begin(), r.end());
-      row_ptr.push_back(static_cast<int64_t>(cols.size()));
-    }
-    std::vector<float> ones(cols.size(), 1.0f);
-    return prev.Merge(Mask::Sparse(shape, std::move(row_ptr), std::move(cols), std::move(ones)));
+    return prev.Merge(Mask::FromRows(shape, kept, 1.0f));
   }
 
  private:

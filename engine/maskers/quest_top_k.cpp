@@ -49,7 +49,6 @@ class QuestTopKMasker : public Masker {
       }
     });
 
-    std::vector<int32_t> cols;
     std::vector<std::vector<int32_t>> row_keys(static_cast<size_t>(shape.rows()));
     ParallelRows(shape.rows(), [&](int64_t row) {
       thread_local std::vector<float> score, scratch;
@@ -79,14 +78,7 @@ class QuestTopKMasker : public Masker {
         for (int64_t j = p * ps; j < std::min(n, (p + 1) * ps); ++j)
           out.push_back(static_cast<int32_t>(j));
     });
-    std::vector<int64_t> row_ptr(1, 0);
-    for (const auto& r : row_keys) {
-      cols.insert(cols.end(), r.begin(), r.end());
-      row_ptr.push_back(static_cast<int64_t>(cols.size()));
-    }
-    std::vector<float> ones(cols.size(), 1.0f);
-    Mask merged =
-        prev.Merge(Mask::Sparse(shape, std::move(row_ptr), std::move(cols), std::move(ones)));
+    Mask merged = prev.Merge(Mask::FromRows(shape, row_keys, 1.0f));
     // Quest does not exclude pages the previous mask covers; it does gate the
     // result by the attention mask.
     return in.attention_mask ? merged.KeepAllowed(*in.attention_mask) : merged;
