@@ -87,6 +87,7 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
 
   const unsigned char* data = bytes.data() + 8 + header_len;
   const uint64_t data_len = bytes.size() - 8 - header_len;
+  const uint64_t data_len_limit = data_len + 1;  // element counts above this cannot fit
   SafetensorsFile file;
   file.path_ = path;
   for (auto& [name, entry] : header.items()) {
@@ -115,16 +116,21 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
     const json& jo = entry["data_offsets"];
     if (!js.is_array()) return Status::Error(tw + "shape is not a list");
     Shape shape;
+    uint64_t count = 1;
     for (const json& d : js) {
       if (!d.is_number_unsigned()) return Status::Error(tw + "shape holds a non-integer or negative");
-      shape.push_back(d.get<int64_t>());
+      const uint64_t dim = d.get<uint64_t>();
+      // A shape larger than the file cannot be backed by it (and must not overflow).
+      if (dim != 0 && count > data_len_limit / dim)
+        return Status::Error(tw + "shape " + js.dump() + " is larger than the file");
+      count *= dim;
+      shape.push_back(static_cast<int64_t>(dim));
     }
     if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() ||
         !jo[1].is_number_unsigned()) {
       return Status::Error(tw + "data_offsets is not a pair of non-negative integers");
     }
     const uint64_t begin = jo[0].get<uint64_t>(), end = jo[1].get<uint64_t>();
-    const uint64_t count = static_cast<uint64_t>(NumElements(shape));
     if (end < begin || end - begin != count * static_cast<uint64_t>(elem)) {
       return Status::Error(tw + "header does not match the data: shape " + ShapeToString(shape) +
                            " of " + dtype + " needs " + std::to_string(count * elem) +

@@ -102,6 +102,13 @@ TEST_CASE("safetensors errors name the file and the problem") {
     CHECK(f.status().message().find("tensor 'a': header does not match the data") !=
           std::string::npos);
   }
+  SUBCASE("a shape too large for the file, whose size would overflow") {
+    WriteRaw(dir / "o.safetensors",
+             R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})", "");
+    auto f = SafetensorsFile::Read(dir / "o.safetensors");
+    REQUIRE_FALSE(f.ok());
+    CHECK(f.status().message().find("is larger than the file") != std::string::npos);
+  }
   SUBCASE("unsupported dtype") {
     WriteRaw(dir / "i.safetensors", R"({"a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})",
              std::string(4, '\0'));
