@@ -5,7 +5,9 @@
 
 #include "cli/commands.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   using namespace masktune::cli;
   CLI::App app{
       "masktune: search sparse-attention configurations for long-context LLMs.\n"
@@ -25,12 +27,22 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "masktune: %s (see --help)\n", e.what());
     return kExitBadInput;
   }
+  for (auto& [sub, action] : actions)
+    if (sub->parsed()) return action();
+  return kExitBadInput;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Errors are values inside masktune; an exception here is a bug (or out of
+  // memory), reported as one line rather than an abort.
   try {
-    for (auto& [sub, action] : actions)
-      if (sub->parsed()) return action();
+    return Main(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "masktune: internal error: %s\n", e.what());
-    return kExitFailure;
+  } catch (...) {
+    std::fprintf(stderr, "masktune: internal error\n");
   }
-  return kExitBadInput;
+  return masktune::cli::kExitFailure;
 }
