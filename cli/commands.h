@@ -18,5 +18,6 @@ inline constexpr int kExitBadInput = 2;
 using Action = std::function<int()>;
 
 Action AddAttendCommand(CLI::App& app);
+Action AddValidateCommand(CLI::App& app);
 
 }  // namespace masktune::cli

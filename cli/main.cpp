@@ -15,8 +15,11 @@ int Main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
   std::map<CLI::App*, Action> actions;
-  Action attend = AddAttendCommand(app);
-  actions[app.get_subcommand("attend")] = attend;
+  // Each Add*Command adds one subcommand, the newest in app's list.
+  for (auto add : {AddAttendCommand, AddValidateCommand}) {
+    Action action = add(app);
+    actions[app.get_subcommands({}).back()] = std::move(action);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -9,6 +9,8 @@ packages=(
   nlohmann-json3-dev   # JSON: safetensors headers, masker lists, channel files
   libcli11-dev         # command-line parsing
   libbenchmark-dev     # bench/
+  libyaml-cpp-dev      # sweep files
+  librandom123-dev     # counter-based Philox: the same draws on any thread or device
 )
 
 missing=()

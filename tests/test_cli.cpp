@@ -132,6 +132,22 @@ TEST_CASE("attend rejects bad input with one line and exit code 2") {
   CheckBadInput(Masktune("attend --input " + dir / "plain.safetensors"), "carries no case metadata");
 }
 
+TEST_CASE("validate prints the plan, or the error with its place and exit code 2") {
+  const std::string examples = std::string(MASKTUNE_SOURCE_DIR) + "/configs/examples/";
+  const Run ok = Masktune("validate " + examples + "quickstart.yaml");
+  CAPTURE(ok.output);
+  CHECK(ok.code == 0);
+  CHECK(ok.output.find("study quickstart: 3 stacks, 32 trials") != std::string::npos);
+  CHECK(ok.output.find("searched oracle_top_k.heavy_size: uniform [0.01, 0.15]") != std::string::npos);
+  testing::TempDir dir;
+  std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nattention:\n  a:\n"
+                                     "    - local: {window_size: -4}\n";
+  CheckBadInput(Masktune("validate " + dir / "bad.yaml"),
+                dir / "bad.yaml" + ":5:28: attention.a[0] (local): field 'window_size': expected "
+                                   "an integer count > 0, found -4");
+  CheckBadInput(Masktune("validate " + dir / "none.yaml"), "cannot open the sweep file");
+}
+
 TEST_CASE("every subcommand answers --help") {
   const Run top = Masktune("--help");
   CHECK(top.code == 0);
@@ -140,6 +156,9 @@ TEST_CASE("every subcommand answers --help") {
   CHECK(attend.code == 0);
   CHECK(attend.output.find("--maskers") != std::string::npos);
   CHECK(attend.output.find("Exit codes") != std::string::npos);
+  const Run validate = Masktune("validate --help");
+  CHECK(validate.code == 0);
+  CHECK(validate.output.find("FILE:LINE:COLUMN") != std::string::npos);
   const Run none = Masktune("");
   CHECK(none.code == 2);
 }

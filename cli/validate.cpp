@@ -1,0 +1,76 @@
+// masktune validate: check a sweep file and print the plan it makes.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "configs/sweep.h"
+#include "search/plan.h"
+
+namespace masktune::cli {
+namespace {
+
+int RunValidate(const std::string& path) {
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto sweep = configs::LoadSweep(path, registry);
+  if (!sweep.ok()) {
+    std::fprintf(stderr, "%s\n", sweep.status().message().c_str());
+    return kExitBadInput;
+  }
+  const configs::SweepConfig& c = sweep.value();
+  const auto plans = search::PlanSweep(c);
+  int64_t total = 0;
+  for (const auto& p : plans) total += p.trials;
+  std::printf("study %s: %zu stack%s, %lld trials (algorithm %s, num_samples %lld, seed %lld)\n",
+              c.study.c_str(), plans.size(), plans.size() == 1 ? "" : "s",
+              static_cast<long long>(total), c.search.algorithm.c_str(),
+              static_cast<long long>(c.search.num_samples), static_cast<long long>(c.search.seed));
+  const configs::BenchmarkSpec& b = c.benchmark;
+  if (b.name == "noop") {
+    std::printf("benchmark noop (sleep_ms %lld)\n", static_cast<long long>(b.sleep_ms));
+  } else if (b.synthetic) {
+    const configs::SyntheticSpec& d = b.data;
+    std::printf("benchmark attention_error (synthetic: keys %lld, heads %lld, kv_heads %lld, "
+                "head_dim %lld, queries %lld, samples %lld, seed %lld)\n",
+                static_cast<long long>(d.keys), static_cast<long long>(d.heads),
+                static_cast<long long>(d.kv_heads), static_cast<long long>(d.head_dim),
+                static_cast<long long>(d.queries), static_cast<long long>(d.samples),
+                static_cast<long long>(d.seed));
+  } else {
+    std::printf("benchmark attention_error (folder %s)\n", b.folder.c_str());
+  }
+  std::string objective = c.objective.name;
+  if (!c.objective.metrics.empty()) {
+    objective.clear();
+    for (const auto& [m, minimise] : c.objective.metrics)
+      objective += (objective.empty() ? "" : ", ") + m + (minimise ? " min" : " max");
+    if (c.objective.multi()) objective += " (Pareto front)";
+  }
+  std::printf("objective %s\nstorage %s\n", objective.c_str(), c.storage.c_str());
+  for (const auto& p : plans) {
+    std::printf("stack %s: %zu masker%s, %lld trials\n", p.stack->name.c_str(),
+                p.stack->maskers.size(), p.stack->maskers.size() == 1 ? "" : "s",
+                static_cast<long long>(p.trials));
+    for (const auto& m : p.stack->maskers) {
+      std::string fixed;
+      for (const auto& [field, space] : m.fields)
+        if (!space.searched()) fixed += (fixed.empty() ? "" : ", ") + field + " " + space.ToString();
+      std::printf("  %s%s%s\n", m.type.c_str(), fixed.empty() ? "" : ": ", fixed.c_str());
+    }
+    for (const auto& param : p.params)
+      std::printf("  searched %s: %s\n", param.name.c_str(), param.space->ToString().c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Action AddValidateCommand(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "validate", "Check a sweep file against the masker schemas and print its plan: the stacks,\n"
+                  "their searched fields and how many trials each will run.");
+  cmd->add_option("FILE", *path, "the sweep file (YAML)")->required();
+  cmd->footer("Exit codes: 0 valid, 2 invalid (errors read FILE:LINE:COLUMN: message).");
+  return [path] { return RunValidate(*path); };
+}
+
+}  // namespace masktune::cli

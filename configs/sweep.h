@@ -1,0 +1,111 @@
+// File: configs/sweep.h
+//
+// The sweep file: one YAML document that names a study, where its results
+// go, the benchmark a trial runs, the objective, the search algorithm, and
+// the masker stacks to tune with a search space per field (../shared/
+// DESIGN.md, "Sweep file"). Parsing validates everything against the masker
+// schemas before anything is created; every error reads
+// `FILE:LINE:COLUMN: message` and names the field, what was expected and
+// what was found. Thread-safety: plain values.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/masker.h"
+#include "engine/registry.h"
+#include "engine/status.h"
+
+namespace masktune::configs {
+
+struct Location {
+  std::string file;
+  int line = 0, column = 0;  // 1-based
+  std::string ToString() const;  // "sweep.yaml:12:5"
+};
+
+// A field's value in the sweep: a constant or a search space (Ray Tune's vocabulary).
+struct ParamSpace {
+  enum class Kind { kConstant, kGridSearch, kChoice, kUniform, kLogUniform, kRandInt, kQUniform };
+  Kind kind = Kind::kConstant;
+  std::vector<FieldValue> values;  // kConstant: one; kGridSearch, kChoice: the options
+  double lo = 0, hi = 0, q = 0;    // kUniform, kLogUniform, kQUniform: [lo, hi]; kRandInt: [lo, hi)
+  Location where;
+
+  bool searched() const { return kind != Kind::kConstant; }
+  std::string ToString() const;  // "grid_search [4, 8]", "uniform [0.01, 0.2]", "128"
+};
+
+const char* SpaceName(ParamSpace::Kind kind);
+
+struct MaskerEntry {
+  std::string type;
+  std::map<std::string, ParamSpace> fields;  // every field of the schema after defaults
+  Location where;
+};
+
+struct StackSpec {
+  std::string name;
+  std::vector<MaskerEntry> maskers;
+  Location where;
+};
+
+struct SyntheticSpec {
+  int64_t keys = 4096, heads = 8, kv_heads = 2, head_dim = 64, queries = 1, samples = 8;
+  int64_t seed = 0;
+};
+
+struct BenchmarkSpec {
+  std::string name;       // attention_error | noop
+  bool synthetic = true;  // attention_error: generated inputs, else `folder`
+  SyntheticSpec data;
+  std::string folder;     // safetensors files with q, k, v (one per layer or sample)
+  int64_t sleep_ms = 0;   // noop
+};
+
+struct ObjectiveSpec {
+  // "default", "sparsity_5" .. "sparsity_25", or metrics with modes.
+  std::string name;
+  std::vector<std::pair<std::string, bool>> metrics;  // (metric, minimise?)
+  bool multi() const { return metrics.size() > 1; }
+};
+
+struct SearchSpec {
+  std::string algorithm = "random";  // grid | random | tpe
+  int64_t num_samples = 1;
+  int64_t seed = 0;
+  int64_t max_concurrent_trials = 0;  // 0: as many as workers take
+  int64_t n_startup_trials = 10;      // tpe
+  int64_t max_failures = 3;
+};
+
+struct ResourcesSpec {
+  double gpus_per_trial = 0.0;
+  int64_t cpus_per_trial = 1;
+};
+
+struct SweepConfig {
+  std::string path;  // the file it was read from
+  std::string study;
+  std::string storage = "masktune.db";  // relative to the sweep file's folder
+  BenchmarkSpec benchmark;
+  ObjectiveSpec objective;
+  SearchSpec search;
+  std::vector<StackSpec> stacks;  // in file order
+  ResourcesSpec resources;
+  int64_t workers = 0;  // 0: the core count
+};
+
+// Parses and validates `text` as read from `path` (used in messages and to
+// resolve relative paths). The first error found is returned.
+Result<SweepConfig> ParseSweep(const std::string& text, const std::string& path,
+                               const MaskerRegistry& registry);
+// Reads the file, then ParseSweep.
+Result<SweepConfig> LoadSweep(const std::string& path, const MaskerRegistry& registry);
+
+// Objective names the reference defines.
+bool IsReferenceObjective(const std::string& name);
+
+}  // namespace masktune::configs
