@@ -22,15 +22,13 @@ configure: $(BUILD)/CMakeCache.txt
 build: setup configure
 	@cmake --build $(BUILD) -j$(JOBS)
 
-# The main job. Until the sweep runtime exists: one masker stack on a
-# reference case, printed as masktune attend prints it, then dense attention.
+# The main job: the quickstart sweep (coordinator and local workers in one
+# process), then the best configuration per stack. Its database is
+# build/quickstart.db: a second `make run` resumes the finished study and
+# prints the same answer at once (`rm build/quickstart.db` to start over).
 run: build
-	@echo "== masktune attend: sink 4 + local 8 + oracle_top_k 0.1 on $(GOLDEN)/oracle_topk_s1.safetensors"
-	@$(BUILD)/masktune attend --input $(GOLDEN)/oracle_topk_s1.safetensors \
-	  --maskers '[{"type":"sink","sink_size":4},{"type":"local","window_size":8},{"type":"oracle_top_k","heavy_size":0.1}]' \
-	  --repeat 5
-	@echo "== the same input, dense attention ([])"
-	@$(BUILD)/masktune attend --input $(GOLDEN)/oracle_topk_s1.safetensors --maskers '[]'
+	@$(BUILD)/masktune validate configs/examples/quickstart.yaml
+	@$(BUILD)/masktune run configs/examples/quickstart.yaml --db $(BUILD)/quickstart.db
 
 test: build
 	@cd $(BUILD) && ./masktune_tests

@@ -19,5 +19,13 @@ using Action = std::function<int()>;
 
 Action AddAttendCommand(CLI::App& app);
 Action AddValidateCommand(CLI::App& app);
+Action AddRunCommand(CLI::App& app);
+Action AddResumeCommand(CLI::App& app);
+Action AddCoordinatorCommand(CLI::App& app);
+Action AddWorkerCommand(CLI::App& app);
+Action AddBestCommand(CLI::App& app);
+Action AddTrialsCommand(CLI::App& app);
+Action AddStatusCommand(CLI::App& app);
+Action AddExportCommand(CLI::App& app);
 
 }  // namespace masktune::cli

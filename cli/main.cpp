@@ -16,7 +16,9 @@ int Main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
   std::map<CLI::App*, Action> actions;
   // Each Add*Command adds one subcommand, the newest in app's list.
-  for (auto add : {AddAttendCommand, AddValidateCommand}) {
+  for (auto add : {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand,
+                   AddTrialsCommand, AddStatusCommand, AddExportCommand, AddCoordinatorCommand,
+                   AddWorkerCommand, AddAttendCommand}) {
     Action action = add(app);
     actions[app.get_subcommands({}).back()] = std::move(action);
   }

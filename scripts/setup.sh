@@ -8,9 +8,11 @@ packages=(
   doctest-dev          # tests
   nlohmann-json3-dev   # JSON: safetensors headers, masker lists, channel files
   libcli11-dev         # command-line parsing
-  libbenchmark-dev     # bench/
   libyaml-cpp-dev      # sweep files
   librandom123-dev     # counter-based Philox: the same draws on any thread or device
+  libsqlite3-dev       # storage/
+  libzmq3-dev          # coordinator and workers
+  cppzmq-dev
 )
 
 missing=()

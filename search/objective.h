@@ -12,10 +12,11 @@
 #include <vector>
 
 #include "configs/sweep.h"
+#include "engine/benchmarks/benchmark.h"
 
 namespace masktune::search {
 
-using Metrics = std::map<std::string, double>;  // "density", "error", ...
+using masktune::Metrics;
 
 // The scalar objective of `metrics` (lower is better); for a multi-metric
 // objective, the first metric's (the front is computed from all of them).

@@ -1,0 +1,271 @@
+// masktune best / trials / status / export: questions to a study's database.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/report.h"
+#include "coordinator/coordinator.h"
+#include "search/objective.h"
+#include "search/plan.h"
+#include "storage/store.h"
+
+namespace masktune::cli {
+namespace {
+
+using json = nlohmann::json;
+
+struct Query {
+  std::string study, db, stack, status, sort = "id", format = "json", out, objective;
+  bool csv = false;
+};
+
+struct Opened {
+  storage::Store store;
+  storage::StudyRow study;
+  configs::SweepConfig sweep;
+};
+
+// Opens the database and the study, re-reading its sweep from the database.
+std::optional<Opened> Open(const std::string& command, const Query& q) {
+  auto fail = [&](const std::string& m) {
+    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), m.c_str());
+    return std::nullopt;
+  };
+  if (!std::filesystem::exists(q.db)) return fail(q.db + ": no such database");
+  auto store = storage::Store::Open(q.db);
+  if (!store.ok()) return fail(store.status().message());
+  auto row = store->FindStudy(q.study);
+  if (!row.ok()) return fail(row.status().message());
+  if (!row.value()) return fail("no study '" + q.study + "' in " + q.db);
+  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path,
+                                   MaskerRegistry::WithBuiltins());
+  if (!sweep.ok()) return fail("the study's stored sweep no longer parses: " + sweep.status().message());
+  return Opened{std::move(store).value(), *row.value(), std::move(sweep).value()};
+}
+
+std::string CsvField(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+void AddStudyOptions(CLI::App* cmd, Query& q) {
+  cmd->add_option("STUDY", q.study, "the study's name")->required();
+  cmd->add_option("--db", q.db, "SQLite database")->required();
+}
+
+int RunBest(Query& q) {
+  auto o = Open("best", q);
+  if (!o) return kExitBadInput;
+  if (!q.objective.empty()) {
+    if (!configs::IsReferenceObjective(q.objective)) {
+      std::fprintf(stderr, "masktune best: --objective: expected default or sparsity_5..25, found '%s'\n",
+                   q.objective.c_str());
+      return kExitBadInput;
+    }
+    o->sweep.objective = configs::ObjectiveSpec{q.objective, {}};
+    // Re-rank under the other objective: recompute from the stored metrics.
+    auto rows = o->store.Trials(o->study.id, "done");
+    if (!rows.ok()) return kExitFailure;
+    double best = INFINITY;
+    const storage::TrialRow* arg = nullptr;
+    for (const auto& r : rows.value()) {
+      if (!q.stack.empty() && r.stack != q.stack) continue;
+      const double v = search::ObjectiveValue(o->sweep.objective, r.metrics);
+      if (v < best) best = v, arg = &r;
+    }
+    if (!arg) {
+      std::printf("no finished trial\n");
+      return kExitOk;
+    }
+    std::printf("best %s under %s: trial %lld, objective %.6g; params %s\n", arg->stack.c_str(),
+                q.objective.c_str(), static_cast<long long>(arg->id), best, arg->params.c_str());
+    return kExitOk;
+  }
+  return PrintBest(o->store, o->study.id, o->sweep, q.stack);
+}
+
+int RunTrials(Query& q) {
+  auto o = Open("trials", q);
+  if (!o) return kExitBadInput;
+  if (!q.status.empty() && q.status != "queued" && q.status != "running" && q.status != "done" &&
+      q.status != "failed") {
+    std::fprintf(stderr, "masktune trials: --status: expected queued, running, done or failed\n");
+    return kExitBadInput;
+  }
+  auto rows = o->store.Trials(o->study.id, q.status, q.sort);
+  if (!rows.ok()) {
+    std::fprintf(stderr, "masktune trials: %s\n", rows.status().message().c_str());
+    return kExitBadInput;
+  }
+  // Columns: fixed ones, then every parameter and metric that occurs.
+  std::vector<std::string> params, metrics;
+  for (const auto& r : rows.value()) {
+    const json p = json::parse(r.params);  // kept alive for items()
+    for (auto& [k, v] : p.items())
+      if (std::find(params.begin(), params.end(), k) == params.end()) params.push_back(k);
+    for (const auto& [k, v] : r.metrics)
+      if (std::find(metrics.begin(), metrics.end(), k) == metrics.end()) metrics.push_back(k);
+  }
+  std::vector<std::string> header = {"trial_id", "stack", "number", "status", "attempts", "objective"};
+  header.insert(header.end(), params.begin(), params.end());
+  header.insert(header.end(), metrics.begin(), metrics.end());
+  header.push_back("worker");
+  header.push_back("error");
+  std::vector<std::vector<std::string>> table;
+  for (const auto& r : rows.value()) {
+    const json p = json::parse(r.params);
+    std::vector<std::string> row = {std::to_string(r.id), r.stack, std::to_string(r.number), r.status,
+                                    std::to_string(r.attempts),
+                                    r.objective ? json(*r.objective).dump() : ""};
+    for (const auto& k : params) row.push_back(p.contains(k) ? (p[k].is_string() ? p[k].get<std::string>() : p[k].dump()) : "");
+    for (const auto& k : metrics) row.push_back(r.metrics.count(k) ? json(r.metrics.at(k)).dump() : "");
+    row.push_back(r.worker);
+    row.push_back(r.error);
+    table.push_back(std::move(row));
+  }
+  if (q.csv) {
+    auto line = [](const std::vector<std::string>& cells) {
+      std::string s;
+      for (size_t i = 0; i < cells.size(); ++i) s += (i ? "," : "") + CsvField(cells[i]);
+      std::printf("%s\n", s.c_str());
+    };
+    line(header);
+    for (const auto& r : table) line(r);
+    return kExitOk;
+  }
+  std::vector<size_t> width(header.size());
+  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
+  for (const auto& r : table)
+    for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], std::min<size_t>(r[i].size(), 24));
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string s;
+    for (size_t i = 0; i < cells.size(); ++i) {
+      std::string c = cells[i].size() > 24 ? cells[i].substr(0, 23) + "~" : cells[i];
+      s += c + std::string(width[i] - c.size() + 2, ' ');
+    }
+    while (!s.empty() && s.back() == ' ') s.pop_back();
+    std::printf("%s\n", s.c_str());
+  };
+  line(header);
+  for (const auto& r : table) line(r);
+  return kExitOk;
+}
+
+int RunStatus(Query& q) {
+  auto o = Open("status", q);
+  if (!o) return kExitBadInput;
+  auto p = o->store.GetProgress(o->study.id);
+  if (!p.ok()) return kExitFailure;
+  std::printf("study %s (%s): %lld trials: %lld done, %lld failed, %lld running, %lld queued\n",
+              o->study.name.c_str(), o->study.status.c_str(), static_cast<long long>(p->total),
+              static_cast<long long>(p->done), static_cast<long long>(p->failed),
+              static_cast<long long>(p->running), static_cast<long long>(p->queued));
+  return kExitOk;
+}
+
+int RunExport(Query& q) {
+  auto o = Open("export", q);
+  if (!o) return kExitBadInput;
+  if (q.format != "json" && q.format != "sah") {
+    std::fprintf(stderr, "masktune export: --format: expected json or sah, found '%s'\n", q.format.c_str());
+    return kExitBadInput;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(q.out, ec);
+  if (ec) {
+    std::fprintf(stderr, "masktune export: %s: %s\n", q.out.c_str(), ec.message().c_str());
+    return kExitBadInput;
+  }
+  auto rows = o->store.Trials(o->study.id, "done", "objective");
+  if (!rows.ok()) return kExitFailure;
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  const auto plans = search::PlanSweep(o->sweep);
+  for (const auto& plan : plans) {
+    const storage::TrialRow* best = nullptr;
+    for (const auto& r : rows.value())
+      if (r.stack == plan.stack->name) { best = &r; break; }
+    if (!best) {
+      std::fprintf(stderr, "masktune export: stack %s has no finished trial; skipped\n", plan.stack->name.c_str());
+      continue;
+    }
+    search::TrialParams params;
+    const json stored = json::parse(best->params);  // kept alive for items()
+    for (auto& [k, v] : stored.items())
+      params[k] = v.is_number_integer() ? FieldValue(v.get<int64_t>())
+                  : v.is_number_float() ? FieldValue(v.get<double>())
+                  : v.is_boolean()      ? FieldValue(v.get<bool>())
+                                        : FieldValue(v.get<std::string>());
+    auto configs = search::Materialize(registry, plan, params);
+    if (!configs.ok()) return kExitFailure;
+    json out;
+    if (q.format == "json") {
+      out = {{"study", o->study.name}, {"stack", plan.stack->name}, {"trial", best->id},
+             {"objective", best->objective.value_or(NAN)}, {"metrics", best->metrics}, {"maskers", json::array()}};
+    } else {
+      out = {{"type", "ResearchAttentionConfig"}, {"masker_configs", json::array()}};
+    }
+    for (const MaskerConfig& c : configs.value()) {
+      json fields = json::object();
+      for (const auto& [f, v] : c.values) {
+        json jv = std::visit([](auto&& x) { return json(x); }, v);
+        fields[f] = jv;
+      }
+      if (q.format == "json") {
+        fields["type"] = c.type;
+        out["maskers"].push_back(fields);
+      } else {
+        out["masker_configs"].push_back(
+            {{"type", registry.Find(c.type)->reference_name}, {"params", fields}});
+      }
+    }
+    const std::string path = (std::filesystem::path(q.out) / (plan.stack->name + ".json")).string();
+    std::ofstream(path) << out.dump(2) << "\n";
+    std::printf("%s\n", path.c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Action AddBestCommand(CLI::App& app) {
+  auto q = std::make_shared<Query>();
+  CLI::App* cmd = app.add_subcommand("best", "The best configuration per stack and its metrics (or the Pareto front).");
+  AddStudyOptions(cmd, *q);
+  cmd->add_option("--stack", q->stack, "only this stack");
+  cmd->add_option("--objective", q->objective, "rank under another reference objective (default, sparsity_N)");
+  return [q] { return RunBest(*q); };
+}
+
+Action AddTrialsCommand(CLI::App& app) {
+  auto q = std::make_shared<Query>();
+  CLI::App* cmd = app.add_subcommand("trials", "Every trial of a study: parameters, status, attempts, metrics.");
+  AddStudyOptions(cmd, *q);
+  cmd->add_option("--status", q->status, "only trials with this status (queued, running, done, failed)");
+  cmd->add_option("--sort", q->sort, "id (default), objective or stack");
+  cmd->add_flag("--csv", q->csv, "CSV: a header row, then one row per trial");
+  return [q] { return RunTrials(*q); };
+}
+
+Action AddStatusCommand(CLI::App& app) {
+  auto q = std::make_shared<Query>();
+  CLI::App* cmd = app.add_subcommand("status", "A study's progress.");
+  AddStudyOptions(cmd, *q);
+  return [q] { return RunStatus(*q); };
+}
+
+Action AddExportCommand(CLI::App& app) {
+  auto q = std::make_shared<Query>();
+  CLI::App* cmd = app.add_subcommand(
+      "export", "Write each stack's best configuration, one file per stack: json (masktune's\n"
+                "masker list) or sah (the reference's ResearchAttentionConfig).");
+  AddStudyOptions(cmd, *q);
+  cmd->add_option("--format", q->format, "json or sah")->required();
+  cmd->add_option("--out", q->out, "output folder")->required();
+  return [q] { return RunExport(*q); };
+}
+
+}  // namespace masktune::cli

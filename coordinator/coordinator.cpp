@@ -1,0 +1,238 @@
+#include "coordinator/coordinator.h"
+
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <map>
+
+#include "coordinator/protocol.h"
+#include "search/objective.h"
+#include "search/plan.h"
+
+namespace masktune {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+json ToJson(const FieldValue& v) {
+  if (auto* i = std::get_if<int64_t>(&v)) return *i;
+  if (auto* d = std::get_if<double>(&v)) return *d;
+  if (auto* b = std::get_if<bool>(&v)) return *b;
+  return std::get<std::string>(v);
+}
+
+FieldValue FromJson(const json& j) {
+  if (j.is_boolean()) return j.get<bool>();
+  if (j.is_number_integer()) return j.get<int64_t>();
+  if (j.is_number_float()) return j.get<double>();
+  return j.get<std::string>();
+}
+
+json BenchmarkJson(const configs::BenchmarkSpec& b) {
+  if (b.name == "noop") return {{"name", "noop"}, {"sleep_ms", b.sleep_ms}};
+  if (!b.synthetic) return {{"name", b.name}, {"folder", b.folder}};
+  const configs::SyntheticSpec& d = b.data;
+  return {{"name", b.name},
+          {"synthetic", {{"keys", d.keys}, {"heads", d.heads}, {"kv_heads", d.kv_heads},
+                         {"head_dim", d.head_dim}, {"queries", d.queries},
+                         {"samples", d.samples}, {"seed", d.seed}}}};
+}
+
+struct WorkerState {
+  std::string name;
+  Clock::time_point last_seen;
+  int64_t trial = 0, attempt = 0;  // trial 0: idle
+};
+
+}  // namespace
+
+Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
+                             const std::string& sweep_text) {
+  if (sweep.search.algorithm == "tpe")
+    return Status::Error(sweep.path + ": search.algorithm tpe is not implemented yet in run; "
+                                      "use grid or random");
+  MT_RETURN_IF_ERROR(store.Begin());
+  MT_ASSIGN_OR_RETURN(auto existing, store.FindStudy(sweep.study));
+  int64_t study;
+  if (existing) {
+    study = existing->id;
+    MT_RETURN_IF_ERROR(store.Requeue(study, "").status());  // running trials of a dead run
+    MT_RETURN_IF_ERROR(store.SetStudyStatus(study, "running"));
+  } else {
+    MT_ASSIGN_OR_RETURN(study, store.CreateStudy(sweep.study, sweep.path, sweep_text));
+  }
+  // Trials are a pure function of their number: queueing them again is a no-op.
+  for (const search::StackPlan& plan : search::PlanSweep(sweep)) {
+    MT_ASSIGN_OR_RETURN(int64_t stack, store.AddStack(study, plan.stack->name,
+                                                      static_cast<int64_t>(plan.index)));
+    for (int64_t t = 0; t < plan.trials; ++t) {
+      json params = json::object();
+      for (const auto& [name, value] : search::SampleBasic(sweep, plan, t)) params[name] = ToJson(value);
+      MT_RETURN_IF_ERROR(store.AddTrial(stack, t, params.dump()));
+    }
+  }
+  MT_RETURN_IF_ERROR(store.Commit());
+  return study;
+}
+
+Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store& store,
+                                        int64_t study, const configs::SweepConfig& sweep,
+                                        const MaskerRegistry& registry,
+                                        const CoordinatorOptions& options) {
+  zmq::socket_t router(context, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.set(zmq::sockopt::router_mandatory, false);
+  try {
+    router.bind(options.bind);
+  } catch (const zmq::error_t& e) {
+    return Status::Error("cannot bind " + options.bind + ": " + e.what());
+  }
+  const auto plans = search::PlanSweep(sweep);
+  std::map<std::string, const search::StackPlan*> plan_of;
+  for (const auto& p : plans) plan_of[p.stack->name] = &p;
+  const json welcome = {{"study", sweep.study}, {"benchmark", BenchmarkJson(sweep.benchmark)}};
+  const auto interval = std::chrono::milliseconds(options.heartbeat_interval_ms);
+  const int64_t max_running = sweep.search.max_concurrent_trials;
+
+  std::map<std::string, WorkerState> workers;  // by routing id
+  CoordinatorStats stats;
+  Clock::time_point next_heartbeat = Clock::now() + interval;
+  int64_t running = 0;
+  // Counts kept in memory, from the database once: a GROUP BY per turn would
+  // cost O(trials) each time.
+  MT_ASSIGN_OR_RETURN(storage::Progress progress, store.GetProgress(study));
+  std::vector<std::pair<std::string, std::pair<std::string, json>>> outbox;
+
+  while (true) {
+    zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, std::chrono::milliseconds(std::max<int64_t>(1, options.heartbeat_interval_ms / 2)));
+    const auto now = Clock::now();
+    bool changed = false;
+    MT_RETURN_IF_ERROR(store.Begin());
+    // 1. Everything that arrived, in one transaction.
+    while (auto msg = protocol::Receive(router, true)) {
+      if (msg->command.empty()) {
+        ++stats.malformed;  // dropped, never acted on
+        continue;
+      }
+      auto it = workers.find(msg->identity);
+      if (msg->command == protocol::kReady) {
+        WorkerState& w = workers[msg->identity];
+        if (w.trial) {  // it restarted mid-trial: that attempt is lost
+          MT_ASSIGN_OR_RETURN(int64_t n, store.Requeue(study, w.name));
+          progress.running -= n;
+          progress.queued += n;
+          --running;
+        }
+        w = WorkerState{msg->body.value("name", msg->identity), now, 0, 0};
+        MT_RETURN_IF_ERROR(store.TouchWorker(study, w.name, msg->body.dump()));
+        outbox.push_back({msg->identity, {protocol::kWelcome, welcome}});
+        changed = true;
+        continue;
+      }
+      if (it == workers.end()) {
+        // Unknown peer (e.g. we restarted): ask it to introduce itself.
+        outbox.push_back({msg->identity, {protocol::kHeartbeat, json::object()}});
+        continue;
+      }
+      WorkerState& w = it->second;
+      w.last_seen = now;
+      if (msg->command == protocol::kResult || msg->command == protocol::kFailed) {
+        const int64_t trial = msg->body.value("trial", int64_t{0});
+        const int64_t attempt = msg->body.value("attempt", int64_t{0});
+        if (trial != w.trial || attempt != w.attempt) {
+          ++stats.malformed;  // not the trial this worker runs: ignored
+          continue;
+        }
+        if (msg->command == protocol::kResult && msg->body.contains("metrics") &&
+            msg->body["metrics"].is_object()) {
+          Metrics m;
+          for (auto& [k, v] : msg->body["metrics"].items())
+            if (v.is_number()) m[k] = v.get<double>();
+          MT_ASSIGN_OR_RETURN(bool recorded, store.RecordResult(trial, attempt, m,
+                                                                search::ObjectiveValue(sweep.objective, m)));
+          stats.results += recorded;
+          progress.done += recorded;
+          progress.running -= recorded;
+        } else {
+          const std::string error = msg->body.value("error", std::string("malformed result"));
+          MT_ASSIGN_OR_RETURN(bool recorded, store.RecordFailure(trial, attempt, error, sweep.search.max_failures));
+          ++stats.failures;
+          if (recorded) {
+            --progress.running;
+            ++(attempt >= sweep.search.max_failures ? progress.failed : progress.queued);
+          }
+        }
+        w.trial = w.attempt = 0;
+        --running;
+        changed = true;
+      }
+    }
+    // 2. Silent workers lose their trials.
+    for (auto it = workers.begin(); it != workers.end();) {
+      if (now - it->second.last_seen > protocol::kHeartbeatLiveness * interval) {
+        if (it->second.trial) {
+          MT_ASSIGN_OR_RETURN(int64_t n, store.Requeue(study, it->second.name));
+          stats.requeued += n;
+          progress.running -= n;
+          progress.queued += n;
+          --running;
+        }
+        it = workers.erase(it);
+        changed = true;
+      } else {
+        ++it;
+      }
+    }
+    // 3. Idle workers get trials, written as running before they are sent.
+    for (auto& [id, w] : workers) {
+      if (w.trial || (max_running > 0 && running >= max_running)) continue;
+      if (progress.queued == 0) break;
+      MT_ASSIGN_OR_RETURN(auto trial, store.StartNext(study, w.name));
+      if (!trial) break;
+      --progress.queued;
+      ++progress.running;
+      const search::StackPlan& plan = *plan_of.at(trial->stack);
+      search::TrialParams params;
+      const json stored = json::parse(trial->params);  // kept alive for items()
+      for (auto& [k, v] : stored.items()) params[k] = FromJson(v);
+      auto configs = search::Materialize(registry, plan, params);
+      if (!configs.ok()) {  // cannot happen for a validated sweep; fail the trial, not the study
+        MT_RETURN_IF_ERROR(store.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1).status());
+        --progress.running;
+        ++progress.failed;
+        continue;
+      }
+      json maskers = json::array();
+      for (const MaskerConfig& c : configs.value()) {
+        json m = {{"type", c.type}};
+        for (const auto& [f, v] : c.values) m[f] = ToJson(v);
+        maskers.push_back(m);
+      }
+      w.trial = trial->id;
+      w.attempt = trial->attempts;
+      ++running;
+      changed = true;
+      outbox.push_back({id, {protocol::kTrial, {{"trial", trial->id}, {"attempt", trial->attempts},
+                                                {"stack", trial->stack}, {"maskers", maskers}}}});
+    }
+    const bool finished = progress.queued == 0 && progress.running == 0;
+    if (finished) MT_RETURN_IF_ERROR(store.SetStudyStatus(study, "finished"));
+    MT_RETURN_IF_ERROR(store.Commit());
+    // 4. Only now, with the state durable, act on it.
+    for (auto& [id, msg] : outbox) protocol::Send(router, msg.first, msg.second, &id);
+    outbox.clear();
+    if (now >= next_heartbeat) {
+      for (auto& [id, w] : workers) protocol::Send(router, protocol::kHeartbeat, json::object(), &id);
+      next_heartbeat = now + interval;
+    }
+    if (changed && options.on_progress) options.on_progress(progress);
+    if (finished) {
+      for (auto& [id, w] : workers) protocol::Send(router, protocol::kDone, json::object(), &id);
+      return stats;
+    }
+  }
+}
+
+}  // namespace masktune

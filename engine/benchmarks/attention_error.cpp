@@ -1,0 +1,250 @@
+// attention_error: masker stacks on attention tensors; density, error and the
+// recall of the dense top mass. Synthetic inputs carry the traits of real
+// attention; or q, k, v come from safetensors files captured from a model.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "engine/attention.h"
+#include "engine/benchmarks/benchmark.h"
+#include "engine/random.h"
+#include "engine/safetensors.h"
+
+namespace masktune {
+namespace {
+
+// Share of the dense attention mass whose keys the recall metric asks for.
+constexpr double kTopMass = 0.9;
+
+struct Sample {
+  Tensor q, k, v, mask;
+  bool has_mask = false;
+  float scaling = 1.0f;
+  Tensor dense_out;                  // computed once per worker
+  std::vector<std::vector<int32_t>> top_mass;  // per row: keys holding kTopMass of the dense mass
+
+  AttentionInputs Inputs() const {
+    AttentionInputs in;
+    in.queries = &q;
+    in.keys = &k;
+    in.values = &v;
+    in.attention_mask = has_mask ? &mask : nullptr;
+    in.scaling = scaling;
+    return in;
+  }
+};
+
+double Normal(const RandomKey& key, uint64_t index) {
+  // Box-Muller on two uniforms of one counter.
+  const auto w = RandomWords(key, index);
+  const double u1 = (static_cast<double>(w[0]) + 1.0) / 4294967297.0;
+  const double u2 = static_cast<double>(w[1]) / 4294967296.0;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+// One synthetic sample: Gaussian q, k, v plus the traits of real attention.
+Sample Synthesize(const nlohmann::json& s, int64_t index) {
+  const int64_t N = s.value("keys", 4096), H = s.value("heads", 8), Hkv = s.value("kv_heads", 2);
+  const int64_t D = s.value("head_dim", 64), Q = s.value("queries", 1);
+  const uint64_t seed = s.value("seed", 0);
+  Sample out;
+  out.q = Tensor({1, H, Q, D});
+  out.k = Tensor({1, Hkv, N, D});
+  out.v = Tensor({1, Hkv, N, D});
+  out.scaling = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  const auto stream = static_cast<uint32_t>(index);
+  auto fill = [&](Tensor& t, uint32_t purpose) {
+    const RandomKey key{seed, stream, purpose};
+    for (int64_t i = 0; i < t.size(); ++i) t.data()[i] = static_cast<float>(Normal(key, i));
+  };
+  fill(out.q, 1);
+  fill(out.k, 2);
+  fill(out.v, 3);
+  // Outlier channels: a few channels carry large magnitudes in q and k.
+  const RandomKey pick{seed, stream, 4};
+  std::vector<int64_t> outliers;
+  for (int64_t c = 0; c < std::max<int64_t>(1, D / 16); ++c)
+    outliers.push_back(static_cast<int64_t>(RandomUniform(pick, c) * D));
+  for (Tensor* t : {&out.q, &out.k})
+    for (int64_t row = 0; row < t->size() / D; ++row)
+      for (int64_t c : outliers) t->data()[row * D + c] *= 4.0f;
+  // Per kv head: the direction its queries share; keys aligned with it score high.
+  const int64_t g = H / Hkv;
+  for (int64_t kvh = 0; kvh < Hkv; ++kvh) {
+    std::vector<double> dir(static_cast<size_t>(D), 0.0);
+    for (int64_t h = kvh * g; h < (kvh + 1) * g; ++h)
+      for (int64_t i = 0; i < Q; ++i)
+        for (int64_t d = 0; d < D; ++d) dir[d] += out.q.data()[((h * Q) + i) * D + d];
+    double norm = 0;
+    for (double x : dir) norm += x * x;
+    norm = std::sqrt(norm) + 1e-12;
+    const double scale = std::sqrt(static_cast<double>(D)) / norm;  // |dir| = sqrt(D)
+    auto push = [&](int64_t j, double alpha) {  // adds ~alpha to the key's scaled score
+      float* k = out.k.data() + (kvh * N + j) * D;
+      for (int64_t d = 0; d < D; ++d) k[d] += static_cast<float>(alpha * dir[d] * scale / std::sqrt(static_cast<double>(D)));
+    };
+    const RandomKey hk{seed, stream, static_cast<uint32_t>(16 + kvh)};
+    for (int64_t j = 0; j < std::min<int64_t>(4, N); ++j) push(j, 3.0);           // sinks
+    for (int64_t j = std::max<int64_t>(0, N - 64); j < N; ++j)                     // local bias
+      push(j, 1.5 * std::exp(-static_cast<double>(N - 1 - j) / 32.0));
+    for (int64_t t = 0; t < std::max<int64_t>(1, N / 100); ++t)                     // heavy hitters
+      push(static_cast<int64_t>(RandomUniform(hk, 2 * t) * N), 2.0);
+    push(static_cast<int64_t>(RandomUniform(hk, 1 << 30) * N), 5.0);               // a needle
+  }
+  if (Q > 1) {  // several queries: causal
+    out.has_mask = true;
+    out.mask = Tensor({1, 1, Q, N});
+    for (int64_t i = 0; i < Q; ++i)
+      for (int64_t j = N - Q + i + 1; j < N; ++j)
+        out.mask.data()[i * N + j] = -std::numeric_limits<float>::infinity();
+  }
+  return out;
+}
+
+// Keys holding kTopMass of each row's dense attention mass.
+std::vector<std::vector<int32_t>> TopMass(const AttentionInputs& in) {
+  const int64_t N = in.num_keys(), H = in.heads(), Q = in.num_queries(), g = in.group();
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(in.batch() * H * Q));
+  for (int64_t b = 0; b < in.batch(); ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Q; ++i) {
+        std::vector<std::pair<double, int32_t>> w(static_cast<size_t>(N));
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < in.head_dim(); ++d)
+            s += static_cast<double>(in.query(b, h, i)[d]) * in.key(b, h / g, j)[d];
+          s = s * in.scaling + (in.attention_mask ? in.mask_row(b, i)[j] : 0.0);
+          w[j] = {s, static_cast<int32_t>(j)};
+          mx = std::max(mx, s);
+        }
+        double total = 0;
+        for (auto& [s, j] : w) total += (s = std::exp(s - mx));
+        std::sort(w.begin(), w.end(), [](auto& a, auto& c) { return a.first > c.first; });
+        auto& keys = out[(b * H + h) * Q + i];
+        double acc = 0;
+        for (auto& [s, j] : w) {
+          if (acc >= kTopMass * total) break;
+          acc += s;
+          keys.push_back(j);
+        }
+      }
+  return out;
+}
+
+class AttentionErrorBenchmark : public Benchmark {
+ public:
+  explicit AttentionErrorBenchmark(std::vector<Sample> samples) : samples_(std::move(samples)) {
+    for (Sample& s : samples_) {
+      s.dense_out = DenseAttention(s.Inputs());
+      s.top_mass = TopMass(s.Inputs());
+    }
+  }
+
+  Result<Metrics> Run(const MaskerRegistry& registry,
+                      const std::vector<MaskerConfig>& configs) override {
+    MT_ASSIGN_OR_RETURN(MaskerStack stack, MaskerStack::Build(registry, configs));
+    double density = 0, error = 0, density_max = 0, error_max = 0, recall = 0;
+    int64_t rows = 0;
+    for (size_t i = 0; i < samples_.size(); ++i) {
+      const Sample& s = samples_[i];
+      const AttentionInputs in = s.Inputs();
+      StackState state;  // samples are independent calls
+      auto mask = stack.ComputeMask(in, state);
+      if (!mask.ok()) return mask.status().WithContext("sample " + std::to_string(i) + ": ");
+      const double d = mask->Density();
+      const double e = RelativeL2Error(MaskedAttention(in, mask.value()), s.dense_out);
+      density += d;
+      error += e;
+      density_max = std::max(density_max, d);
+      error_max = std::max(error_max, e);
+      std::vector<float> row(static_cast<size_t>(in.num_keys()));
+      for (size_t r = 0; r < s.top_mass.size(); ++r, ++rows) {
+        if (mask->is_full() || mask->is_empty()) {
+          recall += 1.0;
+          continue;
+        }
+        mask->ExpandRow(static_cast<int64_t>(r), row.data());
+        int64_t hit = 0;
+        for (int32_t j : s.top_mass[r]) hit += row[j] > 0;
+        recall += s.top_mass[r].empty() ? 1.0 : static_cast<double>(hit) / s.top_mass[r].size();
+      }
+    }
+    const double n = static_cast<double>(samples_.size());
+    return Metrics{{"density", density / n}, {"error", error / n}, {"density_max", density_max},
+                   {"error_max", error_max}, {"recall", recall / static_cast<double>(rows)}};
+  }
+
+ private:
+  std::vector<Sample> samples_;
+};
+
+// noop: waits, then reports a density and an error computed from the
+// parameters, so that samplers have a landscape to search.
+class NoopBenchmark : public Benchmark {
+ public:
+  explicit NoopBenchmark(int64_t sleep_ms) : sleep_ms_(sleep_ms) {}
+  Result<Metrics> Run(const MaskerRegistry&, const std::vector<MaskerConfig>& configs) override {
+    if (sleep_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
+    double sum = 0, count = 0;
+    for (const MaskerConfig& c : configs)
+      for (const auto& [field, value] : c.values) {
+        double x;
+        if (auto* i = std::get_if<int64_t>(&value)) x = static_cast<double>(*i) / (static_cast<double>(*i) + 100.0);
+        else if (auto* d = std::get_if<double>(&value)) x = std::min(1.0, std::fabs(*d));
+        else continue;
+        sum += x;
+        count += 1;
+      }
+    const double density = count > 0 ? sum / count : 1.0;
+    // A valley at density 0.2 with ripples: a minimum for a sampler to find.
+    const double error = std::pow(density - 0.2, 2) + 0.05 * (1 - std::cos(25 * density));
+    return Metrics{{"density", density}, {"error", error}, {"density_max", density},
+                   {"error_max", error}, {"recall", 1.0 - density / 2}};
+  }
+
+ private:
+  int64_t sleep_ms_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
+  const std::string name = spec.value("name", "");
+  if (name == "noop") return std::unique_ptr<Benchmark>(new NoopBenchmark(spec.value("sleep_ms", 0)));
+  if (name != "attention_error") return Status::Error("unknown benchmark '" + name + "'");
+  std::vector<Sample> samples;
+  if (spec.contains("folder")) {
+    const std::string folder = spec["folder"].get<std::string>();
+    std::vector<std::string> files;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(folder, ec))
+      if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
+    if (ec) return Status::Error("benchmark folder '" + folder + "': " + ec.message());
+    std::sort(files.begin(), files.end());
+    if (files.empty()) return Status::Error("benchmark folder '" + folder + "' has no .safetensors files");
+    for (const std::string& f : files) {
+      MT_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(f));
+      Sample s;
+      for (auto [name, t] : {std::pair{"q", &s.q}, {"k", &s.k}, {"v", &s.v}}) {
+        MT_ASSIGN_OR_RETURN(const Tensor* src, file.Get(name, 4));
+        *t = *src;
+      }
+      if (file.Has("attention_mask")) {
+        s.mask = *file.Get("attention_mask").value();
+        s.has_mask = true;
+      }
+      s.scaling = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.q.dim(3))));
+      MT_RETURN_IF_ERROR(CheckAttentionInputs(s.Inputs()).WithContext(f + ": "));
+      samples.push_back(std::move(s));
+    }
+  } else {
+    const nlohmann::json syn = spec.value("synthetic", nlohmann::json::object());
+    for (int64_t i = 0; i < syn.value("samples", 8); ++i) samples.push_back(Synthesize(syn, i));
+  }
+  return std::unique_ptr<Benchmark>(new AttentionErrorBenchmark(std::move(samples)));
+}
+
+}  // namespace masktune
