@@ -88,6 +88,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
   } catch (const zmq::error_t& e) {
     return Status::Error("cannot bind " + options.bind + ": " + e.what());
   }
+  if (options.on_bound) options.on_bound(router.get(zmq::sockopt::last_endpoint));
   const auto plans = search::PlanSweep(sweep);
   std::map<std::string, const search::StackPlan*> plan_of;
   for (const auto& p : plans) plan_of[p.stack->name] = &p;

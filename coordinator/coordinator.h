@@ -23,6 +23,8 @@ namespace masktune {
 struct CoordinatorOptions {
   std::string bind;                   // "inproc://..." or "tcp://host:port"
   int64_t heartbeat_interval_ms = 1000;
+  // Called once bound, with the endpoint (tcp://host:* resolves to the port).
+  std::function<void(const std::string&)> on_bound;
   // Called after each loop turn that changed something (for progress output).
   std::function<void(const storage::Progress&)> on_progress;
 };

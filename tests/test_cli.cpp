@@ -137,7 +137,7 @@ TEST_CASE("validate prints the plan, or the error with its place and exit code 2
   const Run ok = Masktune("validate " + examples + "quickstart.yaml");
   CAPTURE(ok.output);
   CHECK(ok.code == 0);
-  CHECK(ok.output.find("study quickstart: 3 stacks, 32 trials") != std::string::npos);
+  CHECK(ok.output.find("study quickstart: 3 stacks, 48 trials") != std::string::npos);
   CHECK(ok.output.find("searched oracle_top_k.heavy_size: uniform [0.01, 0.15]") != std::string::npos);
   testing::TempDir dir;
   std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nattention:\n  a:\n"

@@ -1,0 +1,309 @@
+// The sweep runtime with its real parts: ZeroMQ sockets (inproc and tcp on
+// 127.0.0.1), SQLite files in temporary folders, YAML sweeps.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/protocol.h"
+#include "search/objective.h"
+#include "tests/helpers.h"
+#include "worker/worker.h"
+
+namespace masktune {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int64_t kBeatMs = 50;  // short heartbeats keep the fault tests quick
+
+configs::SweepConfig Sweep(const std::string& yaml) {
+  auto r = configs::ParseSweep(yaml, "t.yaml", MaskerRegistry::WithBuiltins());
+  REQUIRE_MESSAGE(r.ok(), r.status().message());
+  return std::move(r).value();
+}
+
+const char* kAttention = R"(study: e2e
+benchmark: {name: attention_error, data: {synthetic: {keys: 512, heads: 4, kv_heads: 2, head_dim: 32, samples: 2, seed: 3}}}
+objective: sparsity_10
+search: {algorithm: random, num_samples: 5, seed: 2}
+attention:
+  topk:
+    - sink: {sink_size: 8}
+    - oracle_top_k: {heavy_size: {uniform: [0.02, 0.3]}}
+  quest:
+    - quest_top_k: {heavy_size: {grid_search: [0.05, 0.2]}, page_size: 16}
+)";
+
+// Runs a study to the end with `n` in-process workers; returns the stats.
+CoordinatorStats RunLocal(storage::Store& store, int64_t study, const configs::SweepConfig& sweep,
+                          int n, const std::string& endpoint = "") {
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  zmq::context_t context;
+  CoordinatorOptions copt;
+  static std::atomic<int> counter{0};
+  copt.bind = endpoint.empty() ? "inproc://test-" + std::to_string(counter++) : endpoint;
+  copt.heartbeat_interval_ms = kBeatMs;
+  std::string bound;
+  std::atomic<bool> ready{false};
+  copt.on_bound = [&](const std::string& e) {
+    bound = e;
+    ready = true;
+  };
+  std::atomic<bool> stop{false};
+  std::thread coordinator_thread;
+  Result<CoordinatorStats> stats = Status::Error("not run");
+  coordinator_thread = std::thread([&] {
+    stats = RunCoordinator(context, store, study, sweep, registry, copt);
+  });
+  while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<std::thread> workers;
+  for (int i = 0; i < n; ++i)
+    workers.emplace_back([&, i] {
+      WorkerOptions w;
+      w.connect = bound;
+      w.name = "w" + std::to_string(i);
+      w.heartbeat_interval_ms = kBeatMs;
+      w.threads = 1;
+      w.stop = &stop;
+      (void)RunWorker(context, registry, w);
+    });
+  coordinator_thread.join();
+  stop = true;
+  for (auto& t : workers) t.join();
+  REQUIRE_MESSAGE(stats.ok(), stats.status().message());
+  return stats.value();
+}
+
+TEST_CASE("a sweep runs end to end with two workers and every trial is stored once") {
+  testing::TempDir dir;
+  const auto sweep = Sweep(kAttention);
+  auto store = storage::Store::Open(dir / "s.db");
+  REQUIRE(store.ok());
+  auto study = PrepareStudy(store.value(), sweep, kAttention);
+  REQUIRE(study.ok());
+  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 2);
+  CHECK(stats.results == 15);
+  auto rows = store->Trials(study.value());
+  REQUIRE(rows.ok());
+  CHECK(rows->size() == 15);
+  std::set<std::pair<std::string, int64_t>> seen;
+  std::set<std::string> workers_used;
+  double best = INFINITY;
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "done");
+    CHECK(r.attempts == 1);
+    CHECK(seen.insert({r.stack, r.number}).second);
+    workers_used.insert(r.worker);
+    REQUIRE(r.objective.has_value());
+    // The stored objective is the formula of the stored metrics.
+    CHECK(*r.objective == doctest::Approx(search::ObjectiveValue(sweep.objective, r.metrics)));
+    CHECK(r.metrics.at("density") > 0.0);
+    CHECK(r.metrics.at("density") < 1.0);
+    CHECK(r.metrics.at("recall") <= 1.0);
+    if (r.stack == "topk") best = std::min(best, *r.objective);
+  }
+  CHECK(workers_used.size() == 2);
+  // best = the minimum of the stored objective.
+  auto sorted = store->Trials(study.value(), "done", "objective");
+  REQUIRE(sorted.ok());
+  double best_topk = INFINITY;
+  for (const auto& r : sorted.value())
+    if (r.stack == "topk") { best_topk = *r.objective; break; }
+  CHECK(best_topk == best);
+  // Larger heavy_size keeps more keys: density grows with the parameter.
+  std::vector<std::pair<double, double>> by_param;
+  for (const auto& r : rows.value())
+    if (r.stack == "topk")
+      by_param.push_back({json::parse(r.params)["oracle_top_k.heavy_size"].get<double>(),
+                          r.metrics.at("density")});
+  std::sort(by_param.begin(), by_param.end());
+  for (size_t i = 1; i < by_param.size(); ++i) CHECK(by_param[i].second >= by_param[i - 1].second);
+}
+
+TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
+  testing::TempDir dir;
+  const std::string yaml = "study: tcp\nbenchmark: {name: noop, sleep_ms: 5}\n"
+                           "search: {algorithm: random, num_samples: 40, seed: 1}\n"
+                           "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
+  const auto sweep = Sweep(yaml);
+  auto store = storage::Store::Open(dir / "t.db");
+  REQUIRE(store.ok());
+  auto study = PrepareStudy(store.value(), sweep, yaml);
+  REQUIRE(study.ok());
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  zmq::context_t context;
+  CoordinatorOptions copt;
+  copt.bind = "tcp://127.0.0.1:*";
+  copt.heartbeat_interval_ms = kBeatMs;
+  std::string bound;
+  std::atomic<bool> ready{false};
+  copt.on_bound = [&](const std::string& e) { bound = e; ready = true; };
+  Result<CoordinatorStats> stats = Status::Error("not run");
+  std::thread coordinator([&] { stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt); });
+  while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(bound.rfind("tcp://127.0.0.1:", 0) == 0);
+  // A peer that speaks nonsense: wrong frame counts, versions, commands, bodies,
+  // and a RESULT for a trial it was never given.
+  zmq::socket_t rogue(context, zmq::socket_type::dealer);
+  rogue.set(zmq::sockopt::linger, 0);
+  rogue.connect(bound);
+  rogue.send(zmq::str_buffer("garbage"), zmq::send_flags::none);
+  rogue.send(zmq::str_buffer("MT0"), zmq::send_flags::sndmore);
+  rogue.send(zmq::str_buffer("READY"), zmq::send_flags::sndmore);
+  rogue.send(zmq::str_buffer("{}"), zmq::send_flags::none);
+  protocol::Send(rogue, "EXPLODE", json::object());
+  rogue.send(zmq::str_buffer("MT1"), zmq::send_flags::sndmore);
+  rogue.send(zmq::str_buffer("RESULT"), zmq::send_flags::sndmore);
+  rogue.send(zmq::str_buffer("{not json"), zmq::send_flags::none);
+  protocol::Send(rogue, protocol::kResult, {{"trial", 1}, {"attempt", 1}, {"metrics", {{"error", -5}}}});
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> workers;
+  for (int i = 0; i < 2; ++i)
+    workers.emplace_back([&, i] {
+      WorkerOptions w;
+      w.connect = bound;
+      w.name = "tcp" + std::to_string(i);
+      w.heartbeat_interval_ms = kBeatMs;
+      w.stop = &stop;
+      (void)RunWorker(context, registry, w);
+    });
+  coordinator.join();
+  stop = true;
+  for (auto& t : workers) t.join();
+  REQUIRE(stats.ok());
+  CHECK(stats->malformed >= 4);
+  CHECK(stats->results == 40);
+  auto rows = store->Trials(study.value());
+  REQUIRE(rows.ok());
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "done");
+    CHECK(r.metrics.at("error") >= 0.0);  // the rogue's -5 was never recorded
+    CHECK(r.worker.rfind("tcp", 0) == 0);
+  }
+}
+
+TEST_CASE("a worker that goes silent mid-trial loses it to another worker") {
+  testing::TempDir dir;
+  const std::string yaml = "study: silent\nbenchmark: {name: noop}\n"
+                           "search: {algorithm: grid}\n"
+                           "attention: {a: [{sink: {sink_size: {grid_search: [1, 2, 3, 4]}}}]}\n";
+  const auto sweep = Sweep(yaml);
+  auto store = storage::Store::Open(dir / "f.db");
+  REQUIRE(store.ok());
+  auto study = PrepareStudy(store.value(), sweep, yaml);
+  REQUIRE(study.ok());
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  zmq::context_t context;
+  CoordinatorOptions copt;
+  copt.bind = "inproc://silent";
+  copt.heartbeat_interval_ms = kBeatMs;
+  Result<CoordinatorStats> stats = Status::Error("not run");
+  std::atomic<bool> ready{false};
+  copt.on_bound = [&](const std::string&) { ready = true; };
+  std::thread coordinator([&] { stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt); });
+  while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // The doomed worker: takes a trial, then never speaks again (as if SIGKILLed).
+  zmq::socket_t doomed(context, zmq::socket_type::dealer);
+  doomed.set(zmq::sockopt::linger, 0);
+  doomed.connect("inproc://silent");
+  protocol::Send(doomed, protocol::kReady, {{"name", "doomed"}});
+  int64_t stolen = 0;
+  for (int i = 0; i < 200 && !stolen; ++i) {
+    zmq::pollitem_t items[] = {{doomed.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, std::chrono::milliseconds(10));
+    while (auto m = protocol::Receive(doomed, false))
+      if (m->command == protocol::kTrial) stolen = m->body["trial"].get<int64_t>();
+  }
+  REQUIRE(stolen > 0);
+  std::atomic<bool> stop{false};
+  std::thread good([&] {
+    WorkerOptions w;
+    w.connect = "inproc://silent";
+    w.name = "good";
+    w.heartbeat_interval_ms = kBeatMs;
+    w.stop = &stop;
+    (void)RunWorker(context, registry, w);
+  });
+  coordinator.join();
+  stop = true;
+  good.join();
+  REQUIRE(stats.ok());
+  CHECK(stats->requeued == 1);
+  CHECK(stats->results == 4);
+  auto rows = store->Trials(study.value());
+  REQUIRE(rows.ok());
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "done");
+    CHECK(r.worker == "good");
+    CHECK(r.attempts == (r.id == stolen ? 2 : 1));
+  }
+}
+
+TEST_CASE("a failing trial is retried, then stored as failed with its error") {
+  testing::TempDir dir;
+  // A channel file that does not exist: every attempt fails when the stack is built.
+  const std::string yaml = "study: fails\nbenchmark: {name: attention_error, data: {synthetic: "
+                           "{keys: 64, heads: 2, kv_heads: 1, head_dim: 8, samples: 1}}}\n"
+                           "search: {algorithm: random, num_samples: 2, max_failures: 2}\n"
+                           "attention: {a: [{double_sparsity_top_k: {heavy_size: 8, "
+                           "sorted_channel_file: missing.json}}]}\n";
+  const auto sweep = Sweep(yaml);
+  auto store = storage::Store::Open(dir / "x.db");
+  REQUIRE(store.ok());
+  auto study = PrepareStudy(store.value(), sweep, yaml);
+  REQUIRE(study.ok());
+  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 1);
+  CHECK(stats.failures == 4);
+  auto rows = store->Trials(study.value());
+  REQUIRE(rows.ok());
+  REQUIRE(rows->size() == 2);
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "failed");
+    CHECK(r.attempts == 2);
+    CHECK(r.error.find("missing.json': cannot open file") != std::string::npos);
+  }
+}
+
+TEST_CASE("resume keeps finished trials, requeues running ones and completes the plan") {
+  testing::TempDir dir;
+  const std::string yaml = "study: again\nbenchmark: {name: noop}\n"
+                           "search: {algorithm: random, num_samples: 6, seed: 4}\n"
+                           "attention: {a: [{oracle_top_p: {top_p: {uniform: [0.1, 0.9]}}}]}\n";
+  const auto sweep = Sweep(yaml);
+  {
+    auto store = storage::Store::Open(dir / "r.db");
+    REQUIRE(store.ok());
+    auto study = PrepareStudy(store.value(), sweep, yaml);
+    REQUIRE(study.ok());
+    // An interrupted run: two trials finished, one left running.
+    for (int i = 0; i < 3; ++i) {
+      auto t = store->StartNext(study.value(), "gone");
+      REQUIRE(t.ok());
+      if (i < 2) REQUIRE(store->RecordResult(t.value()->id, 1, {{"density", 0.5}, {"error", 0.1}}, 0.3).ok());
+    }
+  }
+  auto store = storage::Store::Open(dir / "r.db");
+  REQUIRE(store.ok());
+  auto study = PrepareStudy(store.value(), sweep, yaml);  // what run/resume do
+  REQUIRE(study.ok());
+  auto before = store->GetProgress(study.value());
+  REQUIRE(before.ok());
+  CHECK(before->total == 6);
+  CHECK(before->done == 2);
+  CHECK(before->queued == 4);
+  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 2);
+  CHECK(stats.results == 4);
+  auto rows = store->Trials(study.value());
+  REQUIRE(rows.ok());
+  CHECK(rows->size() == 6);
+  for (const auto& r : rows.value()) CHECK(r.status == "done");
+  // The finished ones kept their results.
+  CHECK(rows.value()[0].objective == 0.3);
+  CHECK(rows.value()[1].objective == 0.3);
+}
+
+}  // namespace
+}  // namespace masktune
