@@ -1,6 +1,7 @@
 #include "storage/store.h"
 
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
 
 namespace masktune::storage {
@@ -10,11 +11,21 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// A prepared statement, finalised on scope exit.
+// A prepared statement from the store's cache: reset and unbound on scope
+// exit, so each SQL text is compiled once per connection.
 class Stmt {
  public:
-  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &st_, nullptr); }
-  ~Stmt() { sqlite3_finalize(st_); }
+  Stmt(Connection& c, const std::string& sql) {
+    sqlite3_stmt*& slot = c.statements[sql];
+    if (!slot) rc_ = sqlite3_prepare_v3(c.db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &slot, nullptr);
+    st_ = slot;
+    if (!st_) rc_ = SQLITE_ERROR;
+  }
+  ~Stmt() {
+    if (!st_) return;
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+  }
   Stmt(const Stmt&) = delete;
   bool ok() const { return rc_ == SQLITE_OK; }
   Stmt& Bind(int i, int64_t v) { sqlite3_bind_int64(st_, i, v); return *this; }
@@ -23,7 +34,7 @@ class Stmt {
     sqlite3_bind_text(st_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
-  int Step() { return sqlite3_step(st_); }
+  int Step() { return st_ ? sqlite3_step(st_) : SQLITE_ERROR; }
   int64_t Int(int c) const { return sqlite3_column_int64(st_, c); }
   double Double(int c) const { return sqlite3_column_double(st_, c); }
   bool Null(int c) const { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
@@ -34,7 +45,7 @@ class Stmt {
 
  private:
   sqlite3_stmt* st_ = nullptr;
-  int rc_;
+  int rc_ = SQLITE_OK;
 };
 
 const char* kSchemaV1 = R"(
@@ -63,12 +74,12 @@ CREATE TABLE workers (
 }  // namespace
 
 Status Store::Error(const std::string& what) const {
-  return Status::Error("sqlite: " + what + ": " + sqlite3_errmsg(db_.get()));
+  return Status::Error("sqlite: " + what + ": " + sqlite3_errmsg(conn_->db));
 }
 
 Status Store::Exec(const std::string& sql) {
   char* err = nullptr;
-  if (sqlite3_exec(db_.get(), sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+  if (sqlite3_exec(conn_->db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : "error";
     sqlite3_free(err);
     return Status::Error("sqlite: " + msg);
@@ -89,7 +100,7 @@ Result<Store> Store::Open(const std::string& path) {
   // written before COMMIT returns); only a power loss may drop the last ones.
   MT_RETURN_IF_ERROR(store.Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
                                 "PRAGMA foreign_keys=ON;").WithContext(path + ": "));
-  Stmt v(raw, "PRAGMA user_version");
+  Stmt v(*store.conn_, "PRAGMA user_version");
   v.Step();
   const int64_t version = v.Int(0);
   if (version > kSchemaVersion)
@@ -106,7 +117,7 @@ Status Store::Begin() { return Exec("BEGIN IMMEDIATE"); }
 Status Store::Commit() { return Exec("COMMIT"); }
 
 Result<std::optional<StudyRow>> Store::FindStudy(const std::string& name) {
-  Stmt s(db_.get(), "SELECT id, name, sweep_path, sweep_text, status FROM studies WHERE name = ?");
+  Stmt s(*conn_, "SELECT id, name, sweep_path, sweep_text, status FROM studies WHERE name = ?");
   s.Bind(1, name);
   const int rc = s.Step();
   if (rc == SQLITE_DONE) return std::optional<StudyRow>();
@@ -116,20 +127,20 @@ Result<std::optional<StudyRow>> Store::FindStudy(const std::string& name) {
 
 Result<int64_t> Store::CreateStudy(const std::string& name, const std::string& sweep_path,
                                    const std::string& sweep_text) {
-  Stmt s(db_.get(), "INSERT INTO studies (name, sweep_path, sweep_text, created) VALUES (?,?,?,?)");
+  Stmt s(*conn_, "INSERT INTO studies (name, sweep_path, sweep_text, created) VALUES (?,?,?,?)");
   s.Bind(1, name).Bind(2, sweep_path).Bind(3, sweep_text).Bind(4, Now());
   if (s.Step() != SQLITE_DONE) return Error("create study");
-  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_.get()));
+  return static_cast<int64_t>(sqlite3_last_insert_rowid(conn_->db));
 }
 
 Status Store::SetStudyStatus(int64_t study, const std::string& status) {
-  Stmt s(db_.get(), "UPDATE studies SET status = ? WHERE id = ?");
+  Stmt s(*conn_, "UPDATE studies SET status = ? WHERE id = ?");
   s.Bind(1, status).Bind(2, study);
   return s.Step() == SQLITE_DONE ? Status::Ok() : Error("set study status");
 }
 
 Result<int64_t> Store::AddStack(int64_t study, const std::string& name, int64_t position) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          "INSERT INTO stacks (study_id, name, position) VALUES (?,?,?) "
          "ON CONFLICT (study_id, name) DO UPDATE SET position = excluded.position RETURNING id");
   s.Bind(1, study).Bind(2, name).Bind(3, position);
@@ -138,7 +149,7 @@ Result<int64_t> Store::AddStack(int64_t study, const std::string& name, int64_t 
 }
 
 Status Store::AddTrial(int64_t stack, int64_t number, const std::string& params_json) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          "INSERT OR IGNORE INTO trials (study_id, stack_id, number, params, queued) "
          "SELECT study_id, id, ?, ?, ? FROM stacks WHERE id = ?");
   s.Bind(1, number).Bind(2, params_json).Bind(3, Now()).Bind(4, stack);
@@ -146,7 +157,7 @@ Status Store::AddTrial(int64_t stack, int64_t number, const std::string& params_
 }
 
 Result<std::optional<TrialRow>> Store::StartNext(int64_t study, const std::string& worker) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          "UPDATE trials SET status = 'running', attempts = attempts + 1, worker = ?, started = ? "
          "WHERE id = (SELECT id FROM trials WHERE study_id = ? AND status = 'queued' "
          "ORDER BY id LIMIT 1) "
@@ -171,14 +182,14 @@ Result<std::optional<TrialRow>> Store::StartNext(int64_t study, const std::strin
 
 Result<bool> Store::RecordResult(int64_t trial, int64_t attempt, const Metrics& metrics,
                                  double objective) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          "UPDATE trials SET status = 'done', objective = ?, finished = ?, error = NULL "
          "WHERE id = ? AND status = 'running' AND attempts = ?");
   s.Bind(1, objective).Bind(2, Now()).Bind(3, trial).Bind(4, attempt);
   if (s.Step() != SQLITE_DONE) return Error("record result");
-  if (sqlite3_changes(db_.get()) == 0) return false;  // late or repeated: already settled
+  if (sqlite3_changes(conn_->db) == 0) return false;  // late or repeated: already settled
   for (const auto& [name, value] : metrics) {
-    Stmt m(db_.get(), "INSERT OR REPLACE INTO metrics (trial_id, name, value) VALUES (?,?,?)");
+    Stmt m(*conn_, "INSERT OR REPLACE INTO metrics (trial_id, name, value) VALUES (?,?,?)");
     m.Bind(1, trial).Bind(2, name).Bind(3, value);
     if (m.Step() != SQLITE_DONE) return Error("record metric");
   }
@@ -187,28 +198,28 @@ Result<bool> Store::RecordResult(int64_t trial, int64_t attempt, const Metrics& 
 
 Result<bool> Store::RecordFailure(int64_t trial, int64_t attempt, const std::string& error,
                                   int64_t max_failures) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          "UPDATE trials SET status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
          "error = ?, finished = CASE WHEN attempts >= ? THEN ? ELSE NULL END, worker = NULL "
          "WHERE id = ? AND status = 'running' AND attempts = ?");
   s.Bind(1, max_failures).Bind(2, error).Bind(3, max_failures).Bind(4, Now()).Bind(5, trial).Bind(6, attempt);
   if (s.Step() != SQLITE_DONE) return Error("record failure");
-  return sqlite3_changes(db_.get()) > 0;
+  return sqlite3_changes(conn_->db) > 0;
 }
 
 Result<int64_t> Store::Requeue(int64_t study, const std::string& worker) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          worker.empty()
              ? "UPDATE trials SET status = 'queued', worker = NULL WHERE study_id = ? AND status = 'running'"
              : "UPDATE trials SET status = 'queued', worker = NULL WHERE study_id = ? AND status = 'running' AND worker = ?");
   s.Bind(1, study);
   if (!worker.empty()) s.Bind(2, worker);
   if (s.Step() != SQLITE_DONE) return Error("requeue");
-  return static_cast<int64_t>(sqlite3_changes(db_.get()));
+  return static_cast<int64_t>(sqlite3_changes(conn_->db));
 }
 
 Status Store::TouchWorker(int64_t study, const std::string& worker, const std::string& info) {
-  Stmt s(db_.get(),
+  Stmt s(*conn_,
          "INSERT INTO workers (study_id, name, info, last_seen) VALUES (?,?,?,?) "
          "ON CONFLICT (study_id, name) DO UPDATE SET last_seen = excluded.last_seen, "
          "info = COALESCE(excluded.info, info)");
@@ -217,7 +228,7 @@ Status Store::TouchWorker(int64_t study, const std::string& worker, const std::s
 }
 
 Result<Progress> Store::GetProgress(int64_t study) {
-  Stmt s(db_.get(), "SELECT status, COUNT(*) FROM trials WHERE study_id = ? GROUP BY status");
+  Stmt s(*conn_, "SELECT status, COUNT(*) FROM trials WHERE study_id = ? GROUP BY status");
   s.Bind(1, study);
   Progress p;
   int rc;
@@ -245,7 +256,7 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
       "COALESCE(t.error, ''), t.objective, COALESCE(t.started, 0), COALESCE(t.finished, 0) "
       "FROM trials t JOIN stacks s ON s.id = t.stack_id WHERE t.study_id = ? " +
       std::string(status.empty() ? "" : "AND t.status = ? ") + "ORDER BY " + order;
-  Stmt s(db_.get(), sql.c_str());
+  Stmt s(*conn_, sql.c_str());
   s.Bind(1, study);
   if (!status.empty()) s.Bind(2, status);
   std::vector<TrialRow> rows;
@@ -266,7 +277,7 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
     rows.push_back(std::move(t));
   }
   if (rc != SQLITE_DONE) return Error("trials");
-  Stmt m(db_.get(),
+  Stmt m(*conn_,
          "SELECT m.trial_id, m.name, m.value FROM metrics m JOIN trials t ON t.id = m.trial_id "
          "WHERE t.study_id = ?");
   m.Bind(1, study);
@@ -277,7 +288,7 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
 }
 
 Result<std::vector<std::string>> Store::Stacks(int64_t study) {
-  Stmt s(db_.get(), "SELECT name FROM stacks WHERE study_id = ? ORDER BY position");
+  Stmt s(*conn_, "SELECT name FROM stacks WHERE study_id = ? ORDER BY position");
   s.Bind(1, study);
   std::vector<std::string> out;
   while (s.Step() == SQLITE_ROW) out.push_back(s.Text(0));

@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <optional>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,20 @@
 namespace masktune::storage {
 
 inline constexpr int kSchemaVersion = 1;
+
+// The connection and its prepared statements (each SQL text compiled once),
+// finalised before the connection closes.
+struct Connection {
+  explicit Connection(sqlite3* d) : db(d) {}
+  ~Connection() {
+    for (auto& [sql, st] : statements) sqlite3_finalize(st);
+    sqlite3_close_v2(db);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  sqlite3* db;
+  std::unordered_map<std::string, sqlite3_stmt*> statements;
+};
 
 struct StudyRow {
   int64_t id = 0;
@@ -87,14 +102,11 @@ class Store {
   Result<std::vector<std::string>> Stacks(int64_t study);
 
  private:
-  struct Closer {
-    void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-  };
-  explicit Store(sqlite3* db) : db_(db) {}
+  explicit Store(sqlite3* db) : conn_(std::make_unique<Connection>(db)) {}
   Status Exec(const std::string& sql);
   Status Error(const std::string& what) const;
 
-  std::unique_ptr<sqlite3, Closer> db_;
+  std::unique_ptr<Connection> conn_;
 };
 
 }  // namespace masktune::storage
