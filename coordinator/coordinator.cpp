@@ -8,6 +8,7 @@
 #include "coordinator/protocol.h"
 #include "search/objective.h"
 #include "search/plan.h"
+#include "search/tpe.h"
 
 namespace masktune {
 namespace {
@@ -49,9 +50,6 @@ struct WorkerState {
 
 Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
                              const std::string& sweep_text) {
-  if (sweep.search.algorithm == "tpe")
-    return Status::Error(sweep.path + ": search.algorithm tpe is not implemented yet in run; "
-                                      "use grid or random");
   MT_RETURN_IF_ERROR(store.Begin());
   MT_ASSIGN_OR_RETURN(auto existing, store.FindStudy(sweep.study));
   int64_t study;
@@ -66,6 +64,7 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
   for (const search::StackPlan& plan : search::PlanSweep(sweep)) {
     MT_ASSIGN_OR_RETURN(int64_t stack, store.AddStack(study, plan.stack->name,
                                                       static_cast<int64_t>(plan.index)));
+    if (sweep.search.algorithm == "tpe") continue;  // suggested one at a time, from results
     for (int64_t t = 0; t < plan.trials; ++t) {
       json params = json::object();
       for (const auto& [name, value] : search::SampleBasic(sweep, plan, t)) params[name] = ToJson(value);
@@ -103,6 +102,34 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
   // Counts kept in memory, from the database once: a GROUP BY per turn would
   // cost O(trials) each time.
   MT_ASSIGN_OR_RETURN(storage::Progress progress, store.GetProgress(study));
+  // TPE suggests each trial from the finished ones of its stack.
+  const bool tpe = sweep.search.algorithm == "tpe";
+  struct StackState {
+    int64_t id = 0, created = 0;
+    std::vector<search::Observation> history;
+  };
+  std::map<std::string, StackState> stacks;
+  std::map<int64_t, std::pair<std::string, search::TrialParams>> dispatched;  // running trials
+  int64_t planned = 0;
+  for (const auto& p : plans) planned += p.trials;
+  progress.total = std::max(progress.total, planned);  // TPE creates its trials as it goes
+  if (tpe) {
+    for (const auto& p : plans) {
+      MT_ASSIGN_OR_RETURN(stacks[p.stack->name].id, store.AddStack(study, p.stack->name, static_cast<int64_t>(p.index)));
+    }
+    MT_ASSIGN_OR_RETURN(auto rows, store.Trials(study));
+    for (const auto& r : rows) {
+      StackState& st = stacks[r.stack];
+      st.created = std::max(st.created, r.number + 1);
+      if (r.status == "done" && r.objective) {
+        search::Observation o;
+        const json stored = json::parse(r.params);
+        for (auto& [k, v] : stored.items()) o.params[k] = FromJson(v);
+        o.objective = *r.objective;
+        st.history.push_back(std::move(o));
+      }
+    }
+  }
   std::vector<std::pair<std::string, std::pair<std::string, json>>> outbox;
 
   while (true) {
@@ -156,6 +183,10 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
           stats.results += recorded;
           progress.done += recorded;
           progress.running -= recorded;
+          if (recorded && tpe && dispatched.count(trial)) {
+            auto& [stack_name, params] = dispatched[trial];
+            stacks[stack_name].history.push_back({params, search::ObjectiveValue(sweep.objective, m)});
+          }
         } else {
           const std::string error = msg->body.value("error", std::string("malformed result"));
           MT_ASSIGN_OR_RETURN(bool recorded, store.RecordFailure(trial, attempt, error, sweep.search.max_failures));
@@ -189,6 +220,22 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
     // 3. Idle workers get trials, written as running before they are sent.
     for (auto& [id, w] : workers) {
       if (w.trial || (max_running > 0 && running >= max_running)) continue;
+      if (tpe && progress.queued == 0) {
+        // Suggest the next trial of the stack that is furthest behind.
+        const search::StackPlan* next = nullptr;
+        for (const auto& p : plans) {
+          const StackState& st = stacks[p.stack->name];
+          if (st.created < p.trials && (!next || st.created < stacks[next->stack->name].created)) next = &p;
+        }
+        if (next) {
+          StackState& st = stacks[next->stack->name];
+          json params = json::object();
+          for (const auto& [name, value] : search::SuggestTpe(sweep, *next, st.created, st.history))
+            params[name] = ToJson(value);
+          MT_RETURN_IF_ERROR(store.AddTrial(st.id, st.created++, params.dump()));
+          ++progress.queued;
+        }
+      }
       if (progress.queued == 0) break;
       MT_ASSIGN_OR_RETURN(auto trial, store.StartNext(study, w.name));
       if (!trial) break;
@@ -213,12 +260,16 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       }
       w.trial = trial->id;
       w.attempt = trial->attempts;
+      if (tpe) dispatched[trial->id] = {trial->stack, params};
       ++running;
       changed = true;
       outbox.push_back({id, {protocol::kTrial, {{"trial", trial->id}, {"attempt", trial->attempts},
                                                 {"stack", trial->stack}, {"maskers", maskers}}}});
     }
-    const bool finished = progress.queued == 0 && progress.running == 0;
+    bool all_created = true;
+    if (tpe)
+      for (const auto& p : plans) all_created &= stacks[p.stack->name].created >= p.trials;
+    const bool finished = progress.queued == 0 && progress.running == 0 && all_created;
     if (finished) MT_RETURN_IF_ERROR(store.SetStudyStatus(study, "finished"));
     MT_RETURN_IF_ERROR(store.Commit());
     // 4. Only now, with the state durable, act on it.

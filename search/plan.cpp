@@ -27,7 +27,9 @@ std::vector<StackPlan> PlanSweep(const configs::SweepConfig& sweep) {
           plan.grid_points *= static_cast<int64_t>(space.values.size());
       }
     }
-    plan.trials = plan.grid_points * sweep.search.num_samples;
+    // TPE treats grid_search fields as categorical: num_samples trials in all.
+    plan.trials = sweep.search.algorithm == "tpe" ? sweep.search.num_samples
+                                                  : plan.grid_points * sweep.search.num_samples;
     plans.push_back(std::move(plan));
   }
   return plans;

@@ -31,7 +31,7 @@ struct StackPlan {
   size_t index = 0;  // the stack's place in the sweep: the generator's stream
   std::vector<SearchedParam> params;
   int64_t grid_points = 1;  // product of the grid_search sizes
-  int64_t trials = 0;       // grid_points x num_samples
+  int64_t trials = 0;       // grid_points x num_samples (tpe: num_samples)
 };
 
 std::vector<StackPlan> PlanSweep(const configs::SweepConfig& sweep);

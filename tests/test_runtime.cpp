@@ -267,6 +267,35 @@ TEST_CASE("a failing trial is retried, then stored as failed with its error") {
   }
 }
 
+TEST_CASE("a TPE sweep suggests its trials from results and runs exactly num_samples") {
+  testing::TempDir dir;
+  const std::string yaml = "study: tpe\nbenchmark: {name: noop}\n"
+                           "search: {algorithm: tpe, num_samples: 30, seed: 5, n_startup_trials: 8}\n"
+                           "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}],\n"
+                           "            b: [{sink: {sink_size: {randint: [1, 200]}}}]}\n";
+  const auto sweep = Sweep(yaml);
+  auto store = storage::Store::Open(dir / "p.db");
+  REQUIRE(store.ok());
+  auto study = PrepareStudy(store.value(), sweep, yaml);
+  REQUIRE(study.ok());
+  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 2);
+  CHECK(stats.results == 60);
+  auto rows = store->Trials(study.value());
+  REQUIRE(rows.ok());
+  CHECK(rows->size() == 60);
+  // The noop landscape has its valley at density 0.2: after the random
+  // start-up, suggestions for stack a concentrate around heavy_size 0.2.
+  int near = 0, late = 0;
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "done");
+    if (r.stack == "a" && r.number >= 15) {
+      ++late;
+      near += std::fabs(json::parse(r.params)["oracle_top_k.heavy_size"].get<double>() - 0.2) < 0.1;
+    }
+  }
+  CHECK(near * 2 > late);
+}
+
 TEST_CASE("resume keeps finished trials, requeues running ones and completes the plan") {
   testing::TempDir dir;
   const std::string yaml = "study: again\nbenchmark: {name: noop}\n"
