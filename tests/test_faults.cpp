@@ -1,0 +1,162 @@
+// Faults with real processes: the masktune binary as coordinator and
+// workers over tcp on 127.0.0.1, killed with SIGKILL mid-sweep.
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "storage/store.h"
+#include "tests/helpers.h"
+
+extern char** environ;
+
+namespace masktune {
+namespace {
+
+pid_t Spawn(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = -1;
+  REQUIRE(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  return pid;
+}
+
+int WaitExit(pid_t pid, int seconds) {
+  for (int i = 0; i < seconds * 100; ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -2;  // timed out
+}
+
+int FreePort() {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+// Polls the database until `pred(progress, trials)` holds (or 20 s pass).
+template <typename Pred>
+bool WaitFor(const std::string& db, const std::string& study, Pred pred) {
+  for (int i = 0; i < 2000; ++i) {
+    if (std::ifstream(db)) {
+      auto store = storage::Store::Open(db);
+      if (store.ok()) {
+        auto row = store->FindStudy(study);
+        if (row.ok() && row.value()) {
+          auto trials = store->Trials(row.value()->id);
+          if (trials.ok() && pred(trials.value())) return true;
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+std::vector<storage::TrialRow> AllTrials(const std::string& db, const std::string& study) {
+  auto store = storage::Store::Open(db);
+  REQUIRE(store.ok());
+  auto row = store->FindStudy(study);
+  REQUIRE(row.ok());
+  REQUIRE(row.value());
+  auto trials = store->Trials(row.value()->id);
+  REQUIRE(trials.ok());
+  return trials.value();
+}
+
+TEST_CASE("a worker process killed mid-trial: its trial is requeued and done by another") {
+  testing::TempDir dir;
+  std::ofstream(dir / "s.yaml") << "study: kill_worker\nbenchmark: {name: noop, sleep_ms: 400}\n"
+                                   "search: {algorithm: random, num_samples: 4, seed: 1}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const std::string db = dir / "s.db";
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint,
+                                   "--db", db, "--heartbeat-ms", "50"});
+  const pid_t doomed = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "doomed",
+                              "--heartbeat-ms", "50"});
+  REQUIRE(WaitFor(db, "kill_worker", [](const auto& rows) {
+    for (const auto& r : rows)
+      if (r.status == "running" && r.worker == "doomed") return true;
+    return false;
+  }));
+  kill(doomed, SIGKILL);
+  waitpid(doomed, nullptr, 0);
+  const pid_t good = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "good",
+                            "--heartbeat-ms", "50"});
+  CHECK(WaitExit(coordinator, 30) == 0);
+  CHECK(WaitExit(good, 10) == 0);  // told the study is over
+  const auto rows = AllTrials(db, "kill_worker");
+  REQUIRE(rows.size() == 4);
+  int retried = 0;
+  for (const auto& r : rows) {
+    CHECK(r.status == "done");
+    CHECK(r.worker == "good");
+    retried += r.attempts == 2;
+  }
+  CHECK(retried == 1);
+}
+
+TEST_CASE("the coordinator killed mid-sweep, then resume: the plan completes, nothing twice") {
+  testing::TempDir dir;
+  std::ofstream(dir / "s.yaml") << "study: kill_coordinator\nbenchmark: {name: noop, sleep_ms: 20}\n"
+                                   "search: {algorithm: random, num_samples: 60, seed: 3}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}],\n"
+                                   "            b: [{local: {window_size: {uniform: [0.01, 0.5]}}}]}\n";
+  const std::string db = dir / "s.db";
+  const pid_t run = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2",
+                           "--heartbeat-ms", "50"});
+  REQUIRE(WaitFor(db, "kill_coordinator", [](const auto& rows) {
+    int done = 0;
+    for (const auto& r : rows) done += r.status == "done";
+    return done >= 20;
+  }));
+  kill(run, SIGKILL);
+  waitpid(run, nullptr, 0);
+  const auto mid = AllTrials(db, "kill_coordinator");
+  int done_before = 0;
+  std::map<int64_t, double> objective_before;
+  for (const auto& r : mid)
+    if (r.status == "done") ++done_before, objective_before[r.id] = *r.objective;
+  CHECK(done_before >= 20);
+  CHECK(done_before < 120);
+  const pid_t resume = Spawn({MASKTUNE_BINARY, "resume", "kill_coordinator", "--db", db, "--workers", "2",
+                              "--heartbeat-ms", "50"});
+  CHECK(WaitExit(resume, 60) == 0);
+  const auto rows = AllTrials(db, "kill_coordinator");
+  CHECK(rows.size() == 120);
+  std::set<std::pair<std::string, int64_t>> seen;
+  for (const auto& r : rows) {
+    CHECK(r.status == "done");
+    CHECK(seen.insert({r.stack, r.number}).second);
+    if (objective_before.count(r.id)) CHECK(*r.objective == objective_before[r.id]);  // kept
+  }
+}
+
+}  // namespace
+}  // namespace masktune
