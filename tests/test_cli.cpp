@@ -148,6 +148,47 @@ TEST_CASE("validate prints the plan, or the error with its place and exit code 2
   CheckBadInput(Masktune("validate " + dir / "none.yaml"), "cannot open the sweep file");
 }
 
+TEST_CASE("run, then best, trials, status and export on its database") {
+  testing::TempDir dir;
+  std::ofstream(dir / "s.yaml") << "study: cli\nstorage: s.db\nbenchmark: {name: noop}\n"
+                                   "search: {algorithm: random, num_samples: 5, seed: 2}\n"
+                                   "attention:\n  a:\n    - sink: {sink_size: 4}\n"
+                                   "    - oracle_top_k: {heavy_size: {uniform: [0.05, 0.5]}}\n";
+  const Run run = Masktune("run " + dir / "s.yaml" + " --workers 2 --heartbeat-ms 50");
+  CAPTURE(run.output);
+  REQUIRE(run.code == 0);
+  CHECK(run.output.find("5/5 done, 0 running, 0 failed") != std::string::npos);
+  CHECK(run.output.find("best a: trial") != std::string::npos);
+  const std::string db = " --db " + dir / "s.db";  // the file's storage, next to it
+  const Run best = Masktune("best cli" + db);
+  CHECK(best.code == 0);
+  CHECK(best.output.find("best a: trial") != std::string::npos);
+  const Run csv = Masktune("trials cli" + db + " --csv --sort objective");
+  CHECK(csv.code == 0);
+  CHECK(csv.output.rfind("trial_id,stack,number,status,attempts,objective,oracle_top_k.heavy_size,", 0) == 0);
+  CHECK(std::count(csv.output.begin(), csv.output.end(), '\n') == 6);
+  // The best row comes first and is the one best printed.
+  const std::string first = csv.output.substr(csv.output.find('\n') + 1);
+  CHECK(best.output.find("trial " + first.substr(0, first.find(','))) != std::string::npos);
+  const Run status = Masktune("status cli" + db);
+  CHECK(status.output == "study cli (finished): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n");
+  const Run exported = Masktune("export cli" + db + " --format sah --out " + dir / "out");
+  CHECK(exported.code == 0);
+  std::ifstream f(dir / "out/a.json");
+  const auto sah = nlohmann::json::parse(f);
+  CHECK(sah["type"] == "ResearchAttentionConfig");
+  CHECK(sah["masker_configs"][0]["type"] == "SinkMaskerConfig");
+  CHECK(sah["masker_configs"][0]["params"]["sink_size"] == 4);
+  CHECK(sah["masker_configs"][1]["type"] == "OracleTopKConfig");
+  // Bad input: exit 2, one line.
+  CheckBadInput(Masktune("best nope" + db), "no study 'nope' in");
+  CheckBadInput(Masktune("status cli --db " + dir / "none.db"), "none.db: no such database");
+  CheckBadInput(Masktune("trials cli" + db + " --status finished"), "--status: expected queued, running, done or failed");
+  CheckBadInput(Masktune("export cli" + db + " --format csv --out " + dir / "o2"), "--format: expected json or sah");
+  std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nattention: {a: [{sink: {}}]}\n";
+  CheckBadInput(Masktune("run " + dir / "bad.yaml"), "bad.yaml:3:18: attention.a[0] (sink): missing required field 'sink_size'");
+}
+
 TEST_CASE("every subcommand answers --help") {
   const Run top = Masktune("--help");
   CHECK(top.code == 0);
@@ -156,6 +197,12 @@ TEST_CASE("every subcommand answers --help") {
   CHECK(attend.code == 0);
   CHECK(attend.output.find("--maskers") != std::string::npos);
   CHECK(attend.output.find("Exit codes") != std::string::npos);
+  for (const char* sub : {"run", "resume", "coordinator", "worker", "best", "trials", "status", "export"}) {
+    CAPTURE(sub);
+    const Run help = Masktune(std::string(sub) + " --help");
+    CHECK(help.code == 0);
+    CHECK(help.output.find("Usage:") != std::string::npos);
+  }
   const Run validate = Masktune("validate --help");
   CHECK(validate.code == 0);
   CHECK(validate.output.find("FILE:LINE:COLUMN") != std::string::npos);
