@@ -158,5 +158,36 @@ TEST_CASE("the coordinator killed mid-sweep, then resume: the plan completes, no
   }
 }
 
+TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one and finishes") {
+  testing::TempDir dir;
+  std::ofstream(dir / "s.yaml") << "study: reconnect\nbenchmark: {name: noop, sleep_ms: 30}\n"
+                                   "search: {algorithm: random, num_samples: 40, seed: 3}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const std::string db = dir / "s.db";
+  const std::vector<std::string> coordinator_args = {
+      MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db, "--heartbeat-ms", "50"};
+  const pid_t first = Spawn(coordinator_args);
+  const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "survivor",
+                              "--heartbeat-ms", "50"});
+  REQUIRE(WaitFor(db, "reconnect", [](const auto& rows) {
+    int done = 0;
+    for (const auto& r : rows) done += r.status == "done";
+    return done >= 5;
+  }));
+  kill(first, SIGKILL);
+  waitpid(first, nullptr, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the worker notices the silence
+  const pid_t second = Spawn(coordinator_args);  // resumes the study from the database
+  CHECK(WaitExit(second, 60) == 0);
+  CHECK(WaitExit(worker, 10) == 0);  // the same worker process finished the study
+  const auto rows = AllTrials(db, "reconnect");
+  CHECK(rows.size() == 40);
+  for (const auto& r : rows) {
+    CHECK(r.status == "done");
+    CHECK(r.worker == "survivor");
+  }
+}
+
 }  // namespace
 }  // namespace masktune
