@@ -349,7 +349,8 @@ StackSpec Parser::ParseStack(const std::string& name, const YAML::Node& n) const
     if (schema->sampling) {
       if (sampling >= 0)
         Fail(item, where + "a stack holds at most one sampling masker; " + ws + "[" +
-                       std::to_string(sampling) + "] is one already");
+                       std::to_string(sampling) + "] (" + stack.maskers[sampling].type +
+                       ") is one already");
       sampling = static_cast<int>(i);
     }
     if (fields && !fields.IsNull() && !fields.IsMap())

@@ -70,6 +70,7 @@ Status CheckAttentionInputs(const AttentionInputs& in);
 // maskers cache key-side work here under their own slot name.
 struct LayerState {
   std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::vector<uint64_t>> codes;  // packed bit signatures
 };
 using StackState = std::map<int, LayerState>;  // layer index -> state
 

@@ -255,7 +255,8 @@ Result<MaskerStack> MaskerStack::Build(const MaskerRegistry& registry,
     if (!schema->sampling) continue;
     if (sampling >= 0)
       return Status::Error(where + "a stack holds at most one sampling masker; maskers[" +
-                           std::to_string(sampling) + "] is one already");
+                           std::to_string(sampling) + "] (" + configs[sampling].type +
+                           ") is one already");
     sampling = static_cast<int>(i);
   }
   MaskerStack stack;

@@ -186,7 +186,7 @@ TEST_CASE("run, then best, trials, status and export on its database") {
   CheckBadInput(Masktune("trials cli" + db + " --status finished"), "--status: expected queued, running, done or failed");
   CheckBadInput(Masktune("export cli" + db + " --format csv --out " + dir / "o2"), "--format: expected json or sah");
   std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nattention: {a: [{sink: {}}]}\n";
-  CheckBadInput(Masktune("run " + dir / "bad.yaml"), "bad.yaml:3:18: attention.a[0] (sink): missing required field 'sink_size'");
+  CheckBadInput(Masktune("run " + dir / "bad.yaml"), "bad.yaml:3:17: attention.a[0] (sink): missing required field 'sink_size'");
 }
 
 TEST_CASE("every subcommand answers --help") {

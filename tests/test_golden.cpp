@@ -31,8 +31,26 @@ struct Verdict {
 // Compares masks row by row. Outside ties a kept set must match exactly; with
 // expected_scores, keys may differ where their score equals the row's
 // threshold (the lowest top-k score the reference kept), same count per row.
-Verdict JudgeMask(const Tensor& got, const Tensor& expected, const Tensor* scores) {
+Verdict JudgeMask(const Tensor& got, const Tensor& expected, const Tensor* scores, bool lsh) {
   Verdict v;
+  if (lsh) {
+    // magic_pig: a sign bit can flip where a projection lands within rounding
+    // of zero: at most 0.5% of entries may differ, the rest within 1e-4.
+    int64_t differ = 0;
+    for (int64_t i = 0; i < expected.size(); ++i) {
+      const float g = got.data()[i], e = expected.data()[i];
+      if ((g != 0) != (e != 0)) {
+        ++differ;
+      } else if (std::fabs(g - e) > 1e-4f) {
+        v.problem = "entry " + std::to_string(i) + ": " + std::to_string(g) + " vs " + std::to_string(e);
+        return v;
+      }
+    }
+    v.exact_mask = differ == 0;
+    if (differ > expected.size() / 200)
+      v.problem = std::to_string(differ) + " entries differ, more than 0.5%";
+    return v;
+  }
   const int64_t n = expected.dim(3), rows = expected.size() / n;
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = got.data() + r * n;
@@ -91,7 +109,7 @@ TEST_CASE("golden cases from the reference implementation") {
     bool covered = true;
     for (const json& m : meta["maskers"]) covered &= registry.Find(m["type"]) != nullptr;
     if (!covered) {
-      ++skipped;  // a masker of a later issue (sampling maskers)
+      ++skipped;  // a masker not built yet
       continue;
     }
     AttentionInputs in;
@@ -113,7 +131,9 @@ TEST_CASE("golden cases from the reference implementation") {
     const Tensor& dense_out = *file->Get("dense_out").value();
 
     const Tensor* scores = file->Has("expected_scores") ? file->Get("expected_scores").value() : nullptr;
-    const Verdict v = JudgeMask(mask->ToDense(), *file->Get("expected_mask").value(), scores);
+    bool lsh = false;
+    for (const json& m : meta["maskers"]) lsh |= m["type"] == "magic_pig";
+    const Verdict v = JudgeMask(mask->ToDense(), *file->Get("expected_mask").value(), scores, lsh);
     CHECK_MESSAGE(v.problem.empty(), v.problem);
     CHECK(mask->Density() == doctest::Approx(entry["density"].get<double>()).epsilon(1e-6));
     // Our dense attention is the reference's.
@@ -136,7 +156,7 @@ TEST_CASE("golden cases from the reference implementation") {
   }
   MESSAGE("golden: " << checked << " cases checked (" << tied << " with tied top-k keys), "
                      << skipped << " left to later maskers");
-  CHECK(checked >= 40);
+  CHECK(checked >= 47);
 }
 
 }  // namespace

@@ -25,7 +25,7 @@ TEST_CASE("registry knows every deterministic masker") {
 TEST_CASE("validation errors name the masker and the field") {
   CHECK(ParseError(R"([{"type":"snk","sink_size":4}])") ==
         "maskers[0] (snk): unknown masker type 'snk' (known: causal, double_sparsity_top_k, "
-        "hash_attention_top_k, local, oracle_top_k, oracle_top_p, quest_top_k, sink)");
+        "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, quest_top_k, sink)");
   CHECK(ParseError(R"([{"type":"sink","sink_size":4},{"type":"local","window":4}])") ==
         "maskers[1] (local): unknown field 'window' (local has: window_size)");
   CHECK(ParseError(R"([{"type":"oracle_top_k","heavy_size":"ten"}])") ==
@@ -97,8 +97,8 @@ TEST_CASE("a stack holds at most one sampling masker") {
   auto stack = MaskerStack::Build(registry, configs.value());
   REQUIRE_FALSE(stack.ok());
   CHECK(stack.status().message() ==
-        "maskers[2] (test_sampler): a stack holds at most one sampling masker; maskers[0] is one "
-        "already");
+        "maskers[2] (test_sampler): a stack holds at most one sampling masker; maskers[0] "
+        "(test_sampler) is one already");
 }
 
 TEST_CASE("a missing side file fails when the stack is built, naming the field") {

@@ -18,11 +18,12 @@ MaskerSchema OracleTopPSchema();
 MaskerSchema QuestTopKSchema();
 MaskerSchema DoubleSparsityTopKSchema();
 MaskerSchema HashAttentionTopKSchema();
+MaskerSchema MagicPigSchema();
 
 inline std::vector<MaskerSchema> BuiltinMaskerSchemas() {
   return {SinkSchema(),      LocalSchema(),     CausalSchema(),
           OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(),
-          DoubleSparsityTopKSchema(), HashAttentionTopKSchema()};
+          DoubleSparsityTopKSchema(), HashAttentionTopKSchema(), MagicPigSchema()};
 }
 
 }  // namespace masktune

@@ -1,0 +1,278 @@
+// magic_pig: LSH sampling (MagicPIG). A key is kept when its sign-random-
+// projection signature collides with the query's in at least one of L tables
+// of K bits, and is written with its collision probability
+// 1 - (1 - (1 - theta/pi)^K)^L, so that the sparse output is an unbiased-
+// weight estimate of dense attention (spec: "magic_pig").
+#include <cmath>
+
+#include "engine/cpu_kernels.h"
+#include "engine/maskers/common.h"
+#include "engine/maskers/maskers.h"
+#include "engine/random.h"
+#include "engine/safetensors.h"
+
+namespace masktune {
+namespace {
+
+constexpr uint32_t kPurposeProjections = 0x5049u;  // "PI"
+
+double NormalDraw(const RandomKey& key, uint64_t index) {
+  const auto w = RandomWords(key, index);
+  const double u1 = (static_cast<double>(w[0]) + 1.0) / 4294967297.0;
+  const double u2 = static_cast<double>(w[1]) / 4294967296.0;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+class MagicPigMasker : public Masker {
+ public:
+  MagicPigMasker(MaskerConfig c, std::string slot, std::shared_ptr<SafetensorsFile> projections)
+      : config_(std::move(c)), slot_(std::move(slot)), file_(std::move(projections)) {
+    K_ = config_.Int("lsh_k");
+    L_ = config_.Int("lsh_l");
+    simple_lsh_ = config_.Str("transform") == "simple_lsh";
+  }
+
+  static Result<std::unique_ptr<MagicPigMasker>> Create(const MaskerConfig& c, const std::string& slot) {
+    std::shared_ptr<SafetensorsFile> file;
+    if (!c.Str("projections_file").empty()) {
+      auto f = SafetensorsFile::Read(c.Str("projections_file"));
+      if (!f.ok()) return f.status().WithContext("projections_file: ");
+      file = std::make_shared<SafetensorsFile>(std::move(f).value());
+    }
+    return std::make_unique<MagicPigMasker>(c, slot, std::move(file));
+  }
+
+  Result<Mask> AddMask(const AttentionInputs& in, const Mask& prev, LayerState& state) const override {
+    if (prev.is_full()) return prev;
+    const MaskShape shape = in.mask_shape();
+    const int64_t B = in.batch(), H = in.heads(), Q = shape.queries, N = shape.keys;
+    const int64_t D = in.head_dim(), g = in.group(), E = simple_lsh_ ? D + 1 : D;
+    const int64_t bits = K_ * L_;
+    MT_ASSIGN_OR_RETURN(const Tensor* rt, Projections(in.layer, E, state));  // [bits, E]
+
+    // Key mean per (batch, head), from the layer's first call.
+    Tensor& mean = state.tensors[slot_ + ".key_mean"];
+    if (mean.rank() == 0) {
+      mean = Tensor({B, H, D});
+      if (config_.Bool("center")) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = 0; h < H; ++h) {
+            std::vector<double> acc(static_cast<size_t>(D), 0.0);
+            for (int64_t j = 0; j < N; ++j)
+              for (int64_t d = 0; d < D; ++d) acc[d] += in.key(b, h / g, j)[d];
+            for (int64_t d = 0; d < D; ++d)
+              mean.data()[(b * H + h) * D + d] = static_cast<float>(acc[d] / static_cast<double>(N));
+          }
+      }
+    } else if (mean.dim(0) != B || mean.dim(1) != H || mean.dim(2) != D) {
+      return Status::Error("the layer's cached key mean " + ShapeToString(mean.shape()) +
+                           " does not fit this call");
+    }
+    // Norms of the centred keys, [B, H, N]: cached and extended; the
+    // transform's M is their maximum over the whole call.
+    Tensor& norms = state.tensors[slot_ + ".key_norms"];
+    std::vector<uint64_t>& codes = state.codes[slot_ + ".key_codes"];  // [B, H, N, L]
+    const int64_t cached = norms.rank() == 3 ? norms.dim(2) : 0;
+    if (cached > N)
+      return Status::Error("this call brings " + std::to_string(N) + " keys, fewer than the " +
+                           std::to_string(cached) + " cached for layer " + std::to_string(in.layer));
+    if (cached < N) {
+      Tensor grown({B, H, N});
+      for (int64_t bh = 0; bh < B * H; ++bh)
+        std::copy_n(norms.data() + bh * cached, cached, grown.data() + bh * N);
+      ParallelRows(B * H, [&](int64_t bh) {
+        const int64_t b = bh / H, h = bh % H;
+        const float* mu = mean.data() + bh * D;
+        for (int64_t j = cached; j < N; ++j) {
+          const float* k = in.key(b, h / g, j);
+          float s = 0;
+          for (int64_t d = 0; d < D; ++d) s += (k[d] - mu[d]) * (k[d] - mu[d]);
+          grown.data()[bh * N + j] = std::sqrt(s);
+        }
+      });
+      norms = std::move(grown);
+    }
+    float M = 0;
+    for (int64_t i = 0; i < norms.size(); ++i) M = std::max(M, norms.data()[i]);
+    if (M == 0) M = 1;
+    // Key signatures for the keys not yet signed.
+    if (static_cast<int64_t>(codes.size()) != B * H * cached * L_ && cached > 0)
+      return Status::Error("cached key signatures do not fit this call");
+    if (cached < N) {
+      std::vector<uint64_t> grown(static_cast<size_t>(B * H * N * L_));
+      for (int64_t bh = 0; bh < B * H; ++bh)
+        std::copy_n(codes.data() + bh * cached * L_, cached * L_, grown.data() + bh * N * L_);
+      ParallelRows(B * H, [&](int64_t bh) {
+        const int64_t b = bh / H, h = bh % H;
+        std::vector<float> x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
+        for (int64_t j = cached; j < N; ++j) {
+          Transform(in.key(b, h / g, j), mean.data() + bh * D, D, norms.data()[bh * N + j], M, true, x.data());
+          Sign(x.data(), *rt, E, proj.data(), grown.data() + (bh * N + j) * L_);
+        }
+      });
+      codes = std::move(grown);
+    }
+    // Queries: signatures, matches, and the collision probability of matches.
+    std::vector<std::vector<int32_t>> kept(static_cast<size_t>(shape.rows()));
+    std::vector<std::vector<float>> prob(static_cast<size_t>(shape.rows()));
+    ParallelRows(shape.rows(), [&](int64_t row) {
+      const int64_t b = shape.batch_of(row), h = (row / Q) % H, i = shape.query_of(row);
+      const int64_t bh = b * H + h;
+      const float* mu = mean.data() + bh * D;
+      std::vector<float> qc(static_cast<size_t>(D)), x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
+      std::vector<uint64_t> qcode(static_cast<size_t>(L_));
+      const float* q = in.query(b, h, i);
+      float qn2 = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        qc[d] = q[d] - mu[d];
+        qn2 += qc[d] * qc[d];
+      }
+      const float qn = std::sqrt(qn2);
+      Transform(q, mu, D, qn, M, false, x.data());
+      Sign(x.data(), *rt, E, proj.data(), qcode.data());
+      // |q~| and the cosine with each matching key, as the reference computes them.
+      float xq2 = 0;
+      for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
+      const float xq = std::sqrt(xq2);
+      const uint64_t* kc = codes.data() + bh * N * L_;
+      for (int64_t j = 0; j < N; ++j) {
+        bool match = false;
+        for (int64_t l = 0; l < L_ && !match; ++l) match = kc[j * L_ + l] == qcode[l];
+        if (!match) continue;
+        const float* k = in.key(b, h / g, j);
+        float dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += x[d] * (k[d] - mu[d]) / (simple_lsh_ ? M : 1.0f);
+        const float kn = norms.data()[bh * N + j];
+        float xk;
+        if (simple_lsh_) {
+          const float aug = std::sqrt(std::max(0.0f, M * M - kn * kn)) / M;
+          xk = std::sqrt((kn / M) * (kn / M) + aug * aug);
+        } else {
+          xk = kn;
+        }
+        const float cosv = std::clamp(dot / ((xq + 1e-8f) * (xk + 1e-8f)), -1.0f, 1.0f);
+        const float theta = std::acos(cosv);
+        const float p1 = std::pow(1.0f - theta / static_cast<float>(M_PI), static_cast<float>(K_));
+        const float p = 1.0f - std::pow(1.0f - p1, static_cast<float>(L_));
+        if (p <= 0.0f) continue;  // underflow: a probability-0 key cannot be weighted
+        kept[row].push_back(static_cast<int32_t>(j));
+        prob[row].push_back(p);
+      }
+    });
+    std::vector<int64_t> row_ptr(1, 0);
+    std::vector<int32_t> cols;
+    std::vector<float> vals;
+    for (int64_t r = 0; r < shape.rows(); ++r) {
+      cols.insert(cols.end(), kept[r].begin(), kept[r].end());
+      vals.insert(vals.end(), prob[r].begin(), prob[r].end());
+      row_ptr.push_back(static_cast<int64_t>(cols.size()));
+    }
+    return prev.Merge(Mask::Sparse(shape, std::move(row_ptr), std::move(cols), std::move(vals)));
+  }
+
+ private:
+  // x~ of a key (is_key) or query: centred, then the simple-LSH transform.
+  void Transform(const float* v, const float* mu, int64_t D, float norm, float M, bool is_key,
+                 float* x) const {
+    if (!simple_lsh_) {
+      for (int64_t d = 0; d < D; ++d) x[d] = v[d] - mu[d];
+      return;
+    }
+    if (is_key) {
+      for (int64_t d = 0; d < D; ++d) x[d] = (v[d] - mu[d]) / M;
+      x[D] = std::sqrt(std::max(0.0f, M * M - norm * norm)) / M;
+    } else {
+      for (int64_t d = 0; d < D; ++d) x[d] = (v[d] - mu[d]) / (norm + 1e-8f);
+      x[D] = 0.0f;
+    }
+  }
+
+  // Packs sign(x R) > 0 into L codes of K bits.
+  void Sign(const float* x, const Tensor& rt, int64_t E, float* proj, uint64_t* code) const {
+    const int64_t bits = K_ * L_;
+    std::vector<const float*> cols(static_cast<size_t>(bits));
+    for (int64_t t = 0; t < bits; ++t) cols[t] = rt.data() + t * E;
+    kernels::ScoreTile(&x, 1, cols.data(), bits, E, 1.0f, proj, bits);
+    for (int64_t l = 0; l < L_; ++l) {
+      uint64_t c = 0;
+      for (int64_t k = 0; k < K_; ++k) c |= static_cast<uint64_t>(proj[l * K_ + k] > 0.0f) << k;
+      code[l] = c;
+    }
+  }
+
+  // R transposed, [K*L, E]: from the projections file, or drawn from the seed.
+  Result<const Tensor*> Projections(int layer, int64_t E, LayerState& state) const {
+    Tensor& rt = state.tensors[slot_ + ".projections_t"];
+    if (rt.rank() == 2) return &rt;
+    const int64_t bits = K_ * L_;
+    rt = Tensor({bits, E});
+    if (file_) {
+      const std::string name = "layer" + std::to_string(layer) + ".projections";
+      MT_ASSIGN_OR_RETURN(const Tensor* r, file_->Get(name, 2));
+      if (r->shape() != Shape{E, bits})
+        return Status::Error(file_->path() + ": " + name + ": expected shape " +
+                             ShapeToString({E, bits}) + " (head_dim" + (simple_lsh_ ? " + 1" : "") +
+                             ", lsh_k * lsh_l), found " + ShapeToString(r->shape()));
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t t = 0; t < bits; ++t) rt.data()[t * E + e] = r->data()[e * bits + t];
+    } else {
+      // Standard normal draws keyed by (seed + layer): the same on any thread count or device.
+      const RandomKey key{static_cast<uint64_t>(config_.Int("seed") + layer), 0, kPurposeProjections};
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t t = 0; t < bits; ++t)
+          rt.data()[t * E + e] = static_cast<float>(NormalDraw(key, static_cast<uint64_t>(e * bits + t)));
+    }
+    return &rt;
+  }
+
+  MaskerConfig config_;
+  std::string slot_;
+  std::shared_ptr<SafetensorsFile> file_;
+  int64_t K_ = 0, L_ = 0;
+  bool simple_lsh_ = true;
+};
+
+}  // namespace
+
+MaskerSchema MagicPigSchema() {
+  MaskerSchema s;
+  s.type = "magic_pig";
+  s.reference_name = "MagicPigConfig";
+  s.help = "MagicPIG: LSH sampling, each kept key weighted by its collision probability";
+  s.sampling = true;
+  const Range positive{0, 1e300, true, false};
+  FieldSpec center;
+  center.name = "center";
+  center.type = FieldType::kBool;
+  center.default_value = true;
+  center.help = "centre keys and queries on the key mean of the layer's first call";
+  FieldSpec packing;
+  packing.name = "packing";
+  packing.type = FieldType::kString;
+  packing.choices = {"int64", "float32"};
+  packing.default_value = std::string("int64");
+  packing.help = "the reference's signature packing; both give the same result";
+  FieldSpec file;
+  file.name = "projections_file";
+  file.type = FieldType::kPath;
+  file.default_value = std::string("");
+  file.help = "safetensors with layer{L}.projections (head_dim+1, lsh_k*lsh_l); default: drawn from seed";
+  FieldSpec transform;
+  transform.name = "transform";
+  transform.type = FieldType::kString;
+  transform.choices = {"simple_lsh", "none"};
+  transform.default_value = std::string("simple_lsh");
+  transform.help = "simple_lsh (the reference's asymmetric MIPS transform) or none";
+  s.fields = {IntField("lsh_k", Range{0, 64, true, false}, "bits per table (packed in 64)"),
+              IntField("lsh_l", Range{0, 4096, true, false}, "tables"),
+              center,
+              packing,
+              IntField("seed", Range{0, 1e18, false, false}, "projection seed (with the layer)", int64_t{42}),
+              file,
+              transform};
+  (void)positive;
+  s.create = Factory<MagicPigMasker>(&MagicPigMasker::Create);
+  return s;
+}
+
+}  // namespace masktune
