@@ -335,3 +335,103 @@ TEST_CASE("hash attention caches key signatures per layer and extends them") {
 
 }  // namespace
 }  // namespace masktune
+
+namespace masktune {
+namespace {
+
+// Over independent projection seeds, MagicPIG keeps each key with exactly
+// the probability it writes: the honesty its estimate rests on.
+TEST_CASE("magic_pig keeps each key with the probability it writes") {
+  Case c(1, 1, 1, 1, 48, 16, 41);
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  for (auto [K, L] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{6, 3}}) {
+    CAPTURE(K);
+    CAPTURE(L);
+    constexpr int kSeeds = 800;
+    std::vector<int> hits(48, 0);
+    std::vector<float> p(48, -1.0f);
+    // Unbiasedness: the importance-weighted sums average to the dense ones.
+    std::vector<double> num(16, 0.0), num2(16, 0.0), dense_num(16, 0.0);
+    double den = 0, den2 = 0, dense_den = 0;
+    std::vector<double> e(48);
+    for (int j = 0; j < 48; ++j) {
+      double s = 0;
+      for (int d = 0; d < 16; ++d) s += c.q.data()[d] * c.k.data()[j * 16 + d];
+      e[j] = std::exp(s * c.in.scaling);
+      dense_den += e[j];
+      for (int d = 0; d < 16; ++d) dense_num[d] += e[j] * c.v.data()[j * 16 + d];
+    }
+    for (int seed = 0; seed < kSeeds; ++seed) {
+      const Mask m = Run(R"([{"type":"magic_pig","lsh_k":)" + std::to_string(K) + R"(,"lsh_l":)" +
+                             std::to_string(L) + R"(,"seed":)" + std::to_string(seed) + "}]",
+                         c.in);
+      double s_den = 0;
+      std::vector<double> s_num(16, 0.0);
+      m.ForEachKept(0, [&](int64_t j, float prob) {
+        ++hits[j];
+        if (p[j] < 0) p[j] = prob;
+        CHECK(prob == p[j]);  // the probability does not depend on the draw
+        s_den += e[j] / prob;
+        for (int d = 0; d < 16; ++d) s_num[d] += e[j] / prob * c.v.data()[j * 16 + d];
+      });
+      den += s_den;
+      den2 += s_den * s_den;
+      for (int d = 0; d < 16; ++d) num[d] += s_num[d], num2[d] += s_num[d] * s_num[d];
+    }
+    int checked = 0;
+    for (int j = 0; j < 48; ++j) {
+      if (p[j] < 0) continue;  // never kept: its probability must be small
+      const double f = static_cast<double>(hits[j]) / kSeeds;
+      const double sd = std::sqrt(p[j] * (1 - p[j]) / kSeeds);
+      CAPTURE(j);
+      CHECK(std::fabs(f - p[j]) <= 4.5 * sd + 1.5 / kSeeds);
+      ++checked;
+    }
+    CHECK(checked >= 24);
+    // The means of the estimates lie within 4.5 standard errors of the dense sums.
+    auto close = [&](double sum, double sum2, double truth) {
+      const double mean = sum / kSeeds, var = sum2 / kSeeds - mean * mean;
+      return std::fabs(mean - truth) <= 4.5 * std::sqrt(std::max(var, 0.0) / kSeeds) + 1e-9;
+    };
+    CHECK(close(den, den2, dense_den));
+    for (int d = 0; d < 16; ++d) {
+      CAPTURE(d);
+      CHECK(close(num[d], num2[d], dense_num[d]));
+    }
+  }
+}
+
+TEST_CASE("magic_pig bad input names the field") {
+  Case c(1, 2, 1, 1, 40, 8, 43);
+  CHECK(RunError(R"([{"type":"magic_pig","lsh_k":65,"lsh_l":4}])", c.in) ==
+        "maskers[0] (magic_pig): field 'lsh_k': expected an integer in (0, 64], found 65");
+  testing::TempDir dir;
+  Tensor wrong({8, 16});
+  REQUIRE(WriteSafetensors(dir / "p.safetensors", {{"layer0.projections", &wrong}}).ok());
+  CHECK(RunError(R"([{"type":"magic_pig","lsh_k":4,"lsh_l":4,"projections_file":")" + dir / "p.safetensors" + "\"}]", c.in)
+            .find("layer0.projections: expected shape (9, 16) (head_dim + 1, lsh_k * lsh_l), found (8, 16)") !=
+        std::string::npos);
+  CHECK(RunError(R"([{"type":"magic_pig","lsh_k":4,"lsh_l":4},{"type":"magic_pig","lsh_k":2,"lsh_l":2}])", c.in) ==
+        "maskers[1] (magic_pig): a stack holds at most one sampling masker; maskers[0] (magic_pig) is one already");
+}
+
+TEST_CASE("magic_pig signs appended keys only, and stays reproducible from its seed") {
+  Case c(1, 2, 1, 1, 64, 16, 44);
+  StackState state;
+  Case first(1, 2, 1, 1, 48, 16, 44);
+  std::copy_n(c.k.data(), 48 * 16, first.k.data());
+  std::copy_n(c.q.data(), 2 * 16, first.q.data());
+  const std::string stack = R"([{"type":"magic_pig","lsh_k":3,"lsh_l":6,"seed":7}])";
+  Run(stack, first.in, &state);
+  CHECK(state[0].codes.begin()->second.size() == 2 * 48 * 6);
+  const Mask grown = Run(stack, c.in, &state);
+  CHECK(state[0].codes.begin()->second.size() == 2 * 64 * 6);
+  CHECK(Run(stack, c.in).Density() > 0.0);
+  CHECK(RunError(stack, first.in, 0, &state).find("brings 48 keys, fewer than the 64 cached") != std::string::npos);
+  // Same seed, same mask; on any thread count.
+  const Mask a = Run(stack, c.in), b = Run(stack, c.in);
+  CHECK(a.ToDense().vec() == b.ToDense().vec());
+}
+
+}  // namespace
+}  // namespace masktune
