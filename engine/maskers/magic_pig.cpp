@@ -187,12 +187,17 @@ class MagicPigMasker : public Masker {
     }
   }
 
-  // Packs sign(x R) > 0 into L codes of K bits.
+  // Packs sign(x R) > 0 into L codes of K bits. The head_dim part goes
+  // through the vectorised score kernel (rows of R^T are E apart; the kernel
+  // reads their first D floats), the augmentation coordinate is added after.
   void Sign(const float* x, const Tensor& rt, int64_t E, float* proj, uint64_t* code) const {
-    const int64_t bits = K_ * L_;
-    std::vector<const float*> cols(static_cast<size_t>(bits));
+    const int64_t bits = K_ * L_, D = simple_lsh_ ? E - 1 : E;
+    thread_local std::vector<const float*> cols;
+    cols.resize(static_cast<size_t>(bits));
     for (int64_t t = 0; t < bits; ++t) cols[t] = rt.data() + t * E;
-    kernels::ScoreTile(&x, 1, cols.data(), bits, E, 1.0f, proj, bits);
+    kernels::ScoreTile(&x, 1, cols.data(), bits, D, 1.0f, proj, bits);
+    if (simple_lsh_)
+      for (int64_t t = 0; t < bits; ++t) proj[t] += x[D] * cols[t][D];
     for (int64_t l = 0; l < L_; ++l) {
       uint64_t c = 0;
       for (int64_t k = 0; k < K_; ++k) c |= static_cast<uint64_t>(proj[l * K_ + k] > 0.0f) << k;
