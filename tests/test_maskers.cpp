@@ -435,3 +435,42 @@ TEST_CASE("magic_pig signs appended keys only, and stays reproducible from its s
 
 }  // namespace
 }  // namespace masktune
+
+namespace masktune {
+namespace {
+
+TEST_CASE("random_sampling draws distinct keys and writes their true inclusion probability") {
+  Case c(1, 2, 1, 3, 50, 8, 51, true);
+  constexpr int kSeeds = 1000;
+  std::vector<int> hits(50, 0);
+  for (int seed = 0; seed < kSeeds; ++seed) {
+    const Mask m = Run(R"([{"type":"random_sampling","sampling_rate":0.3,"seed":)" + std::to_string(seed) + "}]", c.in);
+    for (int64_t row = 0; row < 6; ++row) {
+      int count = 0;
+      m.ForEachKept(row, [&](int64_t j, float p) {
+        CHECK(p == doctest::Approx(15.0 / 50));  // m / N with m = int(0.3 * 50) = 15
+        if (row == 0) ++hits[j];
+        ++count;
+      });
+      CHECK(count == 15);  // distinct: no key twice
+    }
+  }
+  // Each key's frequency matches 0.3 within binomial bounds.
+  const double sd = std::sqrt(0.3 * 0.7 / kSeeds);
+  for (int j = 0; j < 50; ++j) {
+    CAPTURE(j);
+    CHECK(std::fabs(hits[j] / double(kSeeds) - 0.3) <= 4.5 * sd);
+  }
+  // Same seed, same draws; rows and layers draw differently.
+  const std::string s = R"([{"type":"random_sampling","sampling_rate":0.3,"seed":9}])";
+  CHECK(Run(s, c.in).ToDense().vec() == Run(s, c.in).ToDense().vec());
+  CHECK(KeptKeys(Run(s, c.in), 0) != KeptKeys(Run(s, c.in), 1));
+  CHECK(Run(R"([{"type":"random_sampling","sampling_rate":1.0}])", c.in).is_full());
+  CHECK(RunError(R"([{"type":"random_sampling","sampling_rate":0}])", c.in) ==
+        "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 0");
+  CHECK(RunError(R"([{"type":"random_sampling","sampling_rate":1.5}])", c.in) ==
+        "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 1.5");
+}
+
+}  // namespace
+}  // namespace masktune

@@ -25,7 +25,8 @@ TEST_CASE("registry knows every deterministic masker") {
 TEST_CASE("validation errors name the masker and the field") {
   CHECK(ParseError(R"([{"type":"snk","sink_size":4}])") ==
         "maskers[0] (snk): unknown masker type 'snk' (known: causal, double_sparsity_top_k, "
-        "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, quest_top_k, sink)");
+        "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, quest_top_k, "
+        "random_sampling, sink)");
   CHECK(ParseError(R"([{"type":"sink","sink_size":4},{"type":"local","window":4}])") ==
         "maskers[1] (local): unknown field 'window' (local has: window_size)");
   CHECK(ParseError(R"([{"type":"oracle_top_k","heavy_size":"ten"}])") ==

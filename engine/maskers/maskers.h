@@ -19,11 +19,13 @@ MaskerSchema QuestTopKSchema();
 MaskerSchema DoubleSparsityTopKSchema();
 MaskerSchema HashAttentionTopKSchema();
 MaskerSchema MagicPigSchema();
+MaskerSchema RandomSamplingSchema();
 
 inline std::vector<MaskerSchema> BuiltinMaskerSchemas() {
   return {SinkSchema(),      LocalSchema(),     CausalSchema(),
           OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(),
-          DoubleSparsityTopKSchema(), HashAttentionTopKSchema(), MagicPigSchema()};
+          DoubleSparsityTopKSchema(), HashAttentionTopKSchema(), MagicPigSchema(),
+          RandomSamplingSchema()};
 }
 
 }  // namespace masktune
