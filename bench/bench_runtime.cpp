@@ -12,8 +12,7 @@
 #include <string>
 #include <thread>
 
-#include "coordinator/coordinator.h"
-#include "worker/worker.h"
+#include "coordinator/local.h"
 
 using namespace masktune;
 
@@ -44,33 +43,15 @@ int main(int argc, char** argv) {
   if (!study.ok()) return 1;
   const double queue_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  zmq::context_t context;
   CoordinatorOptions copt;
   copt.bind = "tcp://127.0.0.1:*";
-  std::string bound;
-  std::atomic<bool> ready{false};
-  copt.on_bound = [&](const std::string& e) { bound = e; ready = true; };
-  Result<CoordinatorStats> stats = Status::Error("not run");
+  LocalRun local;
+  local.workers = workers;
+  local.threads_per_worker = 1;
   t0 = std::chrono::steady_clock::now();
-  std::thread coordinator([&] {
-    stats = RunCoordinator(context, store.value(), study.value(), sweep.value(), registry, copt);
-  });
-  while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> ws;
-  for (int i = 0; i < workers; ++i)
-    ws.emplace_back([&, i] {
-      WorkerOptions w;
-      w.connect = bound;
-      w.name = "b" + std::to_string(i);
-      w.threads = 1;
-      w.stop = &stop;
-      (void)RunWorker(context, registry, w);
-    });
-  coordinator.join();
+  zmq::context_t context;
+  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry, copt, local);
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  stop = true;
-  for (auto& t : ws) t.join();
   if (!stats.ok()) {
     std::fprintf(stderr, "%s\n", stats.status().message().c_str());
     return 1;

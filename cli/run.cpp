@@ -1,7 +1,6 @@
 // masktune run / resume / coordinator / worker: the sweep runtime.
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -11,7 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/report.h"
-#include "coordinator/coordinator.h"
+#include "coordinator/local.h"
 #include "storage/store.h"
 #include "worker/worker.h"
 
@@ -51,7 +50,6 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   auto study = PrepareStudy(store.value(), sweep.value(), sweep_text);
   if (!study.ok()) return Fail(command, study.status().message());
 
-  zmq::context_t context;
   const bool local = o.bind.empty();
   const int n = o.workers > 0 ? o.workers
                 : sweep->workers > 0 ? static_cast<int>(sweep->workers)
@@ -61,32 +59,12 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   copt.heartbeat_interval_ms = o.heartbeat_ms;
   ProgressPrinter progress(isatty(STDOUT_FILENO));
   copt.on_progress = [&](const storage::Progress& p) { progress.Update(p, store.value(), study.value()); };
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> threads;
-  if (local) {
-    // Workers share the cores: each trial's OpenMP team gets its part.
-    const int per_worker = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
-    for (int i = 0; i < n; ++i) {
-      threads.emplace_back([&, i, per_worker] {
-        WorkerOptions w;
-        w.connect = copt.bind;
-        w.name = "local-" + std::to_string(i);
-        w.heartbeat_interval_ms = o.heartbeat_ms;
-        w.threads = per_worker;
-        w.stop = &stop;
-        (void)RunWorker(context, registry, w);
-      });
-    }
-  }
-  // inproc needs the bind before workers connect: zmq queues connects made first.
-  Result<CoordinatorStats> stats = Status::Error("coordinator did not run");
-  try {
-    stats = RunCoordinator(context, store.value(), study.value(), sweep.value(), registry, copt);
-  } catch (const std::exception& e) {  // a bug: stop the workers before reporting it
-    stats = Status::Error(std::string("internal error: ") + e.what());
-  }
-  stop = true;
-  for (auto& t : threads) t.join();
+  LocalRun workers;
+  workers.workers = local ? n : 0;  // `coordinator`: the workers are other processes
+  // Local workers share the cores: each trial's OpenMP team gets its part.
+  workers.threads_per_worker = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
+  zmq::context_t context;
+  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry, copt, workers);
   progress.Finish();
   if (!stats.ok()) return Fail(command, stats.status().message());
   return PrintBest(store.value(), study.value(), sweep.value(), "");

@@ -10,6 +10,7 @@
 #include "coordinator/protocol.h"
 #include "search/objective.h"
 #include "tests/helpers.h"
+#include "coordinator/local.h"
 #include "worker/worker.h"
 
 namespace masktune {
@@ -39,40 +40,21 @@ attention:
 
 // Runs a study to the end with `n` in-process workers; returns the stats.
 CoordinatorStats RunLocal(storage::Store& store, int64_t study, const configs::SweepConfig& sweep,
-                          int n, const std::string& endpoint = "") {
-  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  zmq::context_t context;
-  CoordinatorOptions copt;
+                          int n, const std::string& endpoint = "",
+                          std::function<void(zmq::context_t&, const std::string&)> before = {},
+                          zmq::context_t* context = nullptr) {
   static std::atomic<int> counter{0};
+  CoordinatorOptions copt;
   copt.bind = endpoint.empty() ? "inproc://test-" + std::to_string(counter++) : endpoint;
   copt.heartbeat_interval_ms = kBeatMs;
-  std::string bound;
-  std::atomic<bool> ready{false};
-  copt.on_bound = [&](const std::string& e) {
-    bound = e;
-    ready = true;
-  };
-  std::atomic<bool> stop{false};
-  std::thread coordinator_thread;
-  Result<CoordinatorStats> stats = Status::Error("not run");
-  coordinator_thread = std::thread([&] {
-    stats = RunCoordinator(context, store, study, sweep, registry, copt);
-  });
-  while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  std::vector<std::thread> workers;
-  for (int i = 0; i < n; ++i)
-    workers.emplace_back([&, i] {
-      WorkerOptions w;
-      w.connect = bound;
-      w.name = "w" + std::to_string(i);
-      w.heartbeat_interval_ms = kBeatMs;
-      w.threads = 1;
-      w.stop = &stop;
-      (void)RunWorker(context, registry, w);
-    });
-  coordinator_thread.join();
-  stop = true;
-  for (auto& t : workers) t.join();
+  LocalRun local;
+  local.workers = n;
+  local.threads_per_worker = 1;
+  local.name_prefix = "w";
+  local.before_workers = std::move(before);
+  zmq::context_t own;
+  auto stats = RunWithLocalWorkers(context ? *context : own, store, study, sweep,
+                                   MaskerRegistry::WithBuiltins(), copt, local);
   REQUIRE_MESSAGE(stats.ok(), stats.status().message());
   return stats.value();
 }
@@ -133,55 +115,38 @@ TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
   REQUIRE(store.ok());
   auto study = PrepareStudy(store.value(), sweep, yaml);
   REQUIRE(study.ok());
-  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  zmq::context_t context;
-  CoordinatorOptions copt;
-  copt.bind = "tcp://127.0.0.1:*";
-  copt.heartbeat_interval_ms = kBeatMs;
   std::string bound;
-  std::atomic<bool> ready{false};
-  copt.on_bound = [&](const std::string& e) { bound = e; ready = true; };
-  Result<CoordinatorStats> stats = Status::Error("not run");
-  std::thread coordinator([&] { stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt); });
-  while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  CHECK(bound.rfind("tcp://127.0.0.1:", 0) == 0);
   // A peer that speaks nonsense: wrong frame counts, versions, commands, bodies,
-  // and a RESULT for a trial it was never given.
-  zmq::socket_t rogue(context, zmq::socket_type::dealer);
-  rogue.set(zmq::sockopt::linger, 0);
-  rogue.connect(bound);
-  rogue.send(zmq::str_buffer("garbage"), zmq::send_flags::none);
-  rogue.send(zmq::str_buffer("MT0"), zmq::send_flags::sndmore);
-  rogue.send(zmq::str_buffer("READY"), zmq::send_flags::sndmore);
-  rogue.send(zmq::str_buffer("{}"), zmq::send_flags::none);
-  protocol::Send(rogue, "EXPLODE", json::object());
-  rogue.send(zmq::str_buffer("MT1"), zmq::send_flags::sndmore);
-  rogue.send(zmq::str_buffer("RESULT"), zmq::send_flags::sndmore);
-  rogue.send(zmq::str_buffer("{not json"), zmq::send_flags::none);
-  protocol::Send(rogue, protocol::kResult, {{"trial", 1}, {"attempt", 1}, {"metrics", {{"error", -5}}}});
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> workers;
-  for (int i = 0; i < 2; ++i)
-    workers.emplace_back([&, i] {
-      WorkerOptions w;
-      w.connect = bound;
-      w.name = "tcp" + std::to_string(i);
-      w.heartbeat_interval_ms = kBeatMs;
-      w.stop = &stop;
-      (void)RunWorker(context, registry, w);
-    });
-  coordinator.join();
-  stop = true;
-  for (auto& t : workers) t.join();
-  REQUIRE(stats.ok());
-  CHECK(stats->malformed >= 4);
-  CHECK(stats->results == 40);
+  // and a RESULT for a trial it was never given. Its socket lives on the
+  // run's context until the run ends.
+  zmq::context_t context;  // outlives the rogue socket
+  std::unique_ptr<zmq::socket_t> rogue;
+  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 2, "tcp://127.0.0.1:*",
+                                          [&](zmq::context_t& ctx, const std::string& e) {
+    bound = e;
+    rogue = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+    rogue->set(zmq::sockopt::linger, 0);
+    rogue->connect(e);
+    rogue->send(zmq::str_buffer("garbage"), zmq::send_flags::none);
+    rogue->send(zmq::str_buffer("MT0"), zmq::send_flags::sndmore);
+    rogue->send(zmq::str_buffer("READY"), zmq::send_flags::sndmore);
+    rogue->send(zmq::str_buffer("{}"), zmq::send_flags::none);
+    protocol::Send(*rogue, "EXPLODE", json::object());
+    rogue->send(zmq::str_buffer("MT1"), zmq::send_flags::sndmore);
+    rogue->send(zmq::str_buffer("RESULT"), zmq::send_flags::sndmore);
+    rogue->send(zmq::str_buffer("{not json"), zmq::send_flags::none);
+    protocol::Send(*rogue, protocol::kResult, {{"trial", 1}, {"attempt", 1}, {"metrics", {{"error", -5}}}});
+  }, &context);
+  rogue.reset();
+  CHECK(bound.rfind("tcp://127.0.0.1:", 0) == 0);
+  CHECK(stats.malformed >= 4);
+  CHECK(stats.results == 40);
   auto rows = store->Trials(study.value());
   REQUIRE(rows.ok());
   for (const auto& r : rows.value()) {
     CHECK(r.status == "done");
     CHECK(r.metrics.at("error") >= 0.0);  // the rogue's -5 was never recorded
-    CHECK(r.worker.rfind("tcp", 0) == 0);
+    CHECK(r.worker.rfind("w", 0) == 0);
   }
 }
 

@@ -1,0 +1,33 @@
+// File: coordinator/local.h
+//
+// A coordinator and N workers in one process: what `masktune run` does, and
+// what tests and bench_runtime use. The workers connect to wherever the
+// coordinator bound (inproc:// or tcp://, ephemeral ports included).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "coordinator/coordinator.h"
+
+namespace masktune {
+
+struct LocalRun {
+  int workers = 1;
+  int threads_per_worker = 0;       // OpenMP threads per worker's trials (0: default)
+  std::string name_prefix = "local-";
+  // Called once the coordinator is bound, before the workers start (tests
+  // use it to add peers of their own on the same context).
+  std::function<void(zmq::context_t&, const std::string& endpoint)> before_workers;
+};
+
+// Runs the study to completion on `context` (the caller's: sockets it opens
+// on it in before_workers must be closed before it is destroyed); returns
+// the coordinator's result.
+Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::Store& store,
+                                             int64_t study,
+                                             const configs::SweepConfig& sweep,
+                                             const MaskerRegistry& registry,
+                                             CoordinatorOptions options, const LocalRun& local);
+
+}  // namespace masktune
