@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <numeric>
+#include <random>
 
 #include "engine/maskers/common.h"
 #include "engine/registry.h"
@@ -160,6 +161,23 @@ TEST_CASE("top-k ties go to the lower key index") {
   CHECK(top(3) == std::vector<int32_t>{1, 3, 4});
   CHECK(top(4) == std::vector<int32_t>{1, 2, 3, 4});
   CHECK(top(5) == std::vector<int32_t>{1, 2, 3, 4, 6});
+  // Long rows take the sampled-bound path: the same answer as a full sort,
+  // ties included, whether or not the bound lets k candidates through.
+  std::mt19937 gen(3);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int64_t n = 5000 + trial * 997, k = 1 + trial * 37;
+    std::vector<float> row(static_cast<size_t>(n));
+    for (float& x : row) x = static_cast<float>(static_cast<int>(gen() % 200));  // many ties
+    if (trial % 5 == 0) std::sort(row.begin(), row.end());  // adversarial for the sample
+    std::vector<int32_t> order(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) order[j] = static_cast<int32_t>(j);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+    std::vector<int32_t> want(order.begin(), order.begin() + k);
+    std::sort(want.begin(), want.end());
+    std::vector<int32_t> got(static_cast<size_t>(k));
+    SelectTopK(row.data(), n, k, got.data(), scratch);
+    CHECK(got == want);
+  }
 }
 
 TEST_CASE("oracle top-p keeps the smallest set holding the mass") {

@@ -59,10 +59,34 @@ void SelectTopK(const float* scores, int64_t n, int64_t k, int32_t* out,
                 std::vector<float>& scratch) {
   if (k <= 0) return;
   // Threshold = the k-th largest value; take everything above it, then the
-  // lowest-indexed keys equal to it until k are taken.
-  scratch.assign(scores, scores + n);
-  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
-  const float thr = scratch[static_cast<size_t>(k - 1)];
+  // lowest-indexed keys equal to it until k are taken. For long rows the
+  // threshold is found among the candidates above a bound estimated from a
+  // strided sample, which is exact whenever at least k candidates pass
+  // (else the whole row is searched).
+  float thr;
+  bool found = false;
+  constexpr int64_t kStride = 16;
+  if (n >= 4096 && k * 4 < n) {
+    const int64_t m = n / kStride;
+    scratch.resize(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) scratch[i] = scores[i * kStride];
+    const int64_t pos = std::min(m - 1, (k * 5 / 4) / kStride + 8);  // a little below the k-th
+    std::nth_element(scratch.begin(), scratch.begin() + pos, scratch.end(), std::greater<float>());
+    const float bound = scratch[static_cast<size_t>(pos)];
+    scratch.clear();
+    for (int64_t j = 0; j < n; ++j)
+      if (scores[j] >= bound) scratch.push_back(scores[j]);
+    if (static_cast<int64_t>(scratch.size()) >= k) {
+      std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
+      thr = scratch[static_cast<size_t>(k - 1)];
+      found = true;
+    }
+  }
+  if (!found) {
+    scratch.assign(scores, scores + n);
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
+    thr = scratch[static_cast<size_t>(k - 1)];
+  }
   int64_t above = 0;
   for (int64_t j = 0; j < n; ++j) above += scores[j] > thr;
   int64_t ties = k - above, w = 0;
