@@ -5,6 +5,7 @@
 #include <random>
 
 #include "engine/maskers/common.h"
+#include "engine/maskers/maskers.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
 #include "tests/helpers.h"
@@ -488,6 +489,96 @@ TEST_CASE("random_sampling draws distinct keys and writes their true inclusion p
         "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 0");
   CHECK(RunError(R"([{"type":"random_sampling","sampling_rate":1.5}])", c.in) ==
         "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 1.5");
+}
+
+}  // namespace
+}  // namespace masktune
+
+namespace masktune {
+namespace {
+
+TEST_CASE("adaptive_sampling: the normal quantile and the budget formula by hand") {
+  CHECK(AdaptiveSamplingQuantile(0.95) == doctest::Approx(1.6448536269514722).epsilon(1e-10));
+  CHECK(AdaptiveSamplingQuantile(0.975) == doctest::Approx(1.959963984540054).epsilon(1e-10));
+  CHECK(AdaptiveSamplingQuantile(0.999) == doctest::Approx(3.090232306167813).epsilon(1e-10));
+  CHECK(AdaptiveSamplingQuantile(0.01) == doctest::Approx(-2.3263478740408408).epsilon(1e-10));
+  // Equal weights: sigma is 0 (floored at 1e-8), the budget falls to the base sample's size.
+  Case flat(1, 1, 1, 1, 12, 4, 61);
+  std::fill(flat.q.vec().begin(), flat.q.vec().end(), 0.0f);
+  const Mask m = Run(R"([{"type":"adaptive_sampling","base_rate_sampling":4,"epsilon":0.1,"delta":0.1}])", flat.in);
+  CHECK(KeptKeys(m, 0).size() == 4);
+  m.ForEachKept(0, [](int64_t, float p) { CHECK(p == doctest::Approx(4.0 / 12)); });
+  // Known weights, and a base sample of the whole range: every term is fixed.
+  Case c(1, 1, 1, 1, 40, 2, 62);
+  c.in.scaling = 1.0f;
+  c.q.data()[0] = 1;
+  c.q.data()[1] = 0;
+  std::vector<double> w(40);
+  for (int j = 0; j < 40; ++j) {
+    w[j] = 1.0 + (j % 7) * 0.5 + (j == 20 ? 6.0 : 0.0);
+    c.k.data()[j * 2] = static_cast<float>(std::log(w[j]));
+    c.k.data()[j * 2 + 1] = 0;
+  }
+  const double mx = *std::max_element(w.begin(), w.end());
+  // init 4, local 4: range [4, 36), R = 32; base = 32 (all of it).
+  double S = 0, sum = 0, sum2 = 0;
+  for (int j = 0; j < 40; ++j) S += w[j] / mx;
+  for (int j = 4; j < 36; ++j) sum += w[j] / mx, sum2 += (w[j] / mx) * (w[j] / mx);
+  const double sigma = std::sqrt((sum2 - 32 * (sum / 32) * (sum / 32)) / 31);
+  const double Sb = sum;  // * R / nb = 1
+  const double z = 1.2815515655446004;  // Phi^-1(0.9)
+  const double eps = 0.05;
+  const auto b = static_cast<int64_t>(std::pow(z * sigma * 32 / (eps * (S + Sb)), 2));
+  const int64_t want = std::clamp<int64_t>(std::clamp<int64_t>(b, 1, 32), 32, 32);
+  const Mask a = Run(R"([{"type":"adaptive_sampling","base_rate_sampling":32,"epsilon":0.05,"delta":0.1,"init_offset":4,"local_offset":4}])", c.in);
+  CHECK(static_cast<int64_t>(KeptKeys(a, 0).size()) == want);
+  // A smaller base sample keeps the formula's budget between nb and R.
+  const Mask small = Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0.25,"epsilon":0.3,"delta":0.2,"init_offset":4,"local_offset":4}])", c.in);
+  const auto kept = KeptKeys(small, 0);
+  CHECK(kept.size() >= 8);  // nb = int(0.25 * 32)
+  CHECK(kept.size() <= 32);
+  for (int64_t j : kept) CHECK((j >= 4 && j < 36));
+  // Off, full, and bad fields.
+  CHECK(Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0,"epsilon":0.1,"delta":0.1}])", c.in).is_empty());
+  CHECK(Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0.1,"epsilon":0.1,"delta":0.1,"init_offset":20,"local_offset":19}])", c.in).is_full());
+  CHECK(RunError(R"([{"type":"adaptive_sampling","base_rate_sampling":0.1,"epsilon":1.0,"delta":0.1}])", c.in) ==
+        "maskers[0] (adaptive_sampling): field 'epsilon': expected a number in (0, 1), found 1.0");
+}
+
+// The spec's budget uses z = Phi^-1(1 - delta): each side of the error is
+// bounded with probability 1 - delta, so both together with 1 - 2 delta.
+TEST_CASE("adaptive_sampling meets its epsilon bound on the denominator as the spec's z promises") {
+  Case c(1, 1, 1, 1, 2000, 16, 63);
+  const double eps = 0.1, delta = 0.1;
+  // The dense denominator (with the max subtracted as the masker does).
+  std::vector<double> s(2000);
+  double mx = -INFINITY;
+  for (int j = 0; j < 2000; ++j) {
+    double d = 0;
+    for (int t = 0; t < 16; ++t) d += c.q.data()[t] * c.k.data()[j * 16 + t];
+    s[j] = d * c.in.scaling;
+    mx = std::max(mx, s[j]);
+  }
+  double dense = 0;
+  for (double x : s) dense += std::exp(x - mx);
+  constexpr int kSeeds = 300;
+  int within = 0, above = 0, below = 0;
+  for (int seed = 0; seed < kSeeds; ++seed) {
+    const Mask m = Run(R"([{"type":"sink","sink_size":16},{"type":"local","window_size":16},)"
+                       R"({"type":"adaptive_sampling","base_rate_sampling":0.05,"epsilon":0.1,"delta":0.1,)"
+                       R"("init_offset":16,"local_offset":16,"seed":)" + std::to_string(seed) + "}]",
+                       c.in);
+    double est = 0;
+    m.ForEachKept(0, [&](int64_t j, float p) { est += std::exp(s[j] - mx) / p; });
+    within += std::fabs(est - dense) / dense <= eps;
+    above += est > (1 + eps) * dense;
+    below += est < (1 - eps) * dense;
+  }
+  MESSAGE("runs within epsilon: " << within << " / " << kSeeds << " (above " << above << ", below " << below << ")");
+  const double slack = 4 * std::sqrt(delta * (1 - delta) / kSeeds);  // four binomial sd
+  CHECK(within >= (1 - 2 * delta - slack) * kSeeds);
+  CHECK(above <= (delta + slack) * kSeeds);
+  CHECK(below <= (delta + slack) * kSeeds);
 }
 
 }  // namespace

@@ -24,7 +24,8 @@ TEST_CASE("registry knows every deterministic masker") {
 
 TEST_CASE("validation errors name the masker and the field") {
   CHECK(ParseError(R"([{"type":"snk","sink_size":4}])") ==
-        "maskers[0] (snk): unknown masker type 'snk' (known: causal, double_sparsity_top_k, "
+        "maskers[0] (snk): unknown masker type 'snk' (known: adaptive_sampling, causal, "
+        "double_sparsity_top_k, "
         "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, quest_top_k, "
         "random_sampling, sink)");
   CHECK(ParseError(R"([{"type":"sink","sink_size":4},{"type":"local","window":4}])") ==

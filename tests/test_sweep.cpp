@@ -81,7 +81,7 @@ TEST_CASE("malformed sweep files: each error names file, line, column and field"
   const std::string head = "study: s\nbenchmark: {name: noop}\nattention:\n  a:\n";
   // Unknown masker, unknown field.
   CHECK(Error(head + "    - sinc: {sink_size: 4}\n").rfind(
-            "sweep.yaml:5:7: attention.a[0]: unknown masker type 'sinc' (known: causal,", 0) == 0);
+            "sweep.yaml:5:7: attention.a[0]: unknown masker type 'sinc' (known: adaptive_sampling, causal,", 0) == 0);
   CHECK(Error(head + "    - sink: {size: 4}\n") ==
         "sweep.yaml:5:14: attention.a[0] (sink): unknown field 'size' (sink has: sink_size)");
   // Wrong types and out-of-range values, constant and inside spaces.

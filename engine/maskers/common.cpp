@@ -3,6 +3,8 @@
 #include <algorithm>
 #include "engine/cpu_kernels.h"
 
+#include <unordered_set>
+
 namespace masktune {
 
 namespace {
@@ -98,6 +100,19 @@ void SelectTopK(const float* scores, int64_t n, int64_t k, int32_t* out,
       --ties;
     }
   }
+}
+
+void SampleDistinct(const RandomKey& key, int64_t row, int64_t n, int64_t m, int32_t* out) {
+  std::unordered_set<int64_t> chosen;
+  chosen.reserve(static_cast<size_t>(2 * m));
+  for (int64_t j = n - m; j < n; ++j) {
+    const double u = RandomUniform(key, (static_cast<uint64_t>(row) << 32) | static_cast<uint64_t>(j));
+    const int64_t t = std::min(j, static_cast<int64_t>(u * static_cast<double>(j + 1)));
+    chosen.insert(chosen.count(t) ? j : t);
+  }
+  int64_t w = 0;
+  for (int64_t t : chosen) out[w++] = static_cast<int32_t>(t);
+  std::sort(out, out + m);
 }
 
 void PseudoQuantize(float* x, int64_t n, int bits) {

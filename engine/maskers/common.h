@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/masker.h"
+#include "engine/random.h"
 
 namespace masktune {
 
@@ -48,6 +49,10 @@ void ParallelRows(int64_t rows, const std::function<void(int64_t row)>& fn);
 // `scratch` is reused between calls.
 void SelectTopK(const float* scores, int64_t n, int64_t k, int32_t* out,
                 std::vector<float>& scratch);
+
+// m distinct integers in [0, n), uniformly (Floyd's algorithm), sorted, into
+// out; draw t of `row` uses counter (row << 32 | t) under `key`.
+void SampleDistinct(const RandomKey& key, int64_t row, int64_t n, int64_t m, int32_t* out);
 
 // Pseudo-quantises x[0 .. n) in place with `bits` bits (the spec's formula,
 // round half to even).

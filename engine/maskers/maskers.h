@@ -20,12 +20,15 @@ MaskerSchema DoubleSparsityTopKSchema();
 MaskerSchema HashAttentionTopKSchema();
 MaskerSchema MagicPigSchema();
 MaskerSchema RandomSamplingSchema();
+MaskerSchema AdaptiveSamplingSchema();
+// Phi^-1(p), the standard normal quantile adaptive_sampling uses (exposed for tests).
+double AdaptiveSamplingQuantile(double p);
 
 inline std::vector<MaskerSchema> BuiltinMaskerSchemas() {
   return {SinkSchema(),      LocalSchema(),     CausalSchema(),
           OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(),
           DoubleSparsityTopKSchema(), HashAttentionTopKSchema(), MagicPigSchema(),
-          RandomSamplingSchema()};
+          RandomSamplingSchema(), AdaptiveSamplingSchema()};
 }
 
 }  // namespace masktune

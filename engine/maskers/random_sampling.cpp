@@ -3,7 +3,6 @@
 // reference draws with replacement and writes `rate`, which overstates the
 // inclusion probability: about 0.26 is real for rate 0.3.) (spec: "random_sampling")
 #include <algorithm>
-#include <unordered_set>
 
 #include "engine/maskers/common.h"
 #include "engine/maskers/maskers.h"
@@ -27,20 +26,7 @@ class RandomSamplingMasker : public Masker {
     const RandomKey key{static_cast<uint64_t>(config_.Int("seed")), static_cast<uint32_t>(in.layer),
                         kPurposeRandomSampling};
     std::vector<int32_t> idx(static_cast<size_t>(shape.rows() * m));
-    ParallelRows(shape.rows(), [&](int64_t row) {
-      // Floyd's algorithm: m distinct draws, one uniform each, from the row's counters.
-      std::unordered_set<int64_t> chosen;
-      chosen.reserve(static_cast<size_t>(2 * m));
-      for (int64_t j = n - m; j < n; ++j) {
-        const double u = RandomUniform(key, (static_cast<uint64_t>(row) << 32) | static_cast<uint64_t>(j));
-        const int64_t t = std::min(j, static_cast<int64_t>(u * static_cast<double>(j + 1)));
-        chosen.insert(chosen.count(t) ? j : t);
-      }
-      int32_t* out = idx.data() + row * m;
-      int64_t w = 0;
-      for (int64_t t : chosen) out[w++] = static_cast<int32_t>(t);
-      std::sort(out, out + m);
-    });
+    ParallelRows(shape.rows(), [&](int64_t row) { SampleDistinct(key, row, n, m, idx.data() + row * m); });
     const float p = static_cast<float>(static_cast<double>(m) / static_cast<double>(n));
     return prev.Merge(Mask::FromRowIndices(shape, idx, m, p));
   }
