@@ -23,6 +23,7 @@ struct AttendOptions {
   std::string out;
   int repeat = 0;
   double scaling = std::nan("");
+  int64_t seed = -1;  // >= 0: the seed of every masker that draws
 };
 
 int Fail(const std::string& message) {
@@ -85,6 +86,9 @@ int RunAttend(const AttendOptions& o) {
   const std::string base_dir = std::filesystem::path(o.input).parent_path().string();
   auto configs = registry.ParseJsonList(text.value(), base_dir);
   if (!configs.ok()) return Fail("--maskers: " + configs.status().message());
+  if (o.seed >= 0)
+    for (MaskerConfig& c : configs.value())
+      if (c.values.count("seed")) c.values["seed"] = o.seed;
   auto stack = MaskerStack::Build(registry, configs.value());
   if (!stack.ok()) return Fail("--maskers: " + stack.status().message());
 
@@ -137,6 +141,9 @@ Action AddAttendCommand(CLI::App& app) {
   cmd->add_option("--repeat", opts->repeat,
                   "time N calls; adds mask_s, attention_s, dense_s (median seconds)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", opts->seed,
+                  "seed of every sampling masker in the list (overrides their `seed` fields)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--scaling", opts->scaling,
                   "score scaling (default: the case metadata's, else 1/sqrt(head_dim))");
   cmd->footer(

@@ -86,6 +86,22 @@ TEST_CASE("attend with an explicit list, @FILE, [] and --repeat") {
   }
 }
 
+TEST_CASE("attend --seed sets the seed of the sampling maskers") {
+  const std::string input = "attend --input " + Golden("sink_local_s0.safetensors") +
+                            R"( --maskers '[{"type":"random_sampling","sampling_rate":0.2}]')";
+  testing::TempDir dir;
+  auto mask_of = [&](const std::string& extra, const std::string& out) {
+    const Run r = Masktune(input + extra + " --out " + dir / out);
+    REQUIRE(r.code == 0);
+    auto f = SafetensorsFile::Read(dir / out);
+    REQUIRE(f.ok());
+    return f->Get("mask").value()->vec();
+  };
+  const auto a = mask_of(" --seed 1", "a.safetensors");
+  CHECK(mask_of(" --seed 1", "b.safetensors") == a);
+  CHECK(mask_of(" --seed 2", "c.safetensors") != a);
+}
+
 TEST_CASE("attend rejects bad input with one line and exit code 2") {
   testing::TempDir dir;
   const std::string stack = R"( --maskers '[{"type":"sink","sink_size":4}]')";
