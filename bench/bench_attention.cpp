@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
       {"double_sparsity 0.1 gf 8", R"([{"type":"double_sparsity_top_k","heavy_size":0.1,"group_factor":8,"sorted_channel_file":")" + d + R"(channels.json"}])"},
       {"hash_attention 0.1 (cached)", R"([{"type":"hash_attention_top_k","heavy_size":0.1,"hat_bits":32,"hat_mlp_layers":2,"hat_mlp_hidden_size":32,"hat_mlp_activation":"silu","hat_weight_file":")" + d + R"(hat.safetensors"}])"},
       {"sink+local+oracle_top_k 0.1", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"oracle_top_k","heavy_size":0.1}])"},
+      {"sink+local+adaptive_sampling", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"adaptive_sampling","base_rate_sampling":0.05,"epsilon":0.25,"delta":0.25,"init_offset":128,"local_offset":128}])"},
       {"sink+local+magic_pig K8 L75", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"magic_pig","lsh_k":8,"lsh_l":75}])"},
       {"sink+local+magic_pig K10 L150", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"magic_pig","lsh_k":10,"lsh_l":150}])"},
   };
