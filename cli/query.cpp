@@ -194,11 +194,7 @@ int RunExport(Query& q) {
     }
     search::TrialParams params;
     const json stored = json::parse(best->params);  // kept alive for items()
-    for (auto& [k, v] : stored.items())
-      params[k] = v.is_number_integer() ? FieldValue(v.get<int64_t>())
-                  : v.is_number_float() ? FieldValue(v.get<double>())
-                  : v.is_boolean()      ? FieldValue(v.get<bool>())
-                                        : FieldValue(v.get<std::string>());
+    for (auto& [k, v] : stored.items()) params[k] = FieldValueFromJson(v).value();
     auto configs = search::Materialize(registry, plan, params);
     if (!configs.ok()) return kExitFailure;
     json out;
@@ -211,8 +207,7 @@ int RunExport(Query& q) {
     for (const MaskerConfig& c : configs.value()) {
       json fields = json::object();
       for (const auto& [f, v] : c.values) {
-        json jv = std::visit([](auto&& x) { return json(x); }, v);
-        fields[f] = jv;
+        fields[f] = FieldValueToJson(v);
       }
       if (q.format == "json") {
         fields["type"] = c.type;

@@ -16,20 +16,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
-json ToJson(const FieldValue& v) {
-  if (auto* i = std::get_if<int64_t>(&v)) return *i;
-  if (auto* d = std::get_if<double>(&v)) return *d;
-  if (auto* b = std::get_if<bool>(&v)) return *b;
-  return std::get<std::string>(v);
-}
-
-FieldValue FromJson(const json& j) {
-  if (j.is_boolean()) return j.get<bool>();
-  if (j.is_number_integer()) return j.get<int64_t>();
-  if (j.is_number_float()) return j.get<double>();
-  return j.get<std::string>();
-}
-
 json BenchmarkJson(const configs::BenchmarkSpec& b) {
   if (b.name == "noop") return {{"name", "noop"}, {"sleep_ms", b.sleep_ms}};
   if (!b.synthetic) return {{"name", b.name}, {"folder", b.folder}};
@@ -67,7 +53,7 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
     if (sweep.search.algorithm == "tpe") continue;  // suggested one at a time, from results
     for (int64_t t = 0; t < plan.trials; ++t) {
       json params = json::object();
-      for (const auto& [name, value] : search::SampleBasic(sweep, plan, t)) params[name] = ToJson(value);
+      for (const auto& [name, value] : search::SampleBasic(sweep, plan, t)) params[name] = FieldValueToJson(value);
       MT_RETURN_IF_ERROR(store.AddTrial(stack, t, params.dump()));
     }
   }
@@ -124,7 +110,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       if (r.status == "done" && r.objective) {
         search::Observation o;
         const json stored = json::parse(r.params);
-        for (auto& [k, v] : stored.items()) o.params[k] = FromJson(v);
+        for (auto& [k, v] : stored.items()) o.params[k] = FieldValueFromJson(v).value();
         o.objective = *r.objective;
         st.history.push_back(std::move(o));
       }
@@ -231,7 +217,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
           StackState& st = stacks[next->stack->name];
           json params = json::object();
           for (const auto& [name, value] : search::SuggestTpe(sweep, *next, st.created, st.history))
-            params[name] = ToJson(value);
+            params[name] = FieldValueToJson(value);
           MT_RETURN_IF_ERROR(store.AddTrial(st.id, st.created++, params.dump()));
           ++progress.queued;
         }
@@ -244,7 +230,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       const search::StackPlan& plan = *plan_of.at(trial->stack);
       search::TrialParams params;
       const json stored = json::parse(trial->params);  // kept alive for items()
-      for (auto& [k, v] : stored.items()) params[k] = FromJson(v);
+      for (auto& [k, v] : stored.items()) params[k] = FieldValueFromJson(v).value();
       auto configs = search::Materialize(registry, plan, params);
       if (!configs.ok()) {  // cannot happen for a validated sweep; fail the trial, not the study
         MT_RETURN_IF_ERROR(store.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1).status());
@@ -255,7 +241,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       json maskers = json::array();
       for (const MaskerConfig& c : configs.value()) {
         json m = {{"type", c.type}};
-        for (const auto& [f, v] : c.values) m[f] = ToJson(v);
+        for (const auto& [f, v] : c.values) m[f] = FieldValueToJson(v);
         maskers.push_back(m);
       }
       w.trial = trial->id;

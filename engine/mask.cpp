@@ -33,15 +33,24 @@ Mask Mask::FromRowIndices(const MaskShape& shape, const std::vector<int32_t>& in
 
 Mask Mask::FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,
                     float value) {
-  assert(static_cast<int64_t>(rows.size()) == shape.rows());
+  std::vector<std::vector<float>> values;
+  values.reserve(rows.size());
+  for (const auto& r : rows) values.emplace_back(r.size(), value);
+  return FromRows(shape, rows, values);
+}
+
+Mask Mask::FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,
+                    const std::vector<std::vector<float>>& values) {
+  assert(static_cast<int64_t>(rows.size()) == shape.rows() && values.size() == rows.size());
   std::vector<int64_t> row_ptr(1, 0);
   std::vector<int32_t> cols;
-  for (const auto& r : rows) {
-    cols.insert(cols.end(), r.begin(), r.end());
+  std::vector<float> vals;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    cols.insert(cols.end(), rows[r].begin(), rows[r].end());
+    vals.insert(vals.end(), values[r].begin(), values[r].end());
     row_ptr.push_back(static_cast<int64_t>(cols.size()));
   }
-  std::vector<float> values(cols.size(), value);
-  return Sparse(shape, std::move(row_ptr), std::move(cols), std::move(values));
+  return Sparse(shape, std::move(row_ptr), std::move(cols), std::move(vals));
 }
 
 void Mask::ExpandRow(int64_t row, float* out, int64_t begin, int64_t end) const {

@@ -43,6 +43,9 @@ class Mask {
   // rows[r]: the sorted key indices of row r, each written with `value`.
   static Mask FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,
                        float value);
+  // The same with values[r][i] for key rows[r][i].
+  static Mask FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,
+                       const std::vector<std::vector<float>>& values);
   // `per_row` sorted key indices per row, each written with `value`.
   static Mask FromRowIndices(const MaskShape& shape, const std::vector<int32_t>& indices,
                              int64_t per_row, float value);

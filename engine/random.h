@@ -9,6 +9,7 @@
 
 #include <Random123/philox.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace masktune {
@@ -34,6 +35,14 @@ inline double RandomUniform(const RandomKey& key, uint64_t index) {
   const auto w = RandomWords(key, index);
   const uint64_t bits = (static_cast<uint64_t>(w[0]) << 21) ^ (static_cast<uint64_t>(w[1]) >> 11);
   return static_cast<double>(bits & ((1ull << 53) - 1)) * 0x1.0p-53;
+}
+
+// A standard normal draw from counter `index` (Box-Muller on two words).
+inline double RandomNormal(const RandomKey& key, uint64_t index) {
+  const auto w = RandomWords(key, index);
+  const double u1 = (static_cast<double>(w[0]) + 1.0) / 4294967297.0;  // (0, 1]
+  const double u2 = static_cast<double>(w[1]) / 4294967296.0;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
 }
 
 }  // namespace masktune

@@ -58,6 +58,18 @@ std::string FieldValueToString(const FieldValue& v) {
   return s;
 }
 
+nlohmann::json FieldValueToJson(const FieldValue& value) {
+  return std::visit([](const auto& x) { return nlohmann::json(x); }, value);
+}
+
+Result<FieldValue> FieldValueFromJson(const nlohmann::json& v) {
+  if (v.is_boolean()) return FieldValue(v.get<bool>());
+  if (v.is_number_integer()) return FieldValue(v.get<int64_t>());
+  if (v.is_number_float()) return FieldValue(v.get<double>());
+  if (v.is_string()) return FieldValue(v.get<std::string>());
+  return Status::Error("expected a number, bool or string, found " + v.dump());
+}
+
 double MaskerConfig::Float(const std::string& f) const {
   const FieldValue& v = values.at(f);
   if (auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
@@ -224,18 +236,9 @@ Result<std::vector<MaskerConfig>> MaskerRegistry::ParseJsonList(const std::strin
     std::map<std::string, FieldValue> given;
     for (auto& [key, val] : item.items()) {
       if (key == "type") continue;
-      if (val.is_boolean()) {
-        given[key] = val.get<bool>();
-      } else if (val.is_number_integer()) {
-        given[key] = val.get<int64_t>();
-      } else if (val.is_number_float()) {
-        given[key] = val.get<double>();
-      } else if (val.is_string()) {
-        given[key] = val.get<std::string>();
-      } else {
-        return Status::Error(where + "field '" + key + "': expected a number, bool or string, found " +
-                             val.dump());
-      }
+      auto value = FieldValueFromJson(val);
+      if (!value.ok()) return value.status().WithContext(where + "field '" + key + "': ");
+      given[key] = std::move(value).value();
     }
     auto config = Validate(type, given, base_dir);
     if (!config.ok()) return config.status().WithContext(where);

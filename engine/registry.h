@@ -8,6 +8,7 @@
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +44,11 @@ class MaskerRegistry {
  private:
   std::map<std::string, MaskerSchema> schemas_;
 };
+
+// A field value as JSON and back; the int/float distinction survives (1.0 stays a float).
+nlohmann::json FieldValueToJson(const FieldValue& value);
+// Fails on arrays, objects and null.
+Result<FieldValue> FieldValueFromJson(const nlohmann::json& value);
 
 // OK when `value` fits `spec` (type and range); else "field 'name': expected
 // ..., found ..." (the caller prefixes the masker and place).

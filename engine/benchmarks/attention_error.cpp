@@ -36,14 +36,6 @@ struct Sample {
   }
 };
 
-double Normal(const RandomKey& key, uint64_t index) {
-  // Box-Muller on two uniforms of one counter.
-  const auto w = RandomWords(key, index);
-  const double u1 = (static_cast<double>(w[0]) + 1.0) / 4294967297.0;
-  const double u2 = static_cast<double>(w[1]) / 4294967296.0;
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-}
-
 // One synthetic sample: Gaussian q, k, v plus the traits of real attention.
 Sample Synthesize(const nlohmann::json& s, int64_t index) {
   const int64_t N = s.value("keys", 4096), H = s.value("heads", 8), Hkv = s.value("kv_heads", 2);
@@ -57,7 +49,7 @@ Sample Synthesize(const nlohmann::json& s, int64_t index) {
   const auto stream = static_cast<uint32_t>(index);
   auto fill = [&](Tensor& t, uint32_t purpose) {
     const RandomKey key{seed, stream, purpose};
-    for (int64_t i = 0; i < t.size(); ++i) t.data()[i] = static_cast<float>(Normal(key, i));
+    for (int64_t i = 0; i < t.size(); ++i) t.data()[i] = static_cast<float>(RandomNormal(key, i));
   };
   fill(out.q, 1);
   fill(out.k, 2);

@@ -35,7 +35,7 @@ class AdaptiveSamplingMasker : public Masker {
     const RandomKey base_key{seed, static_cast<uint32_t>(in.layer), kPurposeBase};
     const RandomKey budget_key{seed, static_cast<uint32_t>(in.layer), kPurposeBudget};
     std::vector<std::vector<int32_t>> kept(static_cast<size_t>(shape.rows()));
-    std::vector<float> prob(static_cast<size_t>(shape.rows()));
+    std::vector<std::vector<float>> prob(static_cast<size_t>(shape.rows()));
     ForEachScoreRow(in, in.scaling, [&](int64_t row, float* s) {
       thread_local std::vector<float> p;
       thread_local std::vector<int32_t> drawn;
@@ -67,17 +67,9 @@ class AdaptiveSamplingMasker : public Masker {
       kept[row].resize(static_cast<size_t>(b));
       SampleDistinct(budget_key, row, R, b, kept[row].data());
       for (int32_t& t : kept[row]) t += static_cast<int32_t>(start);
-      prob[row] = static_cast<float>(static_cast<double>(b) / static_cast<double>(R));
+      prob[row].assign(static_cast<size_t>(b), static_cast<float>(static_cast<double>(b) / static_cast<double>(R)));
     });
-    std::vector<int64_t> row_ptr(1, 0);
-    std::vector<int32_t> cols;
-    std::vector<float> vals;
-    for (int64_t r = 0; r < shape.rows(); ++r) {
-      cols.insert(cols.end(), kept[r].begin(), kept[r].end());
-      vals.insert(vals.end(), kept[r].size(), prob[r]);
-      row_ptr.push_back(static_cast<int64_t>(cols.size()));
-    }
-    return prev.Merge(Mask::Sparse(shape, std::move(row_ptr), std::move(cols), std::move(vals)));
+    return prev.Merge(Mask::FromRows(shape, kept, prob));
   }
 
   // Phi^-1(p) for p in (0, 1): Acklam's rational approximation, refined by

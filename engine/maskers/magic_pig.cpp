@@ -16,13 +16,6 @@ namespace {
 
 constexpr uint32_t kPurposeProjections = 0x5049u;  // "PI"
 
-double NormalDraw(const RandomKey& key, uint64_t index) {
-  const auto w = RandomWords(key, index);
-  const double u1 = (static_cast<double>(w[0]) + 1.0) / 4294967297.0;
-  const double u2 = static_cast<double>(w[1]) / 4294967296.0;
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-}
-
 class MagicPigMasker : public Masker {
  public:
   MagicPigMasker(MaskerConfig c, std::string slot, std::shared_ptr<SafetensorsFile> projections)
@@ -159,15 +152,7 @@ class MagicPigMasker : public Masker {
         prob[row].push_back(p);
       }
     });
-    std::vector<int64_t> row_ptr(1, 0);
-    std::vector<int32_t> cols;
-    std::vector<float> vals;
-    for (int64_t r = 0; r < shape.rows(); ++r) {
-      cols.insert(cols.end(), kept[r].begin(), kept[r].end());
-      vals.insert(vals.end(), prob[r].begin(), prob[r].end());
-      row_ptr.push_back(static_cast<int64_t>(cols.size()));
-    }
-    return prev.Merge(Mask::Sparse(shape, std::move(row_ptr), std::move(cols), std::move(vals)));
+    return prev.Merge(Mask::FromRows(shape, kept, prob));
   }
 
  private:
@@ -225,7 +210,7 @@ class MagicPigMasker : public Masker {
       const RandomKey key{static_cast<uint64_t>(config_.Int("seed") + layer), 0, kPurposeProjections};
       for (int64_t e = 0; e < E; ++e)
         for (int64_t t = 0; t < bits; ++t)
-          rt.data()[t * E + e] = static_cast<float>(NormalDraw(key, static_cast<uint64_t>(e * bits + t)));
+          rt.data()[t * E + e] = static_cast<float>(RandomNormal(key, static_cast<uint64_t>(e * bits + t)));
     }
     return &rt;
   }
