@@ -442,9 +442,10 @@ TEST_CASE("magic_pig signs appended keys only, and stays reproducible from its s
   std::copy_n(c.q.data(), 2 * 16, first.q.data());
   const std::string stack = R"([{"type":"magic_pig","lsh_k":3,"lsh_l":6,"seed":7}])";
   Run(stack, first.in, &state);
-  CHECK(state[0].codes.begin()->second.size() == 2 * 48 * 6);
+  const size_t signed48 = state[0].codes.begin()->second.size();
+  CHECK(signed48 == 2 * 48 * 1);  // 6 tables of 3 bits: six byte lanes, one word per key
   const Mask grown = Run(stack, c.in, &state);
-  CHECK(state[0].codes.begin()->second.size() == 2 * 64 * 6);
+  CHECK(state[0].codes.begin()->second.size() == 2 * 64 * 1);
   CHECK(Run(stack, c.in).Density() > 0.0);
   CHECK(RunError(stack, first.in, 0, &state).find("brings 48 keys, fewer than the 64 cached") != std::string::npos);
   // Same seed, same mask; on any thread count.
@@ -579,6 +580,46 @@ TEST_CASE("adaptive_sampling meets its epsilon bound on the denominator as the s
   CHECK(within >= (1 - 2 * delta - slack) * kSeeds);
   CHECK(above <= (delta + slack) * kSeeds);
   CHECK(below <= (delta + slack) * kSeeds);
+}
+
+}  // namespace
+}  // namespace masktune
+
+namespace masktune {
+namespace {
+
+// Wider tables pack fewer lanes per word (16, 32 and 64 bits): keep
+// frequencies still match the written probabilities.
+TEST_CASE("magic_pig with 16-, 32- and 64-bit table lanes keeps each key as often as it says") {
+  Case c(1, 1, 1, 1, 32, 16, 71);
+  // Keys from near the query to far from it, so probabilities span (0, 1).
+  for (int j = 0; j < 32; ++j)
+    for (int d = 0; d < 16; ++d)
+      c.k.data()[j * 16 + d] = c.q.data()[d] + 0.08f * j * c.k.data()[j * 16 + d];
+  for (int K : {12, 20, 40}) {
+    CAPTURE(K);
+    constexpr int kSeeds = 400;
+    std::vector<int> hits(32, 0);
+    std::vector<float> p(32, -1.0f);
+    for (int seed = 0; seed < kSeeds; ++seed) {
+      const Mask m = Run(R"([{"type":"magic_pig","lsh_k":)" + std::to_string(K) +
+                             R"(,"lsh_l":3,"center":false,"transform":"none","seed":)" + std::to_string(seed) + "}]",
+                         c.in);
+      m.ForEachKept(0, [&](int64_t j, float prob) {
+        ++hits[j];
+        p[j] = prob;
+      });
+    }
+    int checked = 0;
+    for (int j = 0; j < 32; ++j) {
+      if (p[j] < 0) continue;
+      const double f = static_cast<double>(hits[j]) / kSeeds;
+      CAPTURE(j);
+      CHECK(std::fabs(f - p[j]) <= 4.5 * std::sqrt(p[j] * (1 - p[j]) / kSeeds) + 1.5 / kSeeds);
+      ++checked;
+    }
+    CHECK(checked >= 4);
+  }
 }
 
 }  // namespace

@@ -22,6 +22,18 @@ class MagicPigMasker : public Masker {
       : config_(std::move(c)), slot_(std::move(slot)), file_(std::move(projections)) {
     K_ = config_.Int("lsh_k");
     L_ = config_.Int("lsh_l");
+    // Signatures are packed as lanes of the narrowest width that holds K
+    // bits, several tables per 64-bit word, so a match test reads L bytes
+    // (K <= 8) instead of 8 L, and compares a word of lanes at once.
+    lane_bits_ = K_ <= 8 ? 8 : K_ <= 16 ? 16 : K_ <= 32 ? 32 : 64;
+    lanes_ = 64 / lane_bits_;
+    words_ = (L_ + lanes_ - 1) / lanes_;
+    if (lane_bits_ < 64) {
+      for (int64_t i = 0; i < lanes_; ++i) {
+        low_ |= uint64_t{1} << (i * lane_bits_);
+        high_ |= uint64_t{1} << (i * lane_bits_ + lane_bits_ - 1);
+      }
+    }
     simple_lsh_ = config_.Str("transform") == "simple_lsh";
   }
 
@@ -64,7 +76,7 @@ class MagicPigMasker : public Masker {
     // Norms of the centred keys, [B, H, N]: cached and extended; the
     // transform's M is their maximum over the whole call.
     Tensor& norms = state.tensors[slot_ + ".key_norms"];
-    std::vector<uint64_t>& codes = state.codes[slot_ + ".key_codes"];  // [B, H, N, L]
+    std::vector<uint64_t>& codes = state.codes[slot_ + ".key_codes"];  // [B, H, N, words]
     const int64_t cached = norms.rank() == 3 ? norms.dim(2) : 0;
     if (cached > N)
       return Status::Error("this call brings " + std::to_string(N) + " keys, fewer than the " +
@@ -89,18 +101,18 @@ class MagicPigMasker : public Masker {
     for (int64_t i = 0; i < norms.size(); ++i) M = std::max(M, norms.data()[i]);
     if (M == 0) M = 1;
     // Key signatures for the keys not yet signed.
-    if (static_cast<int64_t>(codes.size()) != B * H * cached * L_ && cached > 0)
+    if (static_cast<int64_t>(codes.size()) != B * H * cached * words_ && cached > 0)
       return Status::Error("cached key signatures do not fit this call");
     if (cached < N) {
-      std::vector<uint64_t> grown(static_cast<size_t>(B * H * N * L_));
+      std::vector<uint64_t> grown(static_cast<size_t>(B * H * N * words_));
       for (int64_t bh = 0; bh < B * H; ++bh)
-        std::copy_n(codes.data() + bh * cached * L_, cached * L_, grown.data() + bh * N * L_);
+        std::copy_n(codes.data() + bh * cached * words_, cached * words_, grown.data() + bh * N * words_);
       ParallelRows(B * H, [&](int64_t bh) {
         const int64_t b = bh / H, h = bh % H;
         std::vector<float> x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
         for (int64_t j = cached; j < N; ++j) {
           Transform(in.key(b, h / g, j), mean.data() + bh * D, D, norms.data()[bh * N + j], M, true, x.data());
-          Sign(x.data(), *rt, E, proj.data(), grown.data() + (bh * N + j) * L_);
+          Sign(x.data(), *rt, E, proj.data(), grown.data() + (bh * N + j) * words_, false);
         }
       });
       codes = std::move(grown);
@@ -113,7 +125,7 @@ class MagicPigMasker : public Masker {
       const int64_t bh = b * H + h;
       const float* mu = mean.data() + bh * D;
       std::vector<float> qc(static_cast<size_t>(D)), x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
-      std::vector<uint64_t> qcode(static_cast<size_t>(L_));
+      std::vector<uint64_t> qcode(static_cast<size_t>(words_));
       const float* q = in.query(b, h, i);
       float qn2 = 0;
       for (int64_t d = 0; d < D; ++d) {
@@ -122,15 +134,19 @@ class MagicPigMasker : public Masker {
       }
       const float qn = std::sqrt(qn2);
       Transform(q, mu, D, qn, M, false, x.data());
-      Sign(x.data(), *rt, E, proj.data(), qcode.data());
+      Sign(x.data(), *rt, E, proj.data(), qcode.data(), true);
       // |q~| and the cosine with each matching key, as the reference computes them.
       float xq2 = 0;
       for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
       const float xq = std::sqrt(xq2);
-      const uint64_t* kc = codes.data() + bh * N * L_;
+      const uint64_t* kc = codes.data() + bh * N * words_;
       for (int64_t j = 0; j < N; ++j) {
+        // A table matches when its lane of key ^ query is zero.
         bool match = false;
-        for (int64_t l = 0; l < L_ && !match; ++l) match = kc[j * L_ + l] == qcode[l];
+        for (int64_t w = 0; w < words_ && !match; ++w) {
+          const uint64_t x = kc[j * words_ + w] ^ qcode[w];
+          match = lane_bits_ == 64 ? x == 0 : ((x - low_) & ~x & high_) != 0;
+        }
         if (!match) continue;
         const float* k = in.key(b, h / g, j);
         float dot = 0;
@@ -172,10 +188,11 @@ class MagicPigMasker : public Masker {
     }
   }
 
-  // Packs sign(x R) > 0 into L codes of K bits. The head_dim part goes
+  // Packs sign(x R) > 0 into L codes of K bits, `words_` words. The head_dim part goes
   // through the vectorised score kernel (rows of R^T are E apart; the kernel
   // reads their first D floats), the augmentation coordinate is added after.
-  void Sign(const float* x, const Tensor& rt, int64_t E, float* proj, uint64_t* code) const {
+  void Sign(const float* x, const Tensor& rt, int64_t E, float* proj, uint64_t* code,
+            bool is_query) const {
     const int64_t bits = K_ * L_, D = simple_lsh_ ? E - 1 : E;
     thread_local std::vector<const float*> cols;
     cols.resize(static_cast<size_t>(bits));
@@ -183,10 +200,18 @@ class MagicPigMasker : public Masker {
     kernels::ScoreTile(&x, 1, cols.data(), bits, D, 1.0f, proj, bits);
     if (simple_lsh_)
       for (int64_t t = 0; t < bits; ++t) proj[t] += x[D] * cols[t][D];
-    for (int64_t l = 0; l < L_; ++l) {
+    // Table l sits in lane l % lanes of word l / lanes. Unused lanes are 0 in
+    // keys and all ones in queries, so they never match.
+    const uint64_t lane_mask = lane_bits_ == 64 ? ~uint64_t{0} : (uint64_t{1} << lane_bits_) - 1;
+    for (int64_t w = 0; w < words_; ++w) code[w] = 0;
+    for (int64_t l = 0; l < words_ * lanes_; ++l) {
       uint64_t c = 0;
-      for (int64_t k = 0; k < K_; ++k) c |= static_cast<uint64_t>(proj[l * K_ + k] > 0.0f) << k;
-      code[l] = c;
+      if (l < L_) {
+        for (int64_t k = 0; k < K_; ++k) c |= static_cast<uint64_t>(proj[l * K_ + k] > 0.0f) << k;
+      } else if (is_query) {
+        c = lane_mask;
+      }
+      code[l / lanes_] |= c << ((l % lanes_) * lane_bits_);
     }
   }
 
@@ -219,6 +244,8 @@ class MagicPigMasker : public Masker {
   std::string slot_;
   std::shared_ptr<SafetensorsFile> file_;
   int64_t K_ = 0, L_ = 0;
+  int64_t lane_bits_ = 64, lanes_ = 1, words_ = 0;
+  uint64_t low_ = 0, high_ = 0;  // the lowest and highest bit of every lane
   bool simple_lsh_ = true;
 };
 
