@@ -20,8 +20,8 @@ void ProgressPrinter::Update(const storage::Progress& p, storage::Store& store, 
   last_ = now;
   if (first_done_ < 0) first_done_ = p.done + p.failed;
   double best = std::numeric_limits<double>::quiet_NaN();
-  if (auto rows = store.Trials(study, "done", "objective"); rows.ok() && !rows->empty())
-    best = rows->front().objective.value_or(best);
+  // One aggregate query: the progress line must not reload every trial.
+  if (auto b = store.BestObjective(study); b.ok() && b.value()) best = *b.value();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   const int64_t settled = p.done + p.failed - first_done_;
   const double eta = settled > 0 ? elapsed / settled * (p.total - p.done - p.failed) : 0.0;

@@ -245,6 +245,13 @@ Result<Progress> Store::GetProgress(int64_t study) {
   return p;
 }
 
+Result<std::optional<double>> Store::BestObjective(int64_t study) {
+  Stmt s(*conn_, "SELECT MIN(objective) FROM trials WHERE study_id = ? AND status = 'done'");
+  s.Bind(1, study);
+  if (s.Step() != SQLITE_ROW) return Error("best objective");
+  return s.Null(0) ? std::optional<double>() : std::optional<double>(s.Double(0));
+}
+
 Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& status,
                                             const std::string& sort) {
   std::string order = "t.id";

@@ -95,6 +95,8 @@ class Store {
   Status TouchWorker(int64_t study, const std::string& worker, const std::string& info_json);
 
   Result<Progress> GetProgress(int64_t study);
+  // The lowest objective of the study's finished trials; nullopt before the first.
+  Result<std::optional<double>> BestObjective(int64_t study);
   // Trials of the study, optionally of one status, ordered by `sort`
   // (id | objective | stack); metrics filled in.
   Result<std::vector<TrialRow>> Trials(int64_t study, const std::string& status = "",

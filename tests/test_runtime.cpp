@@ -95,6 +95,11 @@ TEST_CASE("a sweep runs end to end with two workers and every trial is stored on
   for (const auto& r : sorted.value())
     if (r.stack == "topk") { best_topk = *r.objective; break; }
   CHECK(best_topk == best);
+  double overall = INFINITY;
+  for (const auto& r : rows.value()) overall = std::min(overall, *r.objective);
+  auto stored_best = store->BestObjective(study.value());
+  REQUIRE(stored_best.ok());
+  CHECK(stored_best.value() == overall);
   // Larger heavy_size keeps more keys: density grows with the parameter.
   std::vector<std::pair<double, double>> by_param;
   for (const auto& r : rows.value())

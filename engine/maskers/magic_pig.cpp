@@ -257,7 +257,6 @@ MaskerSchema MagicPigSchema() {
   s.reference_name = "MagicPigConfig";
   s.help = "MagicPIG: LSH sampling, each kept key weighted by its collision probability";
   s.sampling = true;
-  const Range positive{0, 1e300, true, false};
   FieldSpec center;
   center.name = "center";
   center.type = FieldType::kBool;
@@ -287,7 +286,6 @@ MaskerSchema MagicPigSchema() {
               IntField("seed", Range{0, 1e18, false, false}, "projection seed (with the layer)", int64_t{42}),
               file,
               transform};
-  (void)positive;
   s.create = Factory<MagicPigMasker>(&MagicPigMasker::Create);
   return s;
 }
