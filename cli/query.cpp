@@ -192,11 +192,14 @@ int RunExport(Query& q) {
       std::fprintf(stderr, "masktune export: stack %s has no finished trial; skipped\n", plan.stack->name.c_str());
       continue;
     }
-    search::TrialParams params;
-    const json stored = json::parse(best->params);  // kept alive for items()
-    for (auto& [k, v] : stored.items()) params[k] = FieldValueFromJson(v).value();
-    auto configs = search::Materialize(registry, plan, params);
-    if (!configs.ok()) return kExitFailure;
+    auto params = search::ParamsFromJson(best->params);
+    auto configs = params.ok() ? search::Materialize(registry, plan, params.value())
+                               : Result<std::vector<MaskerConfig>>(params.status());
+    if (!configs.ok()) {
+      std::fprintf(stderr, "masktune export: stack %s: %s\n", plan.stack->name.c_str(),
+                   configs.status().message().c_str());
+      return kExitFailure;
+    }
     json out;
     if (q.format == "json") {
       out = {{"study", o->study.name}, {"stack", plan.stack->name}, {"trial", best->id},

@@ -51,11 +51,8 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
     MT_ASSIGN_OR_RETURN(int64_t stack, store.AddStack(study, plan.stack->name,
                                                       static_cast<int64_t>(plan.index)));
     if (sweep.search.algorithm == "tpe") continue;  // suggested one at a time, from results
-    for (int64_t t = 0; t < plan.trials; ++t) {
-      json params = json::object();
-      for (const auto& [name, value] : search::SampleBasic(sweep, plan, t)) params[name] = FieldValueToJson(value);
-      MT_RETURN_IF_ERROR(store.AddTrial(stack, t, params.dump()));
-    }
+    for (int64_t t = 0; t < plan.trials; ++t)
+      MT_RETURN_IF_ERROR(store.AddTrial(stack, t, search::ParamsToJson(search::SampleBasic(sweep, plan, t))));
   }
   MT_RETURN_IF_ERROR(store.Commit());
   return study;
@@ -108,11 +105,8 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       StackState& st = stacks[r.stack];
       st.created = std::max(st.created, r.number + 1);
       if (r.status == "done" && r.objective) {
-        search::Observation o;
-        const json stored = json::parse(r.params);
-        for (auto& [k, v] : stored.items()) o.params[k] = FieldValueFromJson(v).value();
-        o.objective = *r.objective;
-        st.history.push_back(std::move(o));
+        auto params = search::ParamsFromJson(r.params);
+        if (params.ok()) st.history.push_back({std::move(params).value(), *r.objective});
       }
     }
   }
@@ -215,10 +209,10 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
         }
         if (next) {
           StackState& st = stacks[next->stack->name];
-          json params = json::object();
-          for (const auto& [name, value] : search::SuggestTpe(sweep, *next, st.created, st.history))
-            params[name] = FieldValueToJson(value);
-          MT_RETURN_IF_ERROR(store.AddTrial(st.id, st.created++, params.dump()));
+          MT_RETURN_IF_ERROR(store.AddTrial(
+              st.id, st.created,
+              search::ParamsToJson(search::SuggestTpe(sweep, *next, st.created, st.history))));
+          ++st.created;
           ++progress.queued;
         }
       }
@@ -228,11 +222,11 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       --progress.queued;
       ++progress.running;
       const search::StackPlan& plan = *plan_of.at(trial->stack);
-      search::TrialParams params;
-      const json stored = json::parse(trial->params);  // kept alive for items()
-      for (auto& [k, v] : stored.items()) params[k] = FieldValueFromJson(v).value();
-      auto configs = search::Materialize(registry, plan, params);
-      if (!configs.ok()) {  // cannot happen for a validated sweep; fail the trial, not the study
+      auto parsed = search::ParamsFromJson(trial->params);
+      const search::TrialParams params = parsed.ok() ? parsed.value() : search::TrialParams{};
+      auto configs = parsed.ok() ? search::Materialize(registry, plan, params)
+                                 : Result<std::vector<MaskerConfig>>(parsed.status());
+      if (!configs.ok()) {  // only for a damaged database: fail the trial, not the study
         MT_RETURN_IF_ERROR(store.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1).status());
         --progress.running;
         ++progress.failed;

@@ -35,6 +35,25 @@ std::vector<StackPlan> PlanSweep(const configs::SweepConfig& sweep) {
   return plans;
 }
 
+std::string ParamsToJson(const TrialParams& params) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [name, value] : params) j[name] = FieldValueToJson(value);
+  return j.dump();
+}
+
+Result<TrialParams> ParamsFromJson(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return Status::Error("stored parameters are not a JSON object: " + text);
+  TrialParams out;
+  for (const auto& [name, v] : j.items()) {
+    auto value = FieldValueFromJson(v);
+    if (!value.ok()) return value.status().WithContext("stored parameter '" + name + "': ");
+    out[name] = std::move(value).value();
+  }
+  return out;
+}
+
 FieldValue DrawFrom(const ParamSpace& space, double u) {
   switch (space.kind) {
     case ParamSpace::Kind::kConstant:

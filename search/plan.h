@@ -39,6 +39,11 @@ std::vector<StackPlan> PlanSweep(const configs::SweepConfig& sweep);
 // A trial's parameter values, by SearchedParam::name.
 using TrialParams = std::map<std::string, FieldValue>;
 
+// A trial's parameters as stored (a JSON object) and back. Parsing fails on
+// text that is not such an object of numbers, bools and strings.
+std::string ParamsToJson(const TrialParams& params);
+Result<TrialParams> ParamsFromJson(const std::string& text);
+
 // The grid/random algorithms' parameters of trial `trial` (0 .. trials-1).
 TrialParams SampleBasic(const configs::SweepConfig& sweep, const StackPlan& plan, int64_t trial);
 

@@ -151,6 +151,17 @@ TEST_CASE("TPE beats random search on a known objective over fixed seeds") {
   CHECK(BestAfter("tpe", 3, 30) == BestAfter("tpe", 3, 30));
 }
 
+TEST_CASE("stored parameters round-trip, floats stay floats, damage is an error") {
+  const TrialParams p = {{"a.size", 1.0}, {"b.count", int64_t{2}}, {"c.mode", std::string("x")}, {"d.on", true}};
+  auto back = ParamsFromJson(ParamsToJson(p));
+  REQUIRE(back.ok());
+  CHECK(back.value() == p);
+  CHECK(std::holds_alternative<double>(back.value().at("a.size")));
+  CHECK_FALSE(ParamsFromJson("[1]").ok());
+  CHECK(ParamsFromJson(R"({"a": null})").status().message() ==
+        "stored parameter 'a': expected a number, bool or string, found null");
+}
+
 TEST_CASE("objective formulas of the reference runner") {
   configs::ObjectiveSpec o;
   o.name = "default";
