@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
       {"oracle_top_k 0.1", R"([{"type":"oracle_top_k","heavy_size":0.1}])"},
       {"oracle_top_p 0.9", R"([{"type":"oracle_top_p","top_p":0.9}])"},
       {"quest_top_k 0.1 page 16", R"([{"type":"quest_top_k","heavy_size":0.1,"page_size":16}])"},
+      {"pq_top_k 0.1 sub 8 bits 8", R"([{"type":"pq_top_k","heavy_size":0.1,"pq_sub_dim":8,"pq_bits":8}])"},
       {"double_sparsity 0.1 gf 8", R"([{"type":"double_sparsity_top_k","heavy_size":0.1,"group_factor":8,"sorted_channel_file":")" + d + R"(channels.json"}])"},
       {"hash_attention 0.1 (cached)", R"([{"type":"hash_attention_top_k","heavy_size":0.1,"hat_bits":32,"hat_mlp_layers":2,"hat_mlp_hidden_size":32,"hat_mlp_activation":"silu","hat_weight_file":")" + d + R"(hat.safetensors"}])"},
       {"sink+local+oracle_top_k 0.1", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"oracle_top_k","heavy_size":0.1}])"},

@@ -164,4 +164,30 @@ void ExpInPlace(float* x, int64_t n) {
   }
 }
 
+MT_KERNEL
+void SquaredDistances(const float* x, const float* t, int64_t c, int64_t sub, float* dist) {
+  // Blocks of 32 centroids accumulate in registers across the sub-dimensions.
+  constexpr int64_t kBlock = 32;
+  int64_t i = 0;
+  for (; i + kBlock <= c; i += kBlock) {
+    float acc[kBlock] = {};
+    for (int64_t d = 0; d < sub; ++d) {
+      const float xd = x[d], *row = t + d * c + i;
+      for (int64_t l = 0; l < kBlock; ++l) {
+        const float e = xd - row[l];
+        acc[l] += e * e;
+      }
+    }
+    for (int64_t l = 0; l < kBlock; ++l) dist[i + l] = acc[l];
+  }
+  for (; i < c; ++i) {
+    float acc = 0;
+    for (int64_t d = 0; d < sub; ++d) {
+      const float e = x[d] - t[d * c + i];
+      acc += e * e;
+    }
+    dist[i] = acc;
+  }
+}
+
 }  // namespace masktune::kernels

@@ -23,6 +23,10 @@ void AccumulateTile(float* const* o, int64_t rows, const float* w, int64_t ldw,
                     const float* const* v, int64_t keys, int64_t d,
                     const float* const* prefetch = nullptr);
 
+// dist[i] = ||x - centroid_i||^2 for i < c, centroids stored dimension-major
+// (t[d * c + i], d < sub): the assignment step of k-means (pq_top_k).
+void SquaredDistances(const float* x, const float* t, int64_t c, int64_t sub, float* dist);
+
 // x[i] = exp(x[i]) over n floats; accurate to about 2 ulp, exp(-inf) = 0,
 // underflow to 0 below -87.3. Inputs must not be NaN or +inf.
 void ExpInPlace(float* x, int64_t n);

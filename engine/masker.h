@@ -71,6 +71,7 @@ Status CheckAttentionInputs(const AttentionInputs& in);
 struct LayerState {
   std::map<std::string, Tensor> tensors;
   std::map<std::string, std::vector<uint64_t>> codes;  // packed bit signatures
+  std::map<std::string, std::vector<uint16_t>> labels;  // small integer labels (PQ codes)
 };
 using StackState = std::map<int, LayerState>;  // layer index -> state
 

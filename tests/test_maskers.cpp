@@ -622,5 +622,102 @@ TEST_CASE("magic_pig with 16-, 32- and 64-bit table lanes keeps each key as ofte
   }
 }
 
+TEST_CASE("pq_top_k with a centroid per key ranks exactly as oracle_top_k") {
+  Case c(1, 4, 2, 3, 50, 8, 31, true);
+  // 2^6 = 64 >= 50 keys: k-means++ makes every key its own centroid.
+  const Mask pq = Run(R"([{"type":"pq_top_k","heavy_size":7,"pq_sub_dim":2,"pq_bits":6}])", c.in);
+  const Mask oracle = Run(R"([{"type":"oracle_top_k","heavy_size":7}])", c.in);
+  for (int64_t row = 0; row < 12; ++row) CHECK(KeptKeys(pq, row) == KeptKeys(oracle, row));
+}
+
+TEST_CASE("pq_top_k learns the cluster means and codes appended keys against them") {
+  // Two kv heads? One: 2-d keys in two tight clusters around (2, 0) and (-2, 1).
+  Case c(1, 1, 1, 1, 12, 2, 32);
+  for (int64_t j = 0; j < 12; ++j) {
+    float* k = c.k.data() + j * 2;
+    const float e = 0.01f * static_cast<float>(j % 3);
+    if (j % 2 == 0) k[0] = 2.0f + e, k[1] = 0.0f - e;
+    else k[0] = -2.0f + e, k[1] = 1.0f;
+  }
+  c.q.data()[0] = 1.0f, c.q.data()[1] = 0.0f;
+  StackState state;
+  const std::string stack = R"([{"type":"pq_top_k","heavy_size":3,"pq_sub_dim":2,"pq_bits":1}])";
+  const Mask m = Run(stack, c.in, &state);
+  // The (2, 0) cluster scores 2 for all its keys: ties go to the lower index.
+  CHECK(KeptKeys(m, 0) == std::vector<int64_t>{0, 2, 4});
+  const Tensor& cent = state[0].tensors.at("pq_top_k#0.centroids");
+  REQUIRE(cent.shape() == Shape{1, 1, 1, 2, 2});
+  std::vector<std::pair<float, float>> got = {{cent.data()[0], cent.data()[1]},
+                                              {cent.data()[2], cent.data()[3]}};
+  std::sort(got.begin(), got.end());
+  CHECK(got[0].first == doctest::Approx(-2.0 + 0.01).epsilon(1e-5));
+  CHECK(got[0].second == doctest::Approx(1.0));
+  CHECK(got[1].first == doctest::Approx(2.0 + 0.01).epsilon(1e-5));
+  CHECK(got[1].second == doctest::Approx(-0.01).epsilon(1e-5));
+  const std::vector<uint16_t> first = state[0].labels.at("pq_top_k#0.codes");
+  REQUIRE(first.size() == 12);
+  for (int64_t j = 2; j < 12; ++j) CHECK(first[j] == first[j % 2]);
+
+  // Decode: two more keys, one near each cluster. The codebook stays; only they are coded.
+  Case d(1, 1, 1, 1, 14, 2, 33);
+  std::copy_n(c.k.data(), 24, d.k.data());
+  d.k.data()[24] = -1.5f, d.k.data()[25] = 0.8f;  // near (-2, 1)
+  d.k.data()[26] = 3.0f, d.k.data()[27] = 0.1f;   // near (2, 0)
+  std::copy_n(c.q.data(), 2, d.q.data());
+  const Mask m2 = Run(stack, d.in, &state);
+  const auto& codes = state[0].labels.at("pq_top_k#0.codes");
+  REQUIRE(codes.size() == 14);
+  CHECK(std::equal(first.begin(), first.end(), codes.begin()));
+  CHECK(codes[12] == first[1]);
+  CHECK(codes[13] == first[0]);
+  CHECK(state[0].tensors.at("pq_top_k#0.centroids").vec() == cent.vec());
+  CHECK(KeptKeys(m2, 0) == std::vector<int64_t>{0, 2, 4});
+}
+
+TEST_CASE("pq_top_k finds most of the true top keys on random data, the same from its seed") {
+  Case c(1, 2, 1, 2, 2000, 16, 34);
+  const std::string stack = R"([{"type":"pq_top_k","heavy_size":100,"pq_sub_dim":4,"pq_bits":6}])";
+  const Mask pq = Run(stack, c.in);
+  const Mask oracle = Run(R"([{"type":"oracle_top_k","heavy_size":100}])", c.in);
+  // Chance would give 100 * 100 / 2000 = 5 of the true top 100 in common.
+  auto check_recall = [&](const Mask& m, const char* what) {
+    for (int64_t row = 0; row < 4; ++row) {
+      const auto a = KeptKeys(m, row), b = KeptKeys(oracle, row);
+      std::vector<int64_t> common;
+      std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(common));
+      MESSAGE(what << " row " << row << ": " << common.size() << " of the true top 100");
+      CHECK(common.size() >= 50);
+    }
+  };
+  check_recall(pq, "all keys");
+  CHECK(KeptKeys(Run(stack, c.in), 3) == KeptKeys(pq, 3));
+  // Learning on a sample of 64 * 8 = 512 of the 2000 keys costs little recall.
+  check_recall(Run(R"([{"type":"pq_top_k","heavy_size":100,"pq_sub_dim":4,"pq_bits":6,
+                        "train_keys_per_centroid":8}])",
+                   c.in),
+               "sampled");
+  const Mask other =
+      Run(R"([{"type":"pq_top_k","heavy_size":100,"pq_sub_dim":4,"pq_bits":6,"seed":7}])", c.in);
+  bool differs = false;
+  for (int64_t row = 0; row < 4; ++row) differs |= KeptKeys(other, row) != KeptKeys(pq, row);
+  CHECK(differs);
+}
+
+TEST_CASE("pq_top_k bad input names the field") {
+  Case c(1, 1, 1, 1, 40, 6, 35);
+  CHECK(RunError(R"([{"type":"pq_top_k","heavy_size":4,"pq_sub_dim":4,"pq_bits":4}])", c.in) ==
+        "maskers[0] (pq_top_k): pq_sub_dim 4 does not divide the head dimension 6");
+  CHECK(RunError(R"([{"type":"pq_top_k","heavy_size":4,"pq_sub_dim":3,"pq_bits":13}])", c.in) ==
+        "maskers[0] (pq_top_k): field 'pq_bits': expected an integer in (0, 12], found 13");
+  CHECK(RunError(R"([{"type":"pq_top_k","heavy_size":4,"pq_sub_dim":3}])", c.in) ==
+        "maskers[0] (pq_top_k): missing required field 'pq_bits'");
+  StackState state;
+  const std::string stack = R"([{"type":"pq_top_k","heavy_size":4,"pq_sub_dim":3,"pq_bits":2}])";
+  Run(stack, c.in, &state);
+  Case shorter(1, 1, 1, 1, 30, 6, 36);
+  CHECK(RunError(stack, shorter.in, 0, &state) ==
+        "maskers[0] (pq_top_k): this call brings 30 keys, fewer than the 40 cached for layer 0");
+}
+
 }  // namespace
 }  // namespace masktune

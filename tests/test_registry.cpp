@@ -18,7 +18,7 @@ bool Contains(const std::string& s, const std::string& part) {
 TEST_CASE("registry knows every deterministic masker") {
   const auto types = MaskerRegistry::WithBuiltins().Types();
   for (const char* t : {"sink", "local", "causal", "oracle_top_k", "oracle_top_p", "quest_top_k",
-                        "double_sparsity_top_k", "hash_attention_top_k"})
+                        "double_sparsity_top_k", "hash_attention_top_k", "pq_top_k"})
     CHECK(std::find(types.begin(), types.end(), t) != types.end());
 }
 
@@ -26,7 +26,7 @@ TEST_CASE("validation errors name the masker and the field") {
   CHECK(ParseError(R"([{"type":"snk","sink_size":4}])") ==
         "maskers[0] (snk): unknown masker type 'snk' (known: adaptive_sampling, causal, "
         "double_sparsity_top_k, "
-        "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, quest_top_k, "
+        "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, pq_top_k, quest_top_k, "
         "random_sampling, sink)");
   CHECK(ParseError(R"([{"type":"sink","sink_size":4},{"type":"local","window":4}])") ==
         "maskers[1] (local): unknown field 'window' (local has: window_size)");

@@ -16,6 +16,7 @@ MaskerSchema CausalSchema();
 MaskerSchema OracleTopKSchema();
 MaskerSchema OracleTopPSchema();
 MaskerSchema QuestTopKSchema();
+MaskerSchema PqTopKSchema();
 MaskerSchema DoubleSparsityTopKSchema();
 MaskerSchema HashAttentionTopKSchema();
 MaskerSchema MagicPigSchema();
@@ -26,7 +27,7 @@ double AdaptiveSamplingQuantile(double p);
 
 inline std::vector<MaskerSchema> BuiltinMaskerSchemas() {
   return {SinkSchema(),      LocalSchema(),     CausalSchema(),
-          OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(),
+          OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(), PqTopKSchema(),
           DoubleSparsityTopKSchema(), HashAttentionTopKSchema(), MagicPigSchema(),
           RandomSamplingSchema(), AdaptiveSamplingSchema()};
 }
