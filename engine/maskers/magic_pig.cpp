@@ -140,17 +140,27 @@ class MagicPigMasker : public Masker {
       for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
       const float xq = std::sqrt(xq2);
       const uint64_t* kc = codes.data() + bh * N * words_;
+      // <x~, k~_j> = (<x, k_j> - <x, mu>) / M over the head dimension (the
+      // augmented coordinate of q~ is 0): one vectorised dot per matched key.
+      const float inv_m = simple_lsh_ ? 1.0f / M : 1.0f;
+      const float x_mu = Dot(x.data(), mu, D);
+      const float inv_xq = 1.0f / (xq + 1e-8f);
+      auto& out_keys = kept[row];
+      auto& out_p = prob[row];
       for (int64_t j = 0; j < N; ++j) {
         // A table matches when its lane of key ^ query is zero.
         bool match = false;
         for (int64_t w = 0; w < words_ && !match; ++w) {
-          const uint64_t x = kc[j * words_ + w] ^ qcode[w];
-          match = lane_bits_ == 64 ? x == 0 : ((x - low_) & ~x & high_) != 0;
+          const uint64_t y = kc[j * words_ + w] ^ qcode[w];
+          match = lane_bits_ == 64 ? y == 0 : ((y - low_) & ~y & high_) != 0;
         }
-        if (!match) continue;
-        const float* k = in.key(b, h / g, j);
-        float dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += x[d] * (k[d] - mu[d]) / (simple_lsh_ ? M : 1.0f);
+        if (match) out_keys.push_back(static_cast<int32_t>(j));
+      }
+      out_p.resize(out_keys.size());
+      size_t kept_n = 0;
+      for (size_t t = 0; t < out_keys.size(); ++t) {
+        const int64_t j = out_keys[t];
+        const float dot = (Dot(x.data(), in.key(b, h / g, j), D) - x_mu) * inv_m;
         const float kn = norms.data()[bh * N + j];
         float xk;
         if (simple_lsh_) {
@@ -159,14 +169,16 @@ class MagicPigMasker : public Masker {
         } else {
           xk = kn;
         }
-        const float cosv = std::clamp(dot / ((xq + 1e-8f) * (xk + 1e-8f)), -1.0f, 1.0f);
+        const float cosv = std::clamp(dot * inv_xq / (xk + 1e-8f), -1.0f, 1.0f);
         const float theta = std::acos(cosv);
         const float p1 = std::pow(1.0f - theta / static_cast<float>(M_PI), static_cast<float>(K_));
         const float p = 1.0f - std::pow(1.0f - p1, static_cast<float>(L_));
         if (p <= 0.0f) continue;  // underflow: a probability-0 key cannot be weighted
-        kept[row].push_back(static_cast<int32_t>(j));
-        prob[row].push_back(p);
+        out_keys[kept_n] = static_cast<int32_t>(j);
+        out_p[kept_n++] = p;
       }
+      out_keys.resize(kept_n);
+      out_p.resize(kept_n);
     });
     return prev.Merge(Mask::FromRows(shape, kept, prob));
   }
