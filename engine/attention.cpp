@@ -77,12 +77,16 @@ Status CheckAttentionInputs(const AttentionInputs& in) {
   if (q[3] != k[3]) return Status::Error("q and k disagree on head_dim" + shapes);
   if (k[1] == 0 || q[1] % k[1] != 0)
     return Status::Error("heads of q must be a multiple of kv_heads of k" + shapes);
-  if (q[2] > k[2]) return Status::Error("more queries than keys" + shapes);
+  if (in.used_keys > k[2])
+    return Status::Error("used_keys " + std::to_string(in.used_keys) + " exceeds the key buffer" +
+                         shapes);
+  const int64_t n = in.num_keys();
+  if (q[2] > n) return Status::Error("more queries than keys" + shapes);
   for (int64_t x : q)
     if (x == 0) return Status::Error("q has an empty dimension" + shapes);
-  if (k[2] == 0) return Status::Error("k has no keys" + shapes);
+  if (n == 0) return Status::Error("k has no keys" + shapes);
   if (in.attention_mask) {
-    const Shape want{q[0], 1, q[2], k[2]};
+    const Shape want{q[0], 1, q[2], n};
     if (in.attention_mask->shape() != want)
       return Status::Error("attention_mask: expected shape " + ShapeToString(want) + ", found " +
                            ShapeToString(in.attention_mask->shape()));

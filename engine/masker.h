@@ -35,13 +35,17 @@ struct AttentionInputs {
   const Tensor* attention_mask = nullptr;
   float scaling = 1.0f;
   int layer = 0;
+  // Keys and values may sit in a larger buffer (a KV cache with room to
+  // grow along dim 2): only the first `used_keys` rows of each kv head are
+  // keys of this call. -1: all of keys->dim(2).
+  int64_t used_keys = -1;
 
   int64_t batch() const { return queries->dim(0); }
   int64_t heads() const { return queries->dim(1); }
   int64_t num_queries() const { return queries->dim(2); }
   int64_t head_dim() const { return queries->dim(3); }
   int64_t kv_heads() const { return keys->dim(1); }
-  int64_t num_keys() const { return keys->dim(2); }
+  int64_t num_keys() const { return used_keys >= 0 ? used_keys : keys->dim(2); }
   int64_t group() const { return heads() / kv_heads(); }  // query heads per kv head
   MaskShape mask_shape() const { return {batch(), heads(), num_queries(), num_keys()}; }
 
@@ -50,10 +54,10 @@ struct AttentionInputs {
     return queries->data() + ((b * heads() + h) * num_queries() + i) * head_dim();
   }
   const float* key(int64_t b, int64_t kvh, int64_t j) const {
-    return keys->data() + ((b * kv_heads() + kvh) * num_keys() + j) * head_dim();
+    return keys->data() + ((b * kv_heads() + kvh) * keys->dim(2) + j) * head_dim();
   }
   const float* value(int64_t b, int64_t kvh, int64_t j) const {
-    return values->data() + ((b * kv_heads() + kvh) * num_keys() + j) * head_dim();
+    return values->data() + ((b * kv_heads() + kvh) * values->dim(2) + j) * head_dim();
   }
   // The additive mask row of (b, i), or nullptr when there is none.
   const float* mask_row(int64_t b, int64_t i) const {

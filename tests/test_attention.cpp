@@ -106,6 +106,30 @@ TEST_CASE("a row with no usable key outputs zeros; far-below scores stay finite"
   }
 }
 
+TEST_CASE("keys in a larger buffer (a KV cache): only used_keys rows are read") {
+  Case c(1, 4, 2, 3, 300, 16, 21, true);
+  // The same keys and values at the start of a buffer of 512 rows per kv head, the rest NaN.
+  Tensor kbuf({1, 2, 512, 16}, std::nanf("")), vbuf(kbuf.shape(), std::nanf(""));
+  for (int64_t h = 0; h < 2; ++h) {
+    std::copy_n(c.k.data() + h * 300 * 16, 300 * 16, kbuf.data() + h * 512 * 16);
+    std::copy_n(c.v.data() + h * 300 * 16, 300 * 16, vbuf.data() + h * 512 * 16);
+  }
+  AttentionInputs in = c.in;
+  in.keys = &kbuf;
+  in.values = &vbuf;
+  in.used_keys = 300;
+  REQUIRE(CheckAttentionInputs(in).ok());
+  CHECK(in.num_keys() == 300);
+  CHECK(in.key(0, 1, 7)[3] == c.in.key(0, 1, 7)[3]);
+  CHECK(MaxAbsDiff(DenseAttention(in), DenseAttention(c.in)) == 0.0f);
+  std::vector<std::vector<int32_t>> rows(12, std::vector<int32_t>{0, 5, 150});
+  const Mask m = Mask::FromRows(in.mask_shape(), rows, 0.5f);
+  for (auto path : {AttentionPath::kStream, AttentionPath::kGather})
+    CHECK(MaxAbsDiff(MaskedAttention(in, m, path), MaskedAttention(c.in, m, path)) == 0.0f);
+  in.used_keys = 513;
+  CHECK(CheckAttentionInputs(in).message().find("used_keys 513 exceeds the key buffer") == 0);
+}
+
 TEST_CASE("relative L2 error") {
   Tensor a({4}, std::vector<float>{3, 0, 0, 4});
   Tensor b({4}, std::vector<float>{3, 0, 0, 0});

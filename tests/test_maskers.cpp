@@ -680,12 +680,12 @@ TEST_CASE("pq_top_k finds most of the true top keys on random data, the same fro
   const Mask pq = Run(stack, c.in);
   const Mask oracle = Run(R"([{"type":"oracle_top_k","heavy_size":100}])", c.in);
   // Chance would give 100 * 100 / 2000 = 5 of the true top 100 in common.
-  auto check_recall = [&](const Mask& m, const char* what) {
+  auto check_recall = [&](const Mask& m, const std::string& what) {
     for (int64_t row = 0; row < 4; ++row) {
       const auto a = KeptKeys(m, row), b = KeptKeys(oracle, row);
       std::vector<int64_t> common;
       std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(common));
-      MESSAGE(what << " row " << row << ": " << common.size() << " of the true top 100");
+      INFO(what, " row ", row, ": ", common.size(), " of the true top 100");
       CHECK(common.size() >= 50);
     }
   };
