@@ -24,19 +24,7 @@ int RunValidate(const std::string& path) {
               static_cast<long long>(total), c.search.algorithm.c_str(),
               static_cast<long long>(c.search.num_samples), static_cast<long long>(c.search.seed));
   const configs::BenchmarkSpec& b = c.benchmark;
-  if (b.name == "noop") {
-    std::printf("benchmark noop (sleep_ms %lld)\n", static_cast<long long>(b.sleep_ms));
-  } else if (b.synthetic) {
-    const configs::SyntheticSpec& d = b.data;
-    std::printf("benchmark attention_error (synthetic: keys %lld, heads %lld, kv_heads %lld, "
-                "head_dim %lld, queries %lld, samples %lld, seed %lld)\n",
-                static_cast<long long>(d.keys), static_cast<long long>(d.heads),
-                static_cast<long long>(d.kv_heads), static_cast<long long>(d.head_dim),
-                static_cast<long long>(d.queries), static_cast<long long>(d.samples),
-                static_cast<long long>(d.seed));
-  } else {
-    std::printf("benchmark attention_error (folder %s)\n", b.folder.c_str());
-  }
+  std::printf("%s\n", b.Describe().c_str());
   std::string objective = c.objective.name;
   if (!c.objective.metrics.empty()) {
     objective.clear();

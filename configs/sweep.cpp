@@ -1,7 +1,10 @@
 #include "configs/sweep.h"
 
+#include "engine/benchmarks/ruler_tasks.h"
+
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -48,7 +51,8 @@ class Parser {
   static std::string Describe(const YAML::Node& n);
 
   void ParseBenchmark(const YAML::Node& n, BenchmarkSpec& b) const;
-  void ParseObjective(const YAML::Node& n, ObjectiveSpec& o) const;
+  void ParseRuler(const YAML::Node& n, RulerSpec& r) const;
+  void ParseObjective(const YAML::Node& n, const BenchmarkSpec& benchmark, ObjectiveSpec& o) const;
   void ParseSearch(const YAML::Node& n, SearchSpec& s) const;
   StackSpec ParseStack(const std::string& name, const YAML::Node& n) const;
   ParamSpace ParseSpace(const YAML::Node& n, const FieldSpec& spec, const std::string& where) const;
@@ -124,11 +128,13 @@ double Parser::Number(const YAML::Node& n, const std::string& where) const {
 
 void Parser::ParseBenchmark(const YAML::Node& n, BenchmarkSpec& b) const {
   Map(n, "benchmark");
-  CheckKeys(n, "benchmark", {"name", "data", "sleep_ms"});
-  if (!n["name"]) Fail(n, "benchmark: missing 'name' (attention_error or noop)");
+  if (!n["name"]) Fail(n, "benchmark: missing 'name' (attention_error, ruler_niah or noop)");
   b.name = String(n["name"], "benchmark.name");
-  if (b.name != "attention_error" && b.name != "noop")
-    Fail(n["name"], "benchmark.name: expected attention_error or noop, found '" + b.name + "'");
+  if (b.name != "attention_error" && b.name != "noop" && b.name != "ruler_niah")
+    Fail(n["name"], "benchmark.name: expected attention_error, ruler_niah or noop, found '" +
+                        b.name + "'");
+  if (b.name == "ruler_niah") return ParseRuler(n, b.ruler);
+  CheckKeys(n, "benchmark", {"name", "data", "sleep_ms"});
   if (b.name == "noop") {
     if (n["data"]) Fail(n["data"], "benchmark.data: the noop benchmark takes no data");
     if (n["sleep_ms"]) b.sleep_ms = Int(n["sleep_ms"], "benchmark.sleep_ms", 0, 3600000);
@@ -171,13 +177,71 @@ void Parser::ParseBenchmark(const YAML::Node& n, BenchmarkSpec& b) const {
     Fail(s["queries"], w + "queries: more queries than keys (" + std::to_string(d.keys) + ")");
 }
 
-bool IsMetric(const std::string& m) {
-  static const std::set<std::string> kMetrics = {"density", "error", "error_max", "density_max",
-                                                 "recall"};
-  return kMetrics.count(m) != 0;
+void Parser::ParseRuler(const YAML::Node& n, RulerSpec& r) const {
+  CheckKeys(n, "benchmark", {"name", "model", "tasks", "context_tokens", "samples", "seed",
+                             "setup", "max_new_tokens", "dense_layers", "prefill_cache"});
+  const std::string w = "benchmark.";
+  if (n["model"]) {
+    std::filesystem::path p(String(n["model"], w + "model"));
+    r.model = p.is_relative() ? (std::filesystem::path(dir_) / p).lexically_normal().string()
+                              : p.string();
+    if (!std::filesystem::is_regular_file(r.model))
+      Fail(n["model"], w + "model: no file '" + r.model + "'");
+  }
+  if (n["tasks"]) {
+    const YAML::Node t = n["tasks"];
+    if (!t.IsSequence() || t.size() == 0) Fail(t, w + "tasks: expected a list of task names");
+    r.tasks.clear();
+    const auto& known = ruler::TaskNames();
+    for (size_t i = 0; i < t.size(); ++i) {
+      const std::string where = w + "tasks[" + std::to_string(i) + "]";
+      const std::string name = String(t[i], where);
+      if (std::find(known.begin(), known.end(), name) == known.end()) {
+        std::string list;
+        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+        Fail(t[i], where + ": unknown task '" + name + "' (expected one of: " + list + ")");
+      }
+      if (std::find(r.tasks.begin(), r.tasks.end(), name) != r.tasks.end())
+        Fail(t[i], where + ": '" + name + "' is listed twice");
+      r.tasks.push_back(name);
+    }
+  }
+  if (n["context_tokens"]) r.context_tokens = Int(n["context_tokens"], w + "context_tokens", 64, 1 << 20);
+  if (n["samples"]) r.samples = Int(n["samples"], w + "samples", 1, 100000);
+  if (n["seed"]) r.seed = Int(n["seed"], w + "seed", 0, INT64_MAX);
+  if (n["max_new_tokens"]) r.max_new_tokens = Int(n["max_new_tokens"], w + "max_new_tokens", 1, 4096);
+  if (n["setup"]) {
+    r.setup = String(n["setup"], w + "setup");
+    if (r.setup != "A" && r.setup != "B")
+      Fail(n["setup"], w + "setup: expected A (whole prompt dense, decoding sparse) or B (context "
+                           "dense, question and decoding sparse), found '" + r.setup + "'");
+  }
+  if (n["dense_layers"]) {
+    const YAML::Node d = n["dense_layers"];
+    if (!d.IsSequence()) Fail(d, w + "dense_layers: expected a list of layer indices");
+    for (size_t i = 0; i < d.size(); ++i)
+      r.dense_layers.push_back(Int(d[i], w + "dense_layers[" + std::to_string(i) + "]", 0, 100000));
+  }
+  if (n["prefill_cache"]) {
+    std::filesystem::path p(String(n["prefill_cache"], w + "prefill_cache"));
+    r.prefill_cache = p.is_relative() ? (std::filesystem::path(dir_) / p).lexically_normal().string()
+                                      : p.string();
+  }
 }
 
-void Parser::ParseObjective(const YAML::Node& n, ObjectiveSpec& o) const {
+// The metrics `b` reports (engine/benchmarks), for objectives to name.
+std::vector<std::string> MetricsOf(const BenchmarkSpec& b) {
+  if (b.name == "ruler_niah") {
+    std::vector<std::string> m = {"accuracy", "error", "density", "tokens_per_second"};
+    for (const auto& t : b.ruler.tasks)
+      for (const char* x : {".accuracy", ".density", ".tokens_per_second"}) m.push_back(t + x);
+    return m;
+  }
+  return {"density", "error", "error_max", "density_max", "recall"};
+}
+
+void Parser::ParseObjective(const YAML::Node& n, const BenchmarkSpec& benchmark,
+                            ObjectiveSpec& o) const {
   if (n.IsScalar()) {
     o.name = n.Scalar();
     if (!IsReferenceObjective(o.name))
@@ -198,9 +262,12 @@ void Parser::ParseObjective(const YAML::Node& n, ObjectiveSpec& o) const {
     CheckKeys(item, w, {"metric", "mode"});
     if (!item["metric"]) Fail(item, w + ": missing 'metric'");
     const std::string metric = String(item["metric"], w + ".metric");
-    if (!IsMetric(metric))
-      Fail(item["metric"], w + ".metric: expected one of density, error, error_max, density_max, "
-                               "recall, found '" + metric + "'");
+    const auto known = MetricsOf(benchmark);
+    if (std::find(known.begin(), known.end(), metric) == known.end()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      Fail(item["metric"], w + ".metric: expected one of " + list + ", found '" + metric + "'");
+    }
     std::string mode = item["mode"] ? String(item["mode"], w + ".mode") : "min";
     if (mode != "min" && mode != "max")
       Fail(item["mode"], w + ".mode: expected min or max, found '" + mode + "'");
@@ -400,10 +467,11 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
   }
   if (std::filesystem::path(c.storage).is_relative())
     c.storage = (std::filesystem::path(dir_) / c.storage).lexically_normal().string();
-  if (!root["benchmark"]) Fail(root, "missing 'benchmark' ({name: attention_error} or {name: noop})");
+  if (!root["benchmark"])
+    Fail(root, "missing 'benchmark' ({name: attention_error}, {name: ruler_niah} or {name: noop})");
   ParseBenchmark(root["benchmark"], c.benchmark);
   c.objective.name = "default";
-  if (root["objective"]) ParseObjective(root["objective"], c.objective);
+  if (root["objective"]) ParseObjective(root["objective"], c.benchmark, c.objective);
   if (root["search"]) ParseSearch(root["search"], c.search);
   if (root["resources"]) {
     const YAML::Node r = Map(root["resources"], "resources");
@@ -506,6 +574,45 @@ Result<SweepConfig> LoadSweep(const std::string& path, const MaskerRegistry& reg
   std::stringstream text;
   text << f.rdbuf();
   return ParseSweep(text.str(), path, registry);
+}
+
+nlohmann::json BenchmarkSpec::ToJson() const {
+  if (name == "noop") return {{"name", "noop"}, {"sleep_ms", sleep_ms}};
+  if (name == "ruler_niah")
+    return {{"name", name},
+            {"model", ruler.model},
+            {"tasks", ruler.tasks},
+            {"context_tokens", ruler.context_tokens},
+            {"samples", ruler.samples},
+            {"seed", ruler.seed},
+            {"setup", ruler.setup},
+            {"max_new_tokens", ruler.max_new_tokens},
+            {"dense_layers", ruler.dense_layers},
+            {"prefill_cache", ruler.prefill_cache}};
+  if (!synthetic) return {{"name", name}, {"folder", folder}};
+  return {{"name", name},
+          {"synthetic", {{"keys", data.keys}, {"heads", data.heads}, {"kv_heads", data.kv_heads},
+                         {"head_dim", data.head_dim}, {"queries", data.queries},
+                         {"samples", data.samples}, {"seed", data.seed}}}};
+}
+
+std::string BenchmarkSpec::Describe() const {
+  auto n = [](int64_t x) { return std::to_string(x); };
+  if (name == "noop") return "benchmark noop (sleep_ms " + n(sleep_ms) + ")";
+  if (name == "ruler_niah") {
+    std::string tasks, layers;
+    for (const auto& t : ruler.tasks) tasks += (tasks.empty() ? "" : ", ") + t;
+    for (int64_t l : ruler.dense_layers) layers += (layers.empty() ? "" : ", ") + n(l);
+    return "benchmark ruler_niah (model " + (ruler.model.empty() ? "default" : ruler.model) +
+           ", tasks " + tasks + ", context_tokens " + n(ruler.context_tokens) + ", samples " +
+           n(ruler.samples) + ", seed " + n(ruler.seed) + ", setup " + ruler.setup +
+           ", max_new_tokens " + n(ruler.max_new_tokens) + ", dense_layers [" + layers + "])";
+  }
+  if (!synthetic) return "benchmark attention_error (folder " + folder + ")";
+  return "benchmark attention_error (synthetic: keys " + n(data.keys) + ", heads " +
+         n(data.heads) + ", kv_heads " + n(data.kv_heads) + ", head_dim " + n(data.head_dim) +
+         ", queries " + n(data.queries) + ", samples " + n(data.samples) + ", seed " +
+         n(data.seed) + ")";
 }
 
 }  // namespace masktune::configs

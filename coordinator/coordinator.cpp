@@ -16,16 +16,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
-json BenchmarkJson(const configs::BenchmarkSpec& b) {
-  if (b.name == "noop") return {{"name", "noop"}, {"sleep_ms", b.sleep_ms}};
-  if (!b.synthetic) return {{"name", b.name}, {"folder", b.folder}};
-  const configs::SyntheticSpec& d = b.data;
-  return {{"name", b.name},
-          {"synthetic", {{"keys", d.keys}, {"heads", d.heads}, {"kv_heads", d.kv_heads},
-                         {"head_dim", d.head_dim}, {"queries", d.queries},
-                         {"samples", d.samples}, {"seed", d.seed}}}};
-}
-
 struct WorkerState {
   std::string name;
   Clock::time_point last_seen;
@@ -74,7 +64,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
   const auto plans = search::PlanSweep(sweep);
   std::map<std::string, const search::StackPlan*> plan_of;
   for (const auto& p : plans) plan_of[p.stack->name] = &p;
-  const json welcome = {{"study", sweep.study}, {"benchmark", BenchmarkJson(sweep.benchmark)}};
+  const json welcome = {{"study", sweep.study}, {"benchmark", sweep.benchmark.ToJson()}};
   const auto interval = std::chrono::milliseconds(options.heartbeat_interval_ms);
   const int64_t max_running = sweep.search.max_concurrent_trials;
 

@@ -143,7 +143,11 @@ Status CheckFieldValue(const FieldSpec& spec, const FieldValue& value) {
       if (!std::holds_alternative<std::string>(value))
         return Expected(spec, TypeName(spec.type), value);
       const std::string& s = std::get<std::string>(value);
-      if (spec.type == FieldType::kPath && s.empty())
+      // An optional path (default "") may stay empty: "no file".
+      const bool optional = spec.default_value &&
+                            std::get_if<std::string>(&*spec.default_value) &&
+                            std::get<std::string>(*spec.default_value).empty();
+      if (spec.type == FieldType::kPath && s.empty() && !optional)
         return Expected(spec, "a non-empty file path", value);
       if (!spec.choices.empty() &&
           std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end()) {

@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <filesystem>
+
 #include <cmath>
 #include <set>
 
@@ -103,6 +105,28 @@ TEST_CASE("materialised configs carry the constants and the drawn values") {
   CHECK((*configs)[0].Int("sink_size") == std::get<int64_t>(p.at("sink.sink_size")));
   CHECK((*configs)[1].Float("heavy_size") == std::get<double>(p.at("quest_top_k.heavy_size")));
   CHECK((*configs)[1].Int("page_size") == std::get<int64_t>(p.at("quest_top_k.page_size")));
+}
+
+TEST_CASE("every shipped example's trials become buildable stacks, through the stored JSON") {
+  // What a worker does with a trial: parameters as stored, read back, materialised, built.
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  const auto dir = std::filesystem::path(MASKTUNE_SOURCE_DIR) / "configs" / "examples";
+  int stacks = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    CAPTURE(entry.path().string());
+    auto sweep = configs::LoadSweep(entry.path().string(), registry);
+    REQUIRE_MESSAGE(sweep.ok(), sweep.status().message());
+    for (const auto& plan : PlanSweep(sweep.value())) {
+      auto params = ParamsFromJson(ParamsToJson(SampleBasic(sweep.value(), plan, 0)));
+      REQUIRE(params.ok());
+      auto configs = Materialize(registry, plan, params.value());
+      REQUIRE_MESSAGE(configs.ok(), configs.status().message());
+      auto stack = MaskerStack::Build(registry, configs.value());
+      CHECK_MESSAGE(stack.ok(), stack.status().message());
+      ++stacks;
+    }
+  }
+  CHECK(stacks >= 10);
 }
 
 // A known landscape: a narrow valley at x = 0.137 (log scale for y) with a

@@ -206,6 +206,7 @@ class NoopBenchmark : public Benchmark {
 Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
   const std::string name = spec.value("name", "");
   if (name == "noop") return std::unique_ptr<Benchmark>(new NoopBenchmark(spec.value("sleep_ms", 0)));
+  if (name == "ruler_niah") return CreateRulerNiahBenchmark(spec);
   if (name != "attention_error") return Status::Error("unknown benchmark '" + name + "'");
   std::vector<Sample> samples;
   if (spec.contains("folder")) {

@@ -35,4 +35,11 @@ class Benchmark {
 
 Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec);
 
+// {"name": "ruler_niah", "model": FILE.gguf ("" = default), "tasks": [..],
+//  "context_tokens": N, "samples": N, "seed": N, "setup": "A"|"B",
+//  "max_new_tokens": N, "dense_layers": [..]} (engine/benchmarks/ruler_niah.cpp).
+// Metrics: accuracy, error (1 - accuracy), density, tokens_per_second, and
+// per task "<task>.accuracy", "<task>.density", "<task>.tokens_per_second".
+Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json& spec);
+
 }  // namespace masktune

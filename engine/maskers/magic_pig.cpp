@@ -76,7 +76,8 @@ class MagicPigMasker : public Masker {
     // Norms of the centred keys, [B, H, N]: cached and extended; the
     // transform's M is their maximum over the whole call.
     Tensor& norms = state.tensors[slot_ + ".key_norms"];
-    std::vector<uint64_t>& codes = state.codes[slot_ + ".key_codes"];  // [B, H, N, words]
+    // Word-major, [B, H, words, N]: the match scan streams one word of every key at a time.
+    std::vector<uint64_t>& codes = state.codes[slot_ + ".key_codes"];
     const int64_t cached = norms.rank() == 3 ? norms.dim(2) : 0;
     if (cached > N)
       return Status::Error("this call brings " + std::to_string(N) + " keys, fewer than the " +
@@ -105,14 +106,16 @@ class MagicPigMasker : public Masker {
       return Status::Error("cached key signatures do not fit this call");
     if (cached < N) {
       std::vector<uint64_t> grown(static_cast<size_t>(B * H * N * words_));
-      for (int64_t bh = 0; bh < B * H; ++bh)
-        std::copy_n(codes.data() + bh * cached * words_, cached * words_, grown.data() + bh * N * words_);
+      for (int64_t bw = 0; bw < B * H * words_; ++bw)
+        std::copy_n(codes.data() + bw * cached, cached, grown.data() + bw * N);
       ParallelRows(B * H, [&](int64_t bh) {
         const int64_t b = bh / H, h = bh % H;
         std::vector<float> x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
+        std::vector<uint64_t> code(static_cast<size_t>(words_));
         for (int64_t j = cached; j < N; ++j) {
           Transform(in.key(b, h / g, j), mean.data() + bh * D, D, norms.data()[bh * N + j], M, true, x.data());
-          Sign(x.data(), *rt, E, proj.data(), grown.data() + (bh * N + j) * words_, false);
+          Sign(x.data(), *rt, E, proj.data(), code.data(), false);
+          for (int64_t w = 0; w < words_; ++w) grown[(bh * words_ + w) * N + j] = code[w];
         }
       });
       codes = std::move(grown);
@@ -139,7 +142,7 @@ class MagicPigMasker : public Masker {
       float xq2 = 0;
       for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
       const float xq = std::sqrt(xq2);
-      const uint64_t* kc = codes.data() + bh * N * words_;
+      const uint64_t* kc = codes.data() + bh * words_ * N;
       // <x~, k~_j> = (<x, k_j> - <x, mu>) / M over the head dimension (the
       // augmented coordinate of q~ is 0): one vectorised dot per matched key.
       const float inv_m = simple_lsh_ ? 1.0f / M : 1.0f;
@@ -147,14 +150,26 @@ class MagicPigMasker : public Masker {
       const float inv_xq = 1.0f / (xq + 1e-8f);
       auto& out_keys = kept[row];
       auto& out_p = prob[row];
-      for (int64_t j = 0; j < N; ++j) {
-        // A table matches when its lane of key ^ query is zero.
-        bool match = false;
-        for (int64_t w = 0; w < words_ && !match; ++w) {
-          const uint64_t y = kc[j * words_ + w] ^ qcode[w];
-          match = lane_bits_ == 64 ? y == 0 : ((y - low_) & ~y & high_) != 0;
+      // A table matches when its lane of key ^ query is zero; blocks of keys,
+      // one word of each at a time, so the loop vectorises.
+      constexpr int64_t kBlock = 512;
+      uint8_t hit[kBlock];
+      for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
+        const int64_t nb = std::min(kBlock, N - j0);
+        std::fill_n(hit, nb, uint8_t{0});
+        for (int64_t w = 0; w < words_; ++w) {
+          const uint64_t qw = qcode[w], *col = kc + w * N + j0;
+          if (lane_bits_ == 64) {
+            for (int64_t j = 0; j < nb; ++j) hit[j] |= static_cast<uint8_t>(col[j] == qw);
+          } else {
+            for (int64_t j = 0; j < nb; ++j) {
+              const uint64_t y = col[j] ^ qw;
+              hit[j] |= static_cast<uint8_t>(((y - low_) & ~y & high_) != 0);
+            }
+          }
         }
-        if (match) out_keys.push_back(static_cast<int32_t>(j));
+        for (int64_t j = 0; j < nb; ++j)
+          if (hit[j]) out_keys.push_back(static_cast<int32_t>(j0 + j));
       }
       out_p.resize(out_keys.size());
       size_t kept_n = 0;

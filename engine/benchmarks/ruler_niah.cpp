@@ -1,0 +1,244 @@
+// ruler_niah: a Llama-family model (engine/model) on RULER needle-in-a-
+// haystack tasks (engine/benchmarks/ruler_tasks.h), with a trial's masker
+// stack in every attention layer but `dense_layers`.
+//
+// Each sample's prompt is the model's chat template around
+//   user: {context}\n{question}     assistant: {answer prefix}
+// split in two: the context part (template start + context) and the
+// question part (the rest). Setup B runs the context densely and the
+// question and the answer with the stack; setup A runs the whole prompt
+// densely and only the answer with the stack. The dense part does not depend
+// on the trial: it is computed once per worker, kept in memory, and copied
+// (a Sequence is a value) into each trial.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <unistd.h>
+
+#include "engine/benchmarks/benchmark.h"
+#include "engine/benchmarks/ruler_tasks.h"
+#include "engine/model/llama.h"
+
+namespace masktune {
+namespace {
+
+using model::LlamaModel;
+using model::Sequence;
+using model::SparseAttention;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+// The default model: $MASKTUNE_MODEL, else models/ under the current folder,
+// else models/ beside the folder holding this binary (build/../models).
+std::string DefaultModelPath() {
+  if (const char* env = std::getenv("MASKTUNE_MODEL"); env && *env) return env;
+  if (std::filesystem::exists(kDefaultModel)) return kDefaultModel;
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const auto beside = exe.parent_path().parent_path() / kDefaultModel;
+    if (std::filesystem::exists(beside)) return beside.string();
+  }
+  return kDefaultModel;
+}
+
+// Models are shared by every benchmark of the process (local workers).
+Result<std::shared_ptr<const LlamaModel>> SharedModel(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<const LlamaModel>> loaded;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto m = loaded[path].lock()) return m;
+  if (!std::filesystem::exists(path))
+    return Status::Error("ruler_niah: no model file '" + path +
+                         "' (scripts/fetch_model.sh fetches the default one)");
+  MT_ASSIGN_OR_RETURN(auto m, LlamaModel::Load(path));
+  loaded[path] = m;
+  return m;
+}
+
+struct PreparedSample {
+  std::string task;
+  std::vector<std::string> expected;
+  std::vector<int32_t> question;  // tokens run per trial (setup B); empty in setup A
+  Sequence prefix;                // the dense part, processed
+  std::vector<float> logits;      // after the prefix
+};
+
+class RulerNiahBenchmark : public Benchmark {
+ public:
+  RulerNiahBenchmark(std::shared_ptr<const LlamaModel> model, std::vector<std::string> tasks,
+                     std::vector<PreparedSample> samples, std::set<int> dense_layers,
+                     int64_t max_new)
+      : model_(std::move(model)),
+        tasks_(std::move(tasks)),
+        samples_(std::move(samples)),
+        dense_layers_(std::move(dense_layers)),
+        max_new_(max_new) {}
+
+  Result<Metrics> Run(const MaskerRegistry& registry,
+                      const std::vector<MaskerConfig>& configs) override {
+    MT_ASSIGN_OR_RETURN(MaskerStack stack, MaskerStack::Build(registry, configs));
+    struct TaskSums {
+      double score = 0, density = 0, seconds = 0;
+      int64_t n = 0, tokens = 0;
+    };
+    std::map<std::string, TaskSums> sums;
+    for (const PreparedSample& s : samples_) {
+      Sequence seq = s.prefix;  // a copy: the dense prefix is shared by every trial
+      SparseAttention attention;
+      attention.stack = &stack;
+      attention.dense_layers = dense_layers_;
+      const auto start = Clock::now();
+      std::vector<float> logits = s.logits;
+      if (!s.question.empty()) {
+        MT_ASSIGN_OR_RETURN(logits, seq.Forward(s.question, &attention));
+      }
+      MT_ASSIGN_OR_RETURN(std::vector<int32_t> answer,
+                          seq.Generate(std::move(logits), max_new_, model_->tokenizer().stop_tokens(),
+                                       &attention));
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      const auto& stop = model_->tokenizer().stop_tokens();
+      if (!answer.empty() && std::find(stop.begin(), stop.end(), answer.back()) != stop.end())
+        answer.pop_back();
+      TaskSums& t = sums[s.task];
+      t.score += ruler::Score(model_->tokenizer().Decode(answer), s.expected);
+      t.density += attention.mean_density();
+      t.seconds += seconds;
+      t.tokens += static_cast<int64_t>(s.question.size() + answer.size());
+      ++t.n;
+    }
+    Metrics m;
+    double accuracy = 0, density = 0, seconds = 0, tokens = 0;
+    for (const auto& task : tasks_) {
+      const TaskSums& t = sums[task];
+      m[task + ".accuracy"] = t.score / static_cast<double>(t.n);
+      m[task + ".density"] = t.density / static_cast<double>(t.n);
+      m[task + ".tokens_per_second"] = static_cast<double>(t.tokens) / t.seconds;
+      accuracy += m[task + ".accuracy"];
+      density += m[task + ".density"];
+      seconds += t.seconds;
+      tokens += static_cast<double>(t.tokens);
+    }
+    const double n = static_cast<double>(tasks_.size());
+    m["accuracy"] = accuracy / n;
+    m["error"] = 1.0 - accuracy / n;  // so the reference objectives (default, sparsity_N) apply
+    m["density"] = density / n;
+    m["tokens_per_second"] = tokens / seconds;
+    return m;
+  }
+
+ private:
+  std::shared_ptr<const LlamaModel> model_;
+  std::vector<std::string> tasks_;
+  std::vector<PreparedSample> samples_;
+  std::set<int> dense_layers_;
+  int64_t max_new_;
+};
+
+// The file name of a sample's dense prefix in the prefill cache: readable
+// parts, then a hash of everything the prefix depends on (model file and
+// size, the prompt's tokens).
+std::string CacheName(const std::string& model_path, const std::string& task, int64_t tokens,
+                      uint64_t seed, int64_t index, bool setup_a,
+                      const std::vector<int32_t>& prompt) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+  };
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(model_path, ec);
+  mix(model_path.data(), model_path.size());
+  mix(&size, sizeof size);
+  mix(prompt.data(), prompt.size() * sizeof(int32_t));
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return task + "-" + std::to_string(tokens) + "-s" + std::to_string(seed) + "-" +
+         std::to_string(index) + (setup_a ? "-A-" : "-B-") + hex + ".safetensors";
+}
+
+// The dense prefix of a sample: read from the prefill cache when it holds
+// it, else computed (and written there, atomically, when there is a cache).
+Result<std::pair<Sequence, std::vector<float>>> DensePrefix(
+    const std::shared_ptr<const LlamaModel>& model, const std::vector<int32_t>& tokens,
+    int64_t capacity, const std::string& cache_dir, const std::string& name) {
+  const std::string file = cache_dir.empty() ? "" : cache_dir + "/" + name;
+  if (!file.empty() && std::filesystem::exists(file)) {
+    auto loaded = Sequence::Load(model, file, capacity);
+    if (loaded.ok() && loaded->first.tokens() == tokens) return loaded;
+    std::fprintf(stderr, "ruler_niah: ignoring prefill cache file %s: %s\n", file.c_str(),
+                 loaded.ok() ? "its tokens differ from the prompt's" : loaded.status().message().c_str());
+  }
+  Sequence seq(model, capacity);
+  MT_ASSIGN_OR_RETURN(std::vector<float> logits, seq.Forward(tokens));
+  if (!file.empty()) {
+    const std::string tmp = file + ".tmp" + std::to_string(::getpid());
+    MT_RETURN_IF_ERROR(seq.Save(tmp, logits));
+    std::error_code ec;
+    std::filesystem::rename(tmp, file, ec);
+    if (ec) return Status::Error("ruler_niah: prefill cache " + file + ": " + ec.message());
+  }
+  return std::pair{std::move(seq), std::move(logits)};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json& spec) {
+  const std::string path = spec.value("model", std::string()).empty()
+                               ? DefaultModelPath()
+                               : spec["model"].get<std::string>();
+  MT_ASSIGN_OR_RETURN(auto model, SharedModel(path));
+  const auto tasks = spec.value("tasks", std::vector<std::string>{"niah_single_1"});
+  const int64_t context_tokens = spec.value("context_tokens", int64_t{2048});
+  const int64_t samples = spec.value("samples", int64_t{4});
+  const uint64_t seed = spec.value("seed", uint64_t{0});
+  const bool setup_a = spec.value("setup", std::string("B")) == "A";
+  std::set<int> dense_layers;
+  for (int64_t l : spec.value("dense_layers", std::vector<int64_t>{})) {
+    if (l >= model->config().layers)
+      return Status::Error("ruler_niah: dense_layers: layer " + std::to_string(l) +
+                           " does not exist (the model has " +
+                           std::to_string(model->config().layers) + " layers)");
+    dense_layers.insert(static_cast<int>(l));
+  }
+  const std::string cache_dir = spec.value("prefill_cache", std::string());
+  if (!cache_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(cache_dir, ec);
+    if (ec) return Status::Error("ruler_niah: prefill_cache '" + cache_dir + "': " + ec.message());
+  }
+  const model::Tokenizer& tok = model->tokenizer();
+  const ruler::TokenCounter count = [&](const std::string& text) {
+    return static_cast<int64_t>(tok.Encode(text, false).size());
+  };
+
+  std::vector<PreparedSample> prepared;
+  for (const auto& task : tasks)
+    for (int64_t i = 0; i < samples; ++i) {
+      MT_ASSIGN_OR_RETURN(ruler::Sample s, ruler::Generate(task, context_tokens, seed, i, count));
+      // Split the templated prompt at the end of the context.
+      const std::string prompt =
+          tok.ApplyChatTemplate({{"user", s.context + "\n" + s.question}}, true) + s.answer_prefix;
+      const size_t cut = prompt.find(s.context) + s.context.size();
+      std::vector<int32_t> context = tok.Encode(prompt.substr(0, cut));
+      std::vector<int32_t> question = tok.Encode(prompt.substr(cut));
+      if (setup_a) {
+        context.insert(context.end(), question.begin(), question.end());
+        question.clear();
+      }
+      const int64_t capacity = static_cast<int64_t>(context.size() + question.size()) +
+                               spec.value("max_new_tokens", int64_t{32}) + 1;
+      MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, cache_dir,
+                                                   CacheName(path, task, context_tokens, seed, i,
+                                                             setup_a, context)));
+      prepared.push_back(PreparedSample{task, s.expected, std::move(question),
+                                        std::move(prefix.first), std::move(prefix.second)});
+    }
+  return std::unique_ptr<Benchmark>(
+      new RulerNiahBenchmark(std::move(model), tasks, std::move(prepared), std::move(dense_layers),
+                             spec.value("max_new_tokens", int64_t{32})));
+}
+
+}  // namespace masktune

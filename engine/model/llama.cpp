@@ -1,0 +1,348 @@
+// File: engine/model/llama.cpp
+//
+// The forward pass, per chunk of n tokens at positions p .. p+n-1:
+//   x = embed(tokens)
+//   per layer: h = rmsnorm(x) ; q, k, v = h Wq^T, h Wk^T, h Wv^T ; rope(q, k)
+//              append k, v to the cache ; x += attention(q, cache) Wo^T
+//              h = rmsnorm(x) ; x += (silu(h Wg^T) * (h Wu^T)) Wd^T
+//   logits = rmsnorm(x_last) E^T
+// Rotary embeddings rotate adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/d):
+// GGUF's converter permutes Wq and Wk so that this equals Hugging Face's
+// rotate-half form on the original weights.
+#include "engine/model/llama.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+
+#include "engine/attention.h"
+#include "engine/safetensors.h"
+
+// OpenBLAS's own thread pool would spin against OpenMP's on the same cores;
+// BLAS runs single-threaded inside our OpenMP regions instead.
+extern "C" void openblas_set_num_threads(int);
+
+namespace masktune::model {
+namespace {
+
+constexpr int64_t kChunk = 256;  // tokens per causal-attention chunk of a long input
+
+// y[n, out] = x[n, in] W^T for W [out, in]: slices of W's rows on every
+// core, each a single-threaded BLAS call.
+void MatMul(const float* x, int64_t n, const Tensor& w, float* y) {
+  const int64_t out = w.dim(0), in = w.dim(1);
+  const int64_t slices = std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(1, out / 64));
+#pragma omp parallel for schedule(static)
+  for (int64_t s = 0; s < slices; ++s) {
+    const int64_t lo = out * s / slices, rows = out * (s + 1) / slices - lo;
+    const float* ws = w.data() + lo * in;
+    if (n == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(in), 1.0f,
+                  ws, static_cast<int>(in), x, 1, 0.0f, y + lo, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+                  static_cast<int>(rows), static_cast<int>(in), 1.0f, x, static_cast<int>(in), ws,
+                  static_cast<int>(in), 0.0f, y + lo, static_cast<int>(out));
+    }
+  }
+}
+
+void RmsNorm(const float* x, const Tensor& weight, float eps, int64_t d, float* y) {
+  double ss = 0;
+  for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float r = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(d) + eps));
+  for (int64_t i = 0; i < d; ++i) y[i] = x[i] * r * weight.data()[i];
+}
+
+// Rotates the first rope_dim dimensions of each head of one token's vector.
+void Rope(float* x, int64_t heads, int64_t head_dim, int64_t rope_dim, float base, int64_t pos) {
+  for (int64_t i = 0; i < rope_dim / 2; ++i) {
+    const double theta = static_cast<double>(pos) *
+                         std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) /
+                                                                 static_cast<double>(rope_dim));
+    const float c = static_cast<float>(std::cos(theta)), s = static_cast<float>(std::sin(theta));
+    for (int64_t h = 0; h < heads; ++h) {
+      float* p = x + h * head_dim + 2 * i;
+      const float a = p[0], b = p[1];
+      p[0] = a * c - b * s;
+      p[1] = a * s + b * c;
+    }
+  }
+}
+
+Result<Tensor> ReadWeight(const GgufFile& f, const std::string& name, const Shape& want) {
+  MT_ASSIGN_OR_RETURN(Tensor t, f.ReadTensor(name));
+  if (t.shape() != want)
+    return Status::Error(f.path() + ": tensor '" + name + "': expected shape " +
+                         ShapeToString(want) + ", found " + ShapeToString(t.shape()));
+  return t;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(const std::string& path) {
+  static std::once_flag blas_threads;
+  std::call_once(blas_threads, [] { openblas_set_num_threads(1); });
+  MT_ASSIGN_OR_RETURN(GgufFile f, GgufFile::Open(path));
+  MT_ASSIGN_OR_RETURN(std::string arch, f.GetString("general.architecture"));
+  if (arch != "llama")
+    return Status::Error(path + ": general.architecture is '" + arch +
+                         "'; masktune runs Llama-family models ('llama')");
+  auto m = std::make_shared<LlamaModel>();
+  m->path_ = path;
+  LlamaConfig& c = m->config_;
+  MT_ASSIGN_OR_RETURN(c.layers, f.GetInt("llama.block_count"));
+  MT_ASSIGN_OR_RETURN(c.embedding, f.GetInt("llama.embedding_length"));
+  MT_ASSIGN_OR_RETURN(c.heads, f.GetInt("llama.attention.head_count"));
+  c.kv_heads = c.heads;
+  if (f.HasKey("llama.attention.head_count_kv")) {
+    MT_ASSIGN_OR_RETURN(c.kv_heads, f.GetInt("llama.attention.head_count_kv"));
+  }
+  MT_ASSIGN_OR_RETURN(c.feed_forward, f.GetInt("llama.feed_forward_length"));
+  MT_ASSIGN_OR_RETURN(c.context_length, f.GetInt("llama.context_length"));
+  MT_ASSIGN_OR_RETURN(double eps, f.GetFloat("llama.attention.layer_norm_rms_epsilon"));
+  c.rms_epsilon = static_cast<float>(eps);
+  if (f.HasKey("llama.rope.freq_base")) {
+    MT_ASSIGN_OR_RETURN(double base, f.GetFloat("llama.rope.freq_base"));
+    c.rope_base = static_cast<float>(base);
+  }
+  if (c.layers <= 0 || c.embedding <= 0 || c.heads <= 0 || c.kv_heads <= 0 ||
+      c.embedding % c.heads != 0 || c.heads % c.kv_heads != 0 || c.feed_forward <= 0)
+    return Status::Error(path + ": inconsistent llama.* dimensions (block_count " +
+                         std::to_string(c.layers) + ", embedding_length " +
+                         std::to_string(c.embedding) + ", head_count " + std::to_string(c.heads) +
+                         ", head_count_kv " + std::to_string(c.kv_heads) + ")");
+  c.head_dim = c.embedding / c.heads;
+  c.rope_dim = c.head_dim;
+  if (f.HasKey("llama.rope.dimension_count")) {
+    MT_ASSIGN_OR_RETURN(c.rope_dim, f.GetInt("llama.rope.dimension_count"));
+  }
+  if (c.rope_dim <= 0 || c.rope_dim > c.head_dim || c.rope_dim % 2 != 0)
+    return Status::Error(path + ": llama.rope.dimension_count " + std::to_string(c.rope_dim) +
+                         " must be even and at most the head dimension " +
+                         std::to_string(c.head_dim));
+
+  MT_ASSIGN_OR_RETURN(m->tokenizer_, Tokenizer::FromGguf(f));
+  MT_ASSIGN_OR_RETURN(m->token_embd_, f.ReadTensor("token_embd.weight"));
+  if (m->token_embd_.rank() != 2 || m->token_embd_.dim(1) != c.embedding)
+    return Status::Error(path + ": tensor 'token_embd.weight': expected shape (vocab, " +
+                         std::to_string(c.embedding) + "), found " +
+                         ShapeToString(m->token_embd_.shape()));
+  c.vocab = m->token_embd_.dim(0);
+  const int64_t E = c.embedding, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
+  MT_ASSIGN_OR_RETURN(m->output_norm_, ReadWeight(f, "output_norm.weight", {E}));
+  if (f.HasTensor("output.weight")) {
+    MT_ASSIGN_OR_RETURN(m->output_, ReadWeight(f, "output.weight", {c.vocab, E}));
+  }
+  m->layers_.resize(static_cast<size_t>(c.layers));
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    LlamaLayer& L = m->layers_[l];
+    MT_ASSIGN_OR_RETURN(L.attn_norm, ReadWeight(f, p + "attn_norm.weight", {E}));
+    MT_ASSIGN_OR_RETURN(L.wq, ReadWeight(f, p + "attn_q.weight", {qd, E}));
+    MT_ASSIGN_OR_RETURN(L.wk, ReadWeight(f, p + "attn_k.weight", {kvd, E}));
+    MT_ASSIGN_OR_RETURN(L.wv, ReadWeight(f, p + "attn_v.weight", {kvd, E}));
+    MT_ASSIGN_OR_RETURN(L.wo, ReadWeight(f, p + "attn_output.weight", {E, qd}));
+    MT_ASSIGN_OR_RETURN(L.ffn_norm, ReadWeight(f, p + "ffn_norm.weight", {E}));
+    MT_ASSIGN_OR_RETURN(L.w_gate, ReadWeight(f, p + "ffn_gate.weight", {c.feed_forward, E}));
+    MT_ASSIGN_OR_RETURN(L.w_up, ReadWeight(f, p + "ffn_up.weight", {c.feed_forward, E}));
+    MT_ASSIGN_OR_RETURN(L.w_down, ReadWeight(f, p + "ffn_down.weight", {E, c.feed_forward}));
+  }
+  return std::shared_ptr<const LlamaModel>(std::move(m));
+}
+
+Sequence::Sequence(std::shared_ptr<const LlamaModel> model, int64_t capacity)
+    : model_(std::move(model)) {
+  const auto& c = model_->config();
+  k_cache_.resize(static_cast<size_t>(c.layers));
+  v_cache_.resize(static_cast<size_t>(c.layers));
+  Reserve(std::max<int64_t>(capacity, 16));
+}
+
+void Sequence::Reserve(int64_t tokens) {
+  if (tokens <= capacity_) return;
+  const auto& c = model_->config();
+  const int64_t cap = std::max(tokens, 2 * capacity_), D = c.head_dim;
+  for (auto* cache : {&k_cache_, &v_cache_})
+    for (Tensor& t : *cache) {
+      Tensor grown({1, c.kv_heads, cap, D});
+      for (int64_t h = 0; h < c.kv_heads && capacity_ > 0; ++h)
+        std::copy_n(t.data() + h * capacity_ * D, length_ * D, grown.data() + h * cap * D);
+      t = std::move(grown);
+    }
+  capacity_ = cap;
+}
+
+Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
+                                             SparseAttention* attention) {
+  if (tokens.empty()) return Status::Error("Forward: no tokens");
+  const auto& c = model_->config();
+  for (int32_t t : tokens)
+    if (t < 0 || t >= c.vocab)
+      return Status::Error("token id " + std::to_string(t) + " outside the vocabulary of " +
+                           std::to_string(c.vocab));
+  Reserve(length_ + static_cast<int64_t>(tokens.size()));
+  const int64_t E = c.embedding, H = c.heads, Hkv = c.kv_heads, D = c.head_dim;
+  const int64_t F = c.feed_forward;
+  std::vector<float> logits;
+
+  for (size_t start = 0; start < tokens.size(); start += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, static_cast<int64_t>(tokens.size() - start));
+    const int64_t pos0 = length_, keys = length_ + n;
+    std::vector<float> x(static_cast<size_t>(n * E)), h(x.size());
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(model_->token_embedding().data() + tokens[start + i] * E, E, &x[i * E]);
+    std::vector<float> q(static_cast<size_t>(n * H * D)), kv(static_cast<size_t>(n * Hkv * D));
+    std::vector<float> attn(q.size()), proj(x.size());
+    std::vector<float> gate(static_cast<size_t>(n * F)), up(gate.size());
+    Tensor qt({1, H, n, D});
+    // Causal mask of the chunk: query i sees keys up to pos0 + i.
+    Tensor mask({1, 1, n, keys});
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = pos0 + i + 1; j < keys; ++j)
+        mask.data()[i * keys + j] = -std::numeric_limits<float>::infinity();
+
+    for (int64_t l = 0; l < c.layers; ++l) {
+      const LlamaLayer& L = model_->layers()[l];
+      for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.attn_norm, c.rms_epsilon, E, &h[i * E]);
+      MatMul(h.data(), n, L.wq, q.data());
+      for (int64_t i = 0; i < n; ++i) Rope(&q[i * H * D], H, D, c.rope_dim, c.rope_base, pos0 + i);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t hh = 0; hh < H; ++hh)
+          std::copy_n(&q[(i * H + hh) * D], D, qt.data() + (hh * n + i) * D);
+      // Keys and values straight into the cache, [kv head][position][dim].
+      MatMul(h.data(), n, L.wk, kv.data());
+      for (int64_t i = 0; i < n; ++i) Rope(&kv[i * Hkv * D], Hkv, D, c.rope_dim, c.rope_base, pos0 + i);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t kh = 0; kh < Hkv; ++kh)
+          std::copy_n(&kv[(i * Hkv + kh) * D], D, k_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
+      MatMul(h.data(), n, L.wv, kv.data());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t kh = 0; kh < Hkv; ++kh)
+          std::copy_n(&kv[(i * Hkv + kh) * D], D, v_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
+
+      AttentionInputs in;
+      in.queries = &qt;
+      in.keys = &k_cache_[l];
+      in.values = &v_cache_[l];
+      in.used_keys = keys;
+      in.attention_mask = n > 1 ? &mask : nullptr;
+      in.scaling = 1.0f / std::sqrt(static_cast<float>(D));
+      in.layer = static_cast<int>(l);
+      Tensor out;
+      if (attention && attention->stack && !attention->dense_layers.count(static_cast<int>(l))) {
+        auto m = attention->stack->ComputeMask(in, attention->state);
+        if (!m.ok()) return m.status().WithContext("layer " + std::to_string(l) + ": ");
+        attention->density_sum += m->Density();
+        ++attention->masked_calls;
+        out = MaskedAttention(in, m.value());
+      } else {
+        out = DenseAttention(in);
+      }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t hh = 0; hh < H; ++hh)
+          std::copy_n(out.data() + (hh * n + i) * D, D, &attn[(i * H + hh) * D]);
+      MatMul(attn.data(), n, L.wo, proj.data());
+      for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+
+      for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.ffn_norm, c.rms_epsilon, E, &h[i * E]);
+      MatMul(h.data(), n, L.w_gate, gate.data());
+      MatMul(h.data(), n, L.w_up, up.data());
+      for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+      MatMul(gate.data(), n, L.w_down, proj.data());
+      for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+    }
+    tokens_.insert(tokens_.end(), tokens.begin() + static_cast<std::ptrdiff_t>(start),
+                   tokens.begin() + static_cast<std::ptrdiff_t>(start + n));
+    length_ += n;
+    if (start + n == tokens.size()) {
+      RmsNorm(&x[(n - 1) * E], model_->output_norm(), c.rms_epsilon, E, h.data());
+      logits.resize(static_cast<size_t>(c.vocab));
+      MatMul(h.data(), 1, model_->output(), logits.data());
+    }
+  }
+  return logits;
+}
+
+Status Sequence::Save(const std::string& path, const std::vector<float>& logits) const {
+  const auto& c = model_->config();
+  const int64_t D = c.head_dim;
+  std::vector<Tensor> kv;  // exact-length copies of the caches
+  kv.reserve(static_cast<size_t>(2 * c.layers));
+  for (int64_t l = 0; l < c.layers; ++l)
+    for (const auto* cache : {&k_cache_, &v_cache_}) {
+      Tensor t({1, c.kv_heads, length_, D});
+      for (int64_t h = 0; h < c.kv_heads; ++h)
+        std::copy_n((*cache)[l].data() + h * capacity_ * D, length_ * D, t.data() + h * length_ * D);
+      kv.push_back(std::move(t));
+    }
+  Tensor tokens({length_}), last({static_cast<int64_t>(logits.size())}, logits);
+  for (int64_t i = 0; i < length_; ++i) tokens.data()[i] = static_cast<float>(tokens_[i]);
+  std::vector<std::pair<std::string, const Tensor*>> named = {{"tokens", &tokens}, {"logits", &last}};
+  std::vector<std::string> names;
+  names.reserve(kv.size());
+  for (int64_t l = 0; l < c.layers; ++l) {
+    names.push_back("layer" + std::to_string(l) + ".k");
+    names.push_back("layer" + std::to_string(l) + ".v");
+  }
+  for (size_t i = 0; i < kv.size(); ++i) named.push_back({names[i], &kv[i]});
+  return WriteSafetensors(path, named, {{"model", model_->path()}});
+}
+
+Result<std::pair<Sequence, std::vector<float>>> Sequence::Load(
+    std::shared_ptr<const LlamaModel> model, const std::string& path, int64_t capacity) {
+  MT_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Read(path));
+  const auto& c = model->config();
+  MT_ASSIGN_OR_RETURN(const Tensor* tokens, f.Get("tokens", 1));
+  MT_ASSIGN_OR_RETURN(const Tensor* logits, f.Get("logits", 1));
+  const int64_t n = tokens->dim(0), D = c.head_dim;
+  if (logits->dim(0) != c.vocab)
+    return Status::Error(path + ": logits: expected " + std::to_string(c.vocab) + " entries, found " +
+                         std::to_string(logits->dim(0)));
+  Sequence seq(model, std::max(capacity, n));
+  for (int64_t l = 0; l < c.layers; ++l)
+    for (auto [suffix, cache] : {std::pair{".k", &seq.k_cache_}, {".v", &seq.v_cache_}}) {
+      const std::string name = "layer" + std::to_string(l) + suffix;
+      MT_ASSIGN_OR_RETURN(const Tensor* t, f.Get(name, 4));
+      if (t->shape() != Shape{1, c.kv_heads, n, D})
+        return Status::Error(path + ": " + name + ": expected shape " +
+                             ShapeToString({1, c.kv_heads, n, D}) + ", found " +
+                             ShapeToString(t->shape()));
+      for (int64_t h = 0; h < c.kv_heads; ++h)
+        std::copy_n(t->data() + h * n * D, n * D, (*cache)[l].data() + h * seq.capacity_ * D);
+    }
+  seq.tokens_.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = tokens->data()[i];
+    if (!(x >= 0 && x < static_cast<float>(c.vocab)) || x != std::floor(x))
+      return Status::Error(path + ": tokens[" + std::to_string(i) + "] is not a token id");
+    seq.tokens_[i] = static_cast<int32_t>(x);
+  }
+  seq.length_ = n;
+  return std::pair{std::move(seq), logits->vec()};
+}
+
+Result<std::vector<int32_t>> Sequence::Generate(std::vector<float> logits, int64_t max_new,
+                                                const std::vector<int32_t>& stop,
+                                                SparseAttention* attention) {
+  std::vector<int32_t> out;
+  for (int64_t t = 0; t < max_new; ++t) {
+    const int32_t next = ArgMax(logits);
+    out.push_back(next);
+    if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
+    if (t + 1 == max_new) break;
+    const int32_t one[1] = {next};
+    MT_ASSIGN_OR_RETURN(logits, Forward(one, attention));
+  }
+  return out;
+}
+
+int32_t ArgMax(std::span<const float> logits) {
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+}  // namespace masktune::model

@@ -1,0 +1,119 @@
+// File: engine/model/llama.h
+//
+// A Llama-family transformer run natively on the engine: weights from a GGUF
+// file (dequantised to float32 at load), RMSNorm, rotary embeddings, grouped-
+// query attention and a SwiGLU feed-forward, as GGUF's "llama" architecture
+// describes them (SmolLM2 is one). Matrix products go through BLAS
+// (OpenBLAS); attention through the engine: dense, or masked by a masker
+// stack with its per-layer state kept across decode steps.
+//
+// A `Sequence` is one token stream and its KV cache. It is a value: copying
+// one after a dense prefill is how the prefill is shared by every trial.
+// Thread-safety: a const LlamaModel may be shared by any number of
+// Sequences on any threads; a Sequence is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/masker.h"
+#include "engine/model/gguf.h"
+#include "engine/model/tokenizer.h"
+#include "engine/registry.h"
+#include "engine/status.h"
+#include "engine/tensor.h"
+
+namespace masktune::model {
+
+struct LlamaConfig {
+  int64_t layers = 0, embedding = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t feed_forward = 0, vocab = 0, context_length = 0, rope_dim = 0;
+  float rms_epsilon = 1e-5f, rope_base = 10000.0f;
+};
+
+struct LlamaLayer {
+  Tensor attn_norm, wq, wk, wv, wo;  // wq [heads*head_dim, embedding], ...
+  Tensor ffn_norm, w_gate, w_up, w_down;
+};
+
+class LlamaModel {
+ public:
+  // Reads the architecture from the GGUF's llama.* keys and every weight.
+  // Errors name the file and the key or tensor.
+  static Result<std::shared_ptr<const LlamaModel>> Load(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  const LlamaConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const std::vector<LlamaLayer>& layers() const { return layers_; }
+  const Tensor& token_embedding() const { return token_embd_; }
+  const Tensor& output_norm() const { return output_norm_; }
+  const Tensor& output() const { return output_.size() ? output_ : token_embd_; }  // tied
+
+ private:
+  std::string path_;
+  LlamaConfig config_;
+  Tokenizer tokenizer_;
+  Tensor token_embd_, output_norm_, output_;
+  std::vector<LlamaLayer> layers_;
+};
+
+// How a forward pass computes attention: dense when `stack` is null or the
+// layer is in `dense_layers`; otherwise the stack's mask (its state per
+// layer in `state`), with the density of each masked call accumulated.
+struct SparseAttention {
+  const MaskerStack* stack = nullptr;
+  std::set<int> dense_layers;
+  StackState state;
+  double density_sum = 0;
+  int64_t masked_calls = 0;
+  double mean_density() const { return masked_calls ? density_sum / masked_calls : 1.0; }
+};
+
+class Sequence {
+ public:
+  // `capacity`: tokens the KV cache holds before it has to grow (it grows
+  // by doubling when exceeded, so this is a hint).
+  Sequence(std::shared_ptr<const LlamaModel> model, int64_t capacity);
+
+  int64_t length() const { return length_; }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+
+  // Appends `tokens` (positions length() ..), returns the logits [vocab] of
+  // the last one. Long inputs run in chunks of causal attention.
+  // `attention` null: dense.
+  Result<std::vector<float>> Forward(std::span<const int32_t> tokens,
+                                     SparseAttention* attention = nullptr);
+
+  // The processed tokens, their KV cache and `logits` as a safetensors file
+  // (tensors layer{L}.k / layer{L}.v [1, kv_heads, length, head_dim],
+  // tokens, logits; metadata: the model file). Load checks every shape
+  // against `model`; errors name the file.
+  Status Save(const std::string& path, const std::vector<float>& logits) const;
+  static Result<std::pair<Sequence, std::vector<float>>> Load(
+      std::shared_ptr<const LlamaModel> model, const std::string& path, int64_t capacity);
+
+  // Greedy decoding from `logits` (those of the last token so far): appends
+  // up to `max_new` tokens, stopping after one of `stop`. Returns the new
+  // tokens (a stop token included).
+  Result<std::vector<int32_t>> Generate(std::vector<float> logits, int64_t max_new,
+                                        const std::vector<int32_t>& stop,
+                                        SparseAttention* attention = nullptr);
+
+ private:
+  void Reserve(int64_t tokens);
+
+  std::shared_ptr<const LlamaModel> model_;
+  int64_t length_ = 0, capacity_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<Tensor> k_cache_, v_cache_;  // per layer [1, kv_heads, capacity, head_dim]
+};
+
+// Index of the largest logit (the lower index on ties).
+int32_t ArgMax(std::span<const float> logits);
+
+}  // namespace masktune::model

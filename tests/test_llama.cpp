@@ -1,0 +1,165 @@
+// The Llama runtime against an independent implementation: Hugging Face
+// transformers loading the same GGUF (tools/make_model_reference.py wrote
+// tests/data/smollm2_reference.json): logits of the last prompt position and
+// greedy tokens. Skips, saying so, when the model file is absent.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/model/llama.h"
+#include "tests/helpers.h"
+
+namespace masktune::model {
+namespace {
+
+struct Reference {
+  nlohmann::json json;
+  std::shared_ptr<const LlamaModel> model;
+};
+
+// The reference and the model, loaded once for every test here; null model when absent.
+const Reference& Ref() {
+  static Reference r = [] {
+    Reference out;
+    std::ifstream in(MASKTUNE_SOURCE_DIR "/tests/data/smollm2_reference.json");
+    out.json = nlohmann::json::parse(in);
+    const std::string path =
+        MASKTUNE_SOURCE_DIR "/models/" + out.json["model_file"].get<std::string>();
+    if (std::filesystem::exists(path)) {
+      auto m = LlamaModel::Load(path);
+      if (m.ok()) out.model = m.value();
+      else MESSAGE(m.status().message());
+    }
+    return out;
+  }();
+  return r;
+}
+
+#define REQUIRE_MODEL()                                                           \
+  if (!Ref().model) {                                                             \
+    MESSAGE("skipped: no models/SmolLM2-135M-Instruct.Q4_1.gguf (make fetches it)"); \
+    return;                                                                       \
+  }
+
+TEST_CASE("llama: SmolLM2's configuration is read from the GGUF") {
+  REQUIRE_MODEL();
+  const LlamaConfig& c = Ref().model->config();
+  CHECK(c.layers == 30);
+  CHECK(c.embedding == 576);
+  CHECK(c.heads == 9);
+  CHECK(c.kv_heads == 3);
+  CHECK(c.head_dim == 64);
+  CHECK(c.feed_forward == 1536);
+  CHECK(c.vocab == 49152);
+  CHECK(c.rope_base == 100000.0f);
+  CHECK(c.rms_epsilon == doctest::Approx(1e-5));
+}
+
+TEST_CASE("llama: logits and greedy tokens match transformers on the same GGUF") {
+  REQUIRE_MODEL();
+  for (const auto& c : Ref().json["model_cases"]) {
+    CAPTURE(c["name"].get<std::string>());
+    const auto ids = c["input_ids"].get<std::vector<int32_t>>();
+    Sequence seq(Ref().model, static_cast<int64_t>(ids.size()) + 32);
+    auto logits = seq.Forward(ids);
+    REQUIRE_MESSAGE(logits.ok(), logits.status().message());
+    const auto& last = c["last_logits"];
+    const auto top_ids = last["top_ids"].get<std::vector<int32_t>>();
+    const auto top_values = last["top_values"].get<std::vector<double>>();
+    // Float32 on both sides, different summation orders: logits agree to
+    // about 1e-3 of their spread.
+    double worst = 0;
+    for (size_t t = 0; t < top_ids.size(); ++t)
+      worst = std::max(worst, std::fabs(logits.value()[top_ids[t]] - top_values[t]));
+    CHECK(worst < 2e-2);
+    double mean = 0;
+    for (float x : logits.value()) mean += x;
+    mean /= static_cast<double>(logits->size());
+    CHECK(mean == doctest::Approx(last["mean"].get<double>()).epsilon(1e-3));
+    CHECK(ArgMax(logits.value()) == top_ids[0]);
+    const auto& greedy = c["greedy"];
+    auto out = seq.Generate(logits.value(), greedy["max_new_tokens"].get<int64_t>(),
+                            Ref().model->tokenizer().stop_tokens());
+    REQUIRE(out.ok());
+    CHECK(out.value() == greedy["ids"].get<std::vector<int32_t>>());
+  }
+}
+
+TEST_CASE("llama: chunked prefill, token-by-token decoding and a saved prefix agree") {
+  REQUIRE_MODEL();
+  const auto& c = Ref().json["model_cases"][2];  // the ~200-token text
+  const auto ids = c["input_ids"].get<std::vector<int32_t>>();
+  Sequence whole(Ref().model, 16);  // grows while it runs
+  auto a = whole.Forward(ids);
+  REQUIRE(a.ok());
+  Sequence steps(Ref().model, 300);
+  const size_t half = ids.size() / 2;
+  REQUIRE(steps.Forward(std::span(ids).first(half)).ok());
+  Result<std::vector<float>> b = Status::Error("unset");
+  for (size_t i = half; i < ids.size(); ++i) b = steps.Forward(std::span(ids).subspan(i, 1));
+  REQUIRE(b.ok());
+  float diff = 0;
+  for (size_t i = 0; i < a->size(); ++i) diff = std::max(diff, std::fabs(a.value()[i] - b.value()[i]));
+  CHECK(diff < 1e-3f);
+
+  testing::TempDir dir;
+  REQUIRE(steps.Save(dir / "prefix.safetensors", b.value()).ok());
+  auto loaded = Sequence::Load(Ref().model, dir / "prefix.safetensors", 400);
+  REQUIRE_MESSAGE(loaded.ok(), loaded.status().message());
+  CHECK(loaded->first.tokens() == ids);
+  CHECK(loaded->second == b.value());
+  const int32_t next[1] = {ArgMax(b.value())};
+  auto x = steps.Forward(next), y = loaded->first.Forward(next);
+  REQUIRE((x.ok() && y.ok()));
+  CHECK(x.value() == y.value());
+}
+
+TEST_CASE("llama: a masker stack runs in every layer but the dense ones") {
+  REQUIRE_MODEL();
+  const auto& c = Ref().json["model_cases"][3];  // the RULER-like needle prompt
+  const auto ids = c["input_ids"].get<std::vector<int32_t>>();
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto configs = registry.ParseJsonList(
+      R"([{"type":"sink","sink_size":4},{"type":"local","window_size":8},
+          {"type":"oracle_top_k","heavy_size":16}])", "");
+  REQUIRE(configs.ok());
+  auto stack = MaskerStack::Build(registry, configs.value());
+  REQUIRE(stack.ok());
+  Sequence seq(Ref().model, 200);
+  auto prefix = seq.Forward(std::span(ids).first(ids.size() - 10));
+  REQUIRE(prefix.ok());
+  SparseAttention sparse;
+  sparse.stack = &stack.value();
+  sparse.dense_layers = {0, 16};
+  auto logits = seq.Forward(std::span(ids).last(10), &sparse);
+  REQUIRE(logits.ok());
+  CHECK(sparse.masked_calls == 28);  // 30 layers, 2 dense, one chunk
+  // 10 queries over 143 keys keep at most 4 + 8 + 16 each (fewer where causal).
+  CHECK(sparse.mean_density() < 28.0 / 134.0);
+  CHECK(sparse.mean_density() > 0.1);
+  // Layer state is kept per layer: the same stack state grows with decoding.
+  auto out = seq.Generate(logits.value(), 4, {}, &sparse);
+  REQUIRE(out.ok());
+  CHECK(sparse.masked_calls == 28 + 3 * 28);
+}
+
+TEST_CASE("llama: bad model files and token ids are clear errors") {
+  testing::TempDir dir;
+  std::ofstream(dir / "x.gguf") << "GGUF";
+  auto m = LlamaModel::Load(dir / "x.gguf");
+  REQUIRE(!m.ok());
+  CHECK(m.status().message().find("x.gguf: truncated file") != std::string::npos);
+  CHECK(LlamaModel::Load(dir / "none.gguf").status().message().find("cannot open") !=
+        std::string::npos);
+  REQUIRE_MODEL();
+  Sequence seq(Ref().model, 8);
+  const int32_t bad[1] = {49152};
+  CHECK(seq.Forward(bad).status().message() ==
+        "token id 49152 outside the vocabulary of 49152");
+}
+
+}  // namespace
+}  // namespace masktune::model
