@@ -13,6 +13,7 @@ packages=(
   libsqlite3-dev       # storage/
   libzmq3-dev          # coordinator and workers
   cppzmq-dev
+  libopenblas-dev      # the model runtime's matrix products
 )
 
 missing=()
