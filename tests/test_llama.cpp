@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/benchmarks/benchmark.h"
 #include "engine/model/llama.h"
 #include "tests/helpers.h"
 
@@ -163,3 +164,83 @@ TEST_CASE("llama: bad model files and token ids are clear errors") {
 
 }  // namespace
 }  // namespace masktune::model
+
+namespace masktune {
+namespace {
+
+std::vector<MaskerConfig> Stack(const std::string& json) {
+  auto c = MaskerRegistry::WithBuiltins().ParseJsonList(json, "");
+  REQUIRE_MESSAGE(c.ok(), c.status().message());
+  return c.value();
+}
+
+TEST_CASE("ruler_niah: a stack inside the model answers needles; setups A and B; the prefill cache") {
+  if (!model::Ref().model) {
+    MESSAGE("skipped: no models/SmolLM2-135M-Instruct.Q4_1.gguf (make fetches it)");
+    return;
+  }
+  testing::TempDir dir;
+  nlohmann::json spec = {{"name", "ruler_niah"},
+                         {"model", model::Ref().model->path()},
+                         {"tasks", {"niah_single_1", "niah_multivalue"}},
+                         {"context_tokens", 384},
+                         {"samples", 2},
+                         {"seed", 3},
+                         {"setup", "B"},
+                         {"max_new_tokens", 24},
+                         {"dense_layers", {0}},
+                         {"prefill_cache", dir.path.string()}};
+  auto bench = CreateBenchmark(spec);
+  REQUIRE_MESSAGE(bench.ok(), bench.status().message());
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  // Keeping every key is dense attention: the model finds the needle.
+  auto all = bench.value()->Run(registry, Stack(R"([{"type":"oracle_top_k","heavy_size":1.0}])"));
+  REQUIRE_MESSAGE(all.ok(), all.status().message());
+  CHECK(all->at("niah_single_1.accuracy") == 1.0);
+  CHECK(all->at("density") == 1.0);
+  CHECK(all->at("error") == 1.0 - all->at("accuracy"));
+  CHECK(all->at("tokens_per_second") > 0);
+  for (const char* m : {"niah_multivalue.accuracy", "niah_multivalue.density",
+                        "niah_single_1.tokens_per_second"})
+    CHECK(all->count(m) == 1);
+  // Two keys per query row are too few to read a needle.
+  auto starved = bench.value()->Run(
+      registry, Stack(R"([{"type":"sink","sink_size":1},{"type":"local","window_size":1}])"));
+  REQUIRE(starved.ok());
+  CHECK(starved->at("density") < 0.02);
+  CHECK(starved->at("accuracy") < all->at("accuracy"));
+  // Setup A processes the question densely too; the prefixes were cached on disk.
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) files += e.path().extension() == ".safetensors";
+  CHECK(files == 4);
+  spec["setup"] = "A";
+  auto a = CreateBenchmark(spec);
+  REQUIRE(a.ok());
+  auto starved_a = a.value()->Run(
+      registry, Stack(R"([{"type":"sink","sink_size":1},{"type":"local","window_size":1}])"));
+  REQUIRE(starved_a.ok());
+  CHECK(starved_a->at("niah_single_1.density") < 0.02);
+  // A second benchmark with setup B reads its prefixes back from the cache: same answers.
+  spec["setup"] = "B";
+  auto again = CreateBenchmark(spec);
+  REQUIRE(again.ok());
+  auto all2 = again.value()->Run(registry, Stack(R"([{"type":"oracle_top_k","heavy_size":1.0}])"));
+  REQUIRE(all2.ok());
+  CHECK(all2->at("accuracy") == all->at("accuracy"));
+}
+
+TEST_CASE("ruler_niah: bad specs are clear errors") {
+  auto missing = CreateBenchmark({{"name", "ruler_niah"}, {"model", "/nonexistent/m.gguf"}});
+  REQUIRE(!missing.ok());
+  CHECK(missing.status().message() ==
+        "ruler_niah: no model file '/nonexistent/m.gguf' (scripts/fetch_model.sh fetches the "
+        "default one)");
+  if (!model::Ref().model) return;
+  auto layer = CreateBenchmark(
+      {{"name", "ruler_niah"}, {"model", model::Ref().model->path()}, {"dense_layers", {30}}});
+  CHECK(layer.status().message() ==
+        "ruler_niah: dense_layers: layer 30 does not exist (the model has 30 layers)");
+}
+
+}  // namespace
+}  // namespace masktune
