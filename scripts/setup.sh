@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages masktune builds and tests with. Idempotent:
-# silent and fast (one dpkg query) when everything is already present.
+# Installs the Debian packages masktune builds and tests with, then fetches
+# the model (scripts/fetch_model.sh). Idempotent: silent and fast (one dpkg
+# query, one file test) when everything is already present.
 set -euo pipefail
 
 packages=(
@@ -22,11 +23,14 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq >/dev/null
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
-echo "setup: installing ${missing[*]}" >&2
-sudo_cmd=()
-[ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq >/dev/null
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The model the Llama runtime and its tests read (silent when already present).
+"$(dirname "${BASH_SOURCE[0]}")/fetch_model.sh"

@@ -1,169 +1,336 @@
 // File: engine/model/gguf.cpp
 //
-// GGUF layout (little-endian): "GGUF", uint32 version, uint64 tensor count,
-// uint64 metadata count, the metadata (key string, uint32 type, value), the
-// tensor directory (name, uint32 n_dims, uint64 dims[n_dims], uint32 type,
-// uint64 offset), padding to the alignment, then the data. Strings are a
-// uint64 length and bytes. Every count and length is checked against the
-// bytes left before anything is allocated.
+// Reads GGUF files. Layout (little-endian): "GGUF", uint32 version, uint64
+// tensor count, uint64 metadata count; the metadata (key string, uint32 value
+// type, value); the tensor directory (name string, uint32 n_dims, uint64
+// dims[n_dims] innermost first, uint32 tensor type, uint64 offset into the data
+// section); padding up to general.alignment (default 32); the data section.
+// A string is a uint64 length and that many bytes; an array is a uint32
+// element type, a uint64 count and the elements.
+//
+// The file is mapped read-only. Parsing walks it with a bounds-checked Reader:
+// every count and length is compared with the bytes left before anything is
+// allocated, every size product is overflow-checked, and every tensor's byte
+// range is checked against the file at Open, so ReadTensor cannot read out of
+// bounds. Messages are built without the path and get "PATH: " in front once,
+// in Open; the parts in between add the key or tensor they were reading.
+//
+// Dequantisation follows ggml's reference (ggml-quants.c), 32 elements a block:
+//   Q8_0: f16 d, 32 int8 q;           x[i] = d * q[i]
+//   Q4_0: f16 d, 16 bytes of nibbles; x[i] = d * (q[i] - 8)
+//   Q4_1: f16 d, f16 m, 16 bytes;     x[i] = d * q[i] + m
+// where byte j holds element j in its low nibble and element j + 16 in its high
+// nibble.
 #include "engine/model/gguf.h"
 
-#include <cstring>
-#include <fstream>
-#include <limits>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#include "engine/safetensors.h"
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string_view>
+#include <utility>
+
+#include "engine/safetensors.h"  // HalfToFloat, BFloat16ToFloat
 
 namespace masktune::model {
 namespace {
 
+static_assert(std::endian::native == std::endian::little, "the reader copies values as stored");
+
+constexpr uint64_t kDefaultAlignment = 32;
+constexpr uint32_t kMaxDims = 4;
+constexpr int kMaxArrayNesting = 8;  // nested arrays are skipped; deeper ones are refused
+constexpr int64_t kBlock = 32;       // elements per Q8_0 / Q4_0 / Q4_1 block
+constexpr uint64_t kMaxReserve = uint64_t{1} << 16;  // array elements reserved up front
+
+// Metadata value types (the GGUF spec's numbering).
 enum MetaType : uint32_t {
-  kU8 = 0, kI8, kU16, kI16, kU32, kI32, kF32, kBool, kString, kArray, kU64, kI64, kF64,
+  kMetaU8 = 0,
+  kMetaI8 = 1,
+  kMetaU16 = 2,
+  kMetaI16 = 3,
+  kMetaU32 = 4,
+  kMetaI32 = 5,
+  kMetaF32 = 6,
+  kMetaBool = 7,
+  kMetaString = 8,
+  kMetaArray = 9,
+  kMetaU64 = 10,
+  kMetaI64 = 11,
+  kMetaF64 = 12,
 };
 
-// Reads little-endian values from a byte buffer; the first failure sticks
-// and names the offset.
+const char* MetaTypeName(uint32_t type) {
+  static constexpr const char* kNames[] = {"uint8",  "int8",    "uint16", "int16",  "uint32",
+                                           "int32",  "float32", "bool",   "string", "array",
+                                           "uint64", "int64",   "float64"};
+  return type <= kMetaF64 ? kNames[type] : "unknown";
+}
+
+// Bytes of one scalar of `type`; 0 for string, array and unknown types.
+uint64_t ScalarBytes(uint32_t type) {
+  switch (type) {
+    case kMetaU8:
+    case kMetaI8:
+    case kMetaBool:
+      return 1;
+    case kMetaU16:
+    case kMetaI16:
+      return 2;
+    case kMetaU32:
+    case kMetaI32:
+    case kMetaF32:
+      return 4;
+    case kMetaU64:
+    case kMetaI64:
+    case kMetaF64:
+      return 8;
+    default:
+      return 0;
+  }
+}
+
+// The fewest bytes one value of `type` can take in the file: bounds counts.
+uint64_t MinValueBytes(uint32_t type) {
+  if (type == kMetaString) return 8;  // length
+  if (type == kMetaArray) return 12;  // element type + count
+  return ScalarBytes(type);
+}
+
+// Name of a tensor type for messages; the ones masktune cannot read are named
+// too where ggml defines them, so "Q4_K (12)" says what the file holds.
+std::string TensorTypeName(uint32_t type) {
+  static constexpr std::pair<uint32_t, const char*> kNames[] = {
+      {0, "F32"},   {1, "F16"},   {2, "Q4_0"},  {3, "Q4_1"},  {6, "Q5_0"},  {7, "Q5_1"},
+      {8, "Q8_0"},  {9, "Q8_1"},  {10, "Q2_K"}, {11, "Q3_K"}, {12, "Q4_K"}, {13, "Q5_K"},
+      {14, "Q6_K"}, {15, "Q8_K"}, {28, "F64"},  {30, "BF16"}};
+  for (const auto& [number, name] : kNames)
+    if (number == type) return name;
+  return "";
+}
+
+// How a tensor type stores its elements: `bytes` per block of `elements`.
+struct BlockLayout {
+  uint64_t bytes;
+  uint64_t elements;
+};
+
+// The layout of the types masktune reads; nullopt for any other type.
+std::optional<BlockLayout> LayoutOf(uint32_t type) {
+  switch (static_cast<GgufTensorType>(type)) {
+    case GgufTensorType::kF32:
+      return BlockLayout{4, 1};
+    case GgufTensorType::kF16:
+      return BlockLayout{2, 1};
+    case GgufTensorType::kBF16:
+      return BlockLayout{2, 1};
+    case GgufTensorType::kQ8_0:
+      return BlockLayout{34, kBlock};
+    case GgufTensorType::kQ4_0:
+      return BlockLayout{18, kBlock};
+    case GgufTensorType::kQ4_1:
+      return BlockLayout{20, kBlock};
+  }
+  return std::nullopt;
+}
+
+// Reads little-endian values from [bytes, bytes + size) and never past it.
 class Reader {
  public:
-  Reader(const std::vector<uint8_t>& b, std::string path) : b_(b), path_(std::move(path)) {}
-  bool ok() const { return err_.empty(); }
-  const std::string& error() const { return err_; }
-  size_t pos() const { return pos_; }
-  size_t left() const { return b_.size() - pos_; }
+  Reader(const uint8_t* bytes, uint64_t size) : bytes_(bytes), size_(size) {}
 
-  void Fail(const std::string& what) {
-    if (err_.empty()) err_ = path_ + ": " + what;
+  uint64_t pos() const { return pos_; }
+  uint64_t left() const { return size_ - pos_; }
+
+  // OK when `n` more bytes exist; else "truncated file: WHAT at byte P needs N bytes, M left".
+  Status Need(uint64_t n, std::string_view what) const {
+    if (n <= left()) return Status::Ok();
+    return Status::Error("truncated file: " + std::string(what) + " at byte " +
+                         std::to_string(pos_) + " needs " + std::to_string(n) +
+                         (n == 1 ? " byte, " : " bytes, ") + std::to_string(left()) + " left");
   }
-  bool Need(uint64_t n, const char* what) {
-    if (!ok()) return false;
-    if (n > left()) {
-      Fail(std::string("truncated file: ") + what + " at byte " + std::to_string(pos_) +
-           " needs " + std::to_string(n) + " bytes, " + std::to_string(left()) + " left");
-      return false;
-    }
-    return true;
+  // OK when `count` items of at least `min_bytes` each can fit in what is left.
+  Status NeedCount(uint64_t count, uint64_t min_bytes, std::string_view what) const {
+    if (count <= left() / min_bytes) return Status::Ok();
+    return Status::Error("truncated file: " + std::to_string(count) + " " + std::string(what) +
+                         " at byte " + std::to_string(pos_) + " cannot fit in the " +
+                         std::to_string(left()) + " bytes left");
   }
+
   template <typename T>
-  T Get(const char* what) {
-    T v{};
-    if (!Need(sizeof(T), what)) return v;
-    std::memcpy(&v, b_.data() + pos_, sizeof(T));
+  Status Get(T* out, std::string_view what) {
+    MT_RETURN_IF_ERROR(Need(sizeof(T), what));
+    std::memcpy(out, bytes_ + pos_, sizeof(T));  // little-endian, as the host (asserted above)
     pos_ += sizeof(T);
-    return v;
+    return Status::Ok();
   }
-  std::string String(const char* what) {
-    const uint64_t n = Get<uint64_t>(what);
-    if (!Need(n, what)) return {};
-    std::string s(reinterpret_cast<const char*>(b_.data() + pos_), n);
+
+  Status String(std::string* out, std::string_view what) {
+    uint64_t n = 0;
+    if (sizeof(n) > left()) return Need(sizeof(n), std::string(what) + " length");
+    std::memcpy(&n, bytes_ + pos_, sizeof(n));
+    pos_ += sizeof(n);
+    if (n > left()) return Need(n, what);
+    out->assign(reinterpret_cast<const char*>(bytes_ + pos_), n);
     pos_ += n;
-    return s;
+    return Status::Ok();
   }
-  void Skip(uint64_t n, const char* what) {
-    if (Need(n, what)) pos_ += n;
+
+  Status Skip(uint64_t n, std::string_view what) {
+    MT_RETURN_IF_ERROR(Need(n, what));
+    pos_ += n;
+    return Status::Ok();
   }
 
  private:
-  const std::vector<uint8_t>& b_;
-  std::string path_;
-  size_t pos_ = 0;
-  std::string err_;
+  const uint8_t* bytes_;
+  uint64_t size_;
+  uint64_t pos_ = 0;
 };
 
-size_t ScalarSize(uint32_t t) {
-  switch (t) {
-    case kU8: case kI8: case kBool: return 1;
-    case kU16: case kI16: return 2;
-    case kU32: case kI32: case kF32: return 4;
-    case kU64: case kI64: case kF64: return 8;
-    default: return 0;
-  }
+// Reads a T and stores it as a W.
+template <typename T, typename W>
+Status ReadAs(Reader& r, const char* what, GgufValue* out) {
+  T v{};
+  MT_RETURN_IF_ERROR(r.Get(&v, what));
+  *out = static_cast<W>(v);
+  return Status::Ok();
 }
 
-// One scalar of type t as int64 / double / bool; false on a uint64 beyond int64.
-bool ReadScalar(Reader& r, uint32_t t, GgufValue& out) {
-  switch (t) {
-    case kU8: out = int64_t{r.Get<uint8_t>("value")}; break;
-    case kI8: out = int64_t{r.Get<int8_t>("value")}; break;
-    case kU16: out = int64_t{r.Get<uint16_t>("value")}; break;
-    case kI16: out = int64_t{r.Get<int16_t>("value")}; break;
-    case kU32: out = int64_t{r.Get<uint32_t>("value")}; break;
-    case kI32: out = int64_t{r.Get<int32_t>("value")}; break;
-    case kI64: out = r.Get<int64_t>("value"); break;
-    case kU64: {
-      const uint64_t v = r.Get<uint64_t>("value");
-      if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
-      out = static_cast<int64_t>(v);
-      break;
+// One integer, float or bool scalar of `type`, widened to int64 / double / bool.
+Status ReadScalar(Reader& r, uint32_t type, GgufValue* out) {
+  const char* what = MetaTypeName(type);
+  switch (type) {
+    case kMetaU8:
+      return ReadAs<uint8_t, int64_t>(r, what, out);
+    case kMetaI8:
+      return ReadAs<int8_t, int64_t>(r, what, out);
+    case kMetaU16:
+      return ReadAs<uint16_t, int64_t>(r, what, out);
+    case kMetaI16:
+      return ReadAs<int16_t, int64_t>(r, what, out);
+    case kMetaU32:
+      return ReadAs<uint32_t, int64_t>(r, what, out);
+    case kMetaI32:
+      return ReadAs<int32_t, int64_t>(r, what, out);
+    case kMetaI64:
+      return ReadAs<int64_t, int64_t>(r, what, out);
+    case kMetaF32:
+      return ReadAs<float, double>(r, what, out);
+    case kMetaF64:
+      return ReadAs<double, double>(r, what, out);
+    case kMetaBool:
+      return ReadAs<uint8_t, bool>(r, what, out);  // nonzero is true
+    case kMetaU64: {
+      uint64_t v = 0;
+      MT_RETURN_IF_ERROR(r.Get(&v, what));
+      if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        return Status::Error("uint64 value " + std::to_string(v) + " exceeds the int64 range");
+      *out = static_cast<int64_t>(v);
+      return Status::Ok();
     }
-    case kF32: out = double{r.Get<float>("value")}; break;
-    case kF64: out = r.Get<double>("value"); break;
-    case kBool: out = r.Get<uint8_t>("value") != 0; break;
-    default: return false;
+    default:
+      return Status::Error("unknown metadata value type " + std::to_string(type));
   }
-  return true;
 }
 
-Status ReadValue(Reader& r, uint32_t type, const std::string& key, GgufValue& out) {
-  auto bad = [&](const std::string& m) { return Status::Error("key '" + key + "': " + m); };
-  if (type == kString) {
-    out = r.String("string value");
-  } else if (type == kArray) {
-    const uint32_t et = r.Get<uint32_t>("array type");
-    const uint64_t n = r.Get<uint64_t>("array length");
-    if (!r.ok()) return Status::Ok();
-    GgufArray a;
-    if (et == kArray) {  // nested: skipped
-      a.nested = true;
-      for (uint64_t i = 0; i < n && r.ok(); ++i) {
-        GgufValue ignored;
-        MT_RETURN_IF_ERROR(ReadValue(r, kArray, key, ignored));
-      }
-    } else if (et == kString) {
-      if (n > r.left() / 8) return bad("array of " + std::to_string(n) + " strings exceeds the file");
-      a.strings.reserve(n);
-      for (uint64_t i = 0; i < n && r.ok(); ++i) a.strings.push_back(r.String("array string"));
+// Moves past one value of `type` without keeping it (elements of nested arrays).
+Status SkipValue(Reader& r, uint32_t type, int depth) {
+  if (type == kMetaString) {
+    std::string ignored;
+    return r.String(&ignored, "string");
+  }
+  if (type != kMetaArray) {
+    const uint64_t n = ScalarBytes(type);
+    if (n == 0) return Status::Error("unknown metadata value type " + std::to_string(type));
+    return r.Skip(n, MetaTypeName(type));
+  }
+  if (depth >= kMaxArrayNesting)
+    return Status::Error("arrays nested more than " + std::to_string(kMaxArrayNesting) + " deep");
+  uint32_t element_type = 0;
+  uint64_t count = 0;
+  MT_RETURN_IF_ERROR(r.Get(&element_type, "array element type"));
+  MT_RETURN_IF_ERROR(r.Get(&count, "array length"));
+  const uint64_t min_bytes = MinValueBytes(element_type);
+  if (min_bytes == 0)
+    return Status::Error("unknown array element type " + std::to_string(element_type));
+  MT_RETURN_IF_ERROR(r.NeedCount(count, min_bytes, "array elements"));
+  if (ScalarBytes(element_type) != 0) return r.Skip(count * min_bytes, "array elements");
+  for (uint64_t i = 0; i < count; ++i) MT_RETURN_IF_ERROR(SkipValue(r, element_type, depth + 1));
+  return Status::Ok();
+}
+
+Status ReadArray(Reader& r, GgufArray* out) {
+  uint32_t element_type = 0;
+  uint64_t count = 0;
+  MT_RETURN_IF_ERROR(r.Get(&element_type, "array element type"));
+  MT_RETURN_IF_ERROR(r.Get(&count, "array length"));
+  const uint64_t min_bytes = MinValueBytes(element_type);
+  if (min_bytes == 0)
+    return Status::Error("unknown array element type " + std::to_string(element_type));
+  MT_RETURN_IF_ERROR(
+      r.NeedCount(count, min_bytes, std::string(MetaTypeName(element_type)) + " array elements"));
+  // The count is bounded by the file, but a corrupt one could still ask for several times
+  // the file's size up front: reserve at most kMaxReserve, let real elements grow the rest.
+  const size_t n = static_cast<size_t>(std::min(count, kMaxReserve));
+  if (element_type == kMetaArray) {  // nested: read past, keep nothing
+    out->nested = true;
+    for (uint64_t i = 0; i < count; ++i) MT_RETURN_IF_ERROR(SkipValue(r, kMetaArray, 1));
+    return Status::Ok();
+  }
+  if (element_type == kMetaString) {
+    out->strings.reserve(n);
+    for (uint64_t i = 0; i < count; ++i) {
+      std::string s;
+      const Status st = r.String(&s, "string");
+      if (!st.ok()) return st.WithContext("element " + std::to_string(i) + ": ");
+      out->strings.push_back(std::move(s));
+    }
+    return Status::Ok();
+  }
+  if (element_type == kMetaBool) {
+    out->bools.reserve(n);
+  } else if (element_type == kMetaF32 || element_type == kMetaF64) {
+    out->floats.reserve(n);
+  } else {
+    out->ints.reserve(n);
+  }
+  for (uint64_t i = 0; i < count; ++i) {
+    GgufValue v;
+    const Status st = ReadScalar(r, element_type, &v);
+    if (!st.ok()) return st.WithContext("element " + std::to_string(i) + ": ");
+    if (const int64_t* x = std::get_if<int64_t>(&v)) {
+      out->ints.push_back(*x);
+    } else if (const double* d = std::get_if<double>(&v)) {
+      out->floats.push_back(*d);
     } else {
-      const size_t sz = ScalarSize(et);
-      if (sz == 0) return bad("unknown array element type " + std::to_string(et));
-      if (n > r.left() / sz) return bad("array of " + std::to_string(n) + " elements exceeds the file");
-      for (uint64_t i = 0; i < n && r.ok(); ++i) {
-        GgufValue v;
-        if (!ReadScalar(r, et, v)) return bad("uint64 element beyond the int64 range");
-        if (auto* x = std::get_if<int64_t>(&v)) a.ints.push_back(*x);
-        else if (auto* d = std::get_if<double>(&v)) a.floats.push_back(*d);
-        else a.bools.push_back(std::get<bool>(v));
-      }
+      out->bools.push_back(std::get<bool>(v));
     }
-    out = std::move(a);
-  } else if (ScalarSize(type) == 0) {
-    return bad("unknown metadata type " + std::to_string(type));
-  } else if (!ReadScalar(r, type, out)) {
-    return bad("uint64 value beyond the int64 range");
   }
   return Status::Ok();
 }
 
-// Bytes of a tensor with `elements` elements and innermost dim `row` of `type`;
-// 0 with `why` set when the type is unknown or the row does not fill blocks.
-uint64_t TensorBytes(GgufTensorType type, uint64_t elements, uint64_t row, std::string& why) {
-  switch (type) {
-    case GgufTensorType::kF32: return elements * 4;
-    case GgufTensorType::kF16:
-    case GgufTensorType::kBF16: return elements * 2;
-    case GgufTensorType::kQ4_0:
-    case GgufTensorType::kQ4_1:
-    case GgufTensorType::kQ8_0: {
-      if (row % 32 != 0) {
-        why = "innermost dimension " + std::to_string(row) + " is not a multiple of the block (32)";
-        return 0;
-      }
-      const uint64_t block = type == GgufTensorType::kQ4_0 ? 18 : type == GgufTensorType::kQ4_1 ? 20 : 34;
-      return elements / 32 * block;
-    }
+Status ReadValue(Reader& r, uint32_t type, GgufValue* out) {
+  if (type == kMetaString) {
+    std::string s;
+    MT_RETURN_IF_ERROR(r.String(&s, "string"));
+    *out = std::move(s);
+    return Status::Ok();
   }
-  why = "unsupported tensor type " + std::to_string(static_cast<uint32_t>(type)) +
-        " (masktune reads F32, F16, BF16, Q8_0, Q4_0, Q4_1)";
-  return 0;
+  if (type == kMetaArray) {
+    GgufArray a;
+    MT_RETURN_IF_ERROR(ReadArray(r, &a));
+    *out = std::move(a);
+    return Status::Ok();
+  }
+  return ReadScalar(r, type, out);
 }
 
 float Half(const uint8_t* p) {
@@ -172,182 +339,318 @@ float Half(const uint8_t* p) {
   return HalfToFloat(h);
 }
 
+// The whole file, mapped read-only; unmapped when the last GgufFile sharing it goes.
+struct Mapping {
+  const uint8_t* bytes = nullptr;  // null for an empty file
+  uint64_t size = 0;
+
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() {
+    if (bytes != nullptr) ::munmap(const_cast<uint8_t*>(bytes), size);
+  }
+};
+
+// Opens and maps `path`; messages carry no path (Open adds it).
+Result<std::shared_ptr<const Mapping>> MapFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return Status::Error(std::string("cannot open the file (") + std::strerror(errno) + ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return Status::Error(std::string("cannot stat the file (") + std::strerror(err) + ")");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::Error("cannot open the file (not a regular file)");
+  }
+  auto mapping = std::make_shared<Mapping>();
+  mapping->size = static_cast<uint64_t>(st.st_size);
+  if (mapping->size > 0) {
+    void* p = ::mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      return Status::Error(std::string("cannot map the file (") + std::strerror(err) + ")");
+    }
+    mapping->bytes = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);  // the mapping outlives the descriptor
+  return std::shared_ptr<const Mapping>(std::move(mapping));
+}
+
+// Reads one tensor directory entry, checking everything that needs no other entry.
+Status ReadTensorInfo(Reader& r, uint64_t index, uint64_t alignment, GgufTensorInfo* t) {
+  MT_RETURN_IF_ERROR(
+      r.String(&t->name, "name").WithContext("tensor entry " + std::to_string(index) + ": "));
+  const std::string where = "tensor '" + t->name + "': ";
+  uint32_t n_dims = 0;
+  MT_RETURN_IF_ERROR(r.Get(&n_dims, "dimension count").WithContext(where));
+  if (n_dims > kMaxDims)
+    return Status::Error(where + std::to_string(n_dims) + " dimensions, at most " +
+                         std::to_string(kMaxDims) + " allowed");
+  int64_t elements = 1;
+  for (uint32_t d = 0; d < n_dims; ++d) {
+    uint64_t dim = 0;
+    MT_RETURN_IF_ERROR(r.Get(&dim, "dimension").WithContext(where));
+    if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        __builtin_mul_overflow(elements, static_cast<int64_t>(dim), &elements))
+      return Status::Error(where + "dimension " + std::to_string(d) + " (" + std::to_string(dim) +
+                           ") makes the element count overflow int64");
+    t->dims.push_back(static_cast<int64_t>(dim));
+  }
+  uint32_t type = 0;
+  MT_RETURN_IF_ERROR(r.Get(&type, "type").WithContext(where));
+  MT_RETURN_IF_ERROR(r.Get(&t->offset, "offset").WithContext(where));
+  const std::optional<BlockLayout> layout = LayoutOf(type);
+  if (!layout) {
+    const std::string name = TensorTypeName(type);
+    return Status::Error(where + "unsupported tensor type " + (name.empty() ? "" : name + " ") +
+                         "(" + std::to_string(type) +
+                         "); masktune reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1");
+  }
+  t->type = static_cast<GgufTensorType>(type);
+  const int64_t row = t->dims.empty() ? 1 : t->dims[0];
+  if (row % static_cast<int64_t>(layout->elements) != 0)
+    return Status::Error(where + "type " + TensorTypeName(type) + " stores blocks of " +
+                         std::to_string(layout->elements) +
+                         " elements but the innermost dimension is " + std::to_string(row));
+  if (__builtin_mul_overflow(static_cast<uint64_t>(elements) / layout->elements, layout->bytes,
+                             &t->bytes))
+    return Status::Error(where + "size in bytes overflows uint64");
+  if (t->offset % alignment != 0)
+    return Status::Error(where + "offset " + std::to_string(t->offset) +
+                         " is not a multiple of the alignment " + std::to_string(alignment));
+  return Status::Ok();
+}
+
 }  // namespace
 
-Result<GgufFile> GgufFile::Open(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Error(path + ": cannot open the file");
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  Reader r(bytes, path);
-  GgufFile f;
-  f.path_ = path;
-  if (bytes.size() < 4 || std::memcmp(bytes.data(), "GGUF", 4) != 0)
-    return Status::Error(path + ": not a GGUF file (bad magic)");
-  r.Skip(4, "magic");
-  f.version_ = r.Get<uint32_t>("version");
-  if (!r.ok()) return Status::Error(r.error());
-  if (f.version_ != 2 && f.version_ != 3)
-    return Status::Error(path + ": unsupported GGUF version " + std::to_string(f.version_) +
-                         " (masktune reads versions 2 and 3)");
-  const uint64_t n_tensors = r.Get<uint64_t>("tensor count");
-  const uint64_t n_kv = r.Get<uint64_t>("metadata count");
-  if (!r.ok()) return Status::Error(r.error());
-  // Each entry takes at least 12 bytes; larger counts cannot fit the file.
-  if (n_kv > r.left() / 12 || n_tensors > r.left() / 12)
-    return Status::Error(path + ": " + std::to_string(n_kv) + " metadata entries and " +
-                         std::to_string(n_tensors) + " tensors cannot fit in the file");
+// Everything but the path prefix, which Open adds to any error.
+Status GgufFile::Parse() {
+  const auto& mapping = *static_cast<const Mapping*>(mapping_.get());
+  Reader r(mapping.bytes, mapping.size);
+  char magic[4] = {};
+  MT_RETURN_IF_ERROR(r.Get(&magic, "magic"));
+  if (std::memcmp(magic, "GGUF", 4) != 0)
+    return Status::Error("not a GGUF file (bad magic: the file does not start with 'GGUF')");
+  MT_RETURN_IF_ERROR(r.Get(&version_, "version"));
+  if (version_ == 1)
+    return Status::Error(
+        "GGUF version 1 is not supported (its counts and lengths are 32-bit); "
+        "masktune reads versions 2 and 3");
+  if (version_ != 2 && version_ != 3) {
+    const uint32_t swapped = __builtin_bswap32(version_);
+    return Status::Error("unsupported GGUF version " + std::to_string(version_) +
+                         (swapped == 2 || swapped == 3 ? " (a big-endian file?)" : "") +
+                         "; masktune reads versions 2 and 3");
+  }
+  uint64_t n_tensors = 0, n_kv = 0;
+  MT_RETURN_IF_ERROR(r.Get(&n_tensors, "tensor count"));
+  MT_RETURN_IF_ERROR(r.Get(&n_kv, "metadata count"));
+  // A key-value pair takes at least 13 bytes (key length, type, a uint8); a
+  // directory entry at least 24 (name length, n_dims, type, offset).
+  MT_RETURN_IF_ERROR(r.NeedCount(n_kv, 13, "metadata entries"));
+  MT_RETURN_IF_ERROR(r.NeedCount(n_tensors, 24, "tensor entries"));
+
   for (uint64_t i = 0; i < n_kv; ++i) {
-    const std::string key = r.String("metadata key");
-    const uint32_t type = r.Get<uint32_t>("metadata type");
-    if (!r.ok()) return Status::Error(r.error());
-    GgufValue v;
-    MT_RETURN_IF_ERROR(ReadValue(r, type, key, v).WithContext(path + ": "));
-    if (!r.ok()) return Status::Error(r.error() + " (key '" + key + "')");
-    if (!f.metadata_.emplace(key, std::move(v)).second)
-      return Status::Error(path + ": duplicate metadata key '" + key + "'");
+    std::string key;
+    MT_RETURN_IF_ERROR(
+        r.String(&key, "key").WithContext("metadata entry " + std::to_string(i) + ": "));
+    const std::string where = "metadata key '" + key + "': ";
+    uint32_t type = 0;
+    MT_RETURN_IF_ERROR(r.Get(&type, "value type").WithContext(where));
+    GgufValue value;
+    MT_RETURN_IF_ERROR(ReadValue(r, type, &value).WithContext(where));
+    if (!metadata_.emplace(key, std::move(value)).second)
+      return Status::Error("duplicate metadata key '" + key + "'");
   }
-  uint64_t alignment = 32;
-  if (f.HasKey("general.alignment")) {
-    MT_ASSIGN_OR_RETURN(int64_t a, f.GetInt("general.alignment"));
-    if (a <= 0 || (a & (a - 1)) != 0)
-      return Status::Error(path + ": general.alignment " + std::to_string(a) +
-                           " is not a power of two");
-    alignment = static_cast<uint64_t>(a);
+
+  uint64_t alignment = kDefaultAlignment;
+  if (const auto it = metadata_.find("general.alignment"); it != metadata_.end()) {
+    const int64_t* a = std::get_if<int64_t>(&it->second);
+    if (a == nullptr) return Status::Error("metadata key 'general.alignment' is not an integer");
+    if (*a <= 0 || (*a & (*a - 1)) != 0)
+      return Status::Error("metadata key 'general.alignment': " + std::to_string(*a) +
+                           " is not a nonzero power of two");
+    alignment = static_cast<uint64_t>(*a);
   }
+
   for (uint64_t i = 0; i < n_tensors; ++i) {
     GgufTensorInfo t;
-    t.name = r.String("tensor name");
-    const uint32_t n_dims = r.Get<uint32_t>("tensor dims");
-    if (!r.ok()) return Status::Error(r.error());
-    if (n_dims == 0 || n_dims > 4)
-      return Status::Error(path + ": tensor '" + t.name + "': " + std::to_string(n_dims) +
-                           " dimensions (1 to 4 allowed)");
-    uint64_t elements = 1;
-    for (uint32_t d = 0; d < n_dims; ++d) {
-      const uint64_t x = r.Get<uint64_t>("tensor dim");
-      if (x == 0 || x > (uint64_t{1} << 40) || elements > (uint64_t{1} << 62) / x)
-        return Status::Error(path + ": tensor '" + t.name + "': dimension " + std::to_string(x) +
-                             " out of range");
-      elements *= x;
-      t.dims.push_back(static_cast<int64_t>(x));
-    }
-    t.type = static_cast<GgufTensorType>(r.Get<uint32_t>("tensor type"));
-    t.offset = r.Get<uint64_t>("tensor offset");
-    if (!r.ok()) return Status::Error(r.error());
-    std::string why;
-    t.bytes = TensorBytes(t.type, elements, static_cast<uint64_t>(t.dims[0]), why);
-    if (t.bytes == 0) return Status::Error(path + ": tensor '" + t.name + "': " + why);
-    if (t.offset % alignment != 0)
-      return Status::Error(path + ": tensor '" + t.name + "': offset " + std::to_string(t.offset) +
-                           " is not a multiple of the alignment " + std::to_string(alignment));
-    for (const auto& other : f.tensors_)
-      if (other.name == t.name) return Status::Error(path + ": duplicate tensor '" + t.name + "'");
-    f.tensors_.push_back(std::move(t));
+    MT_RETURN_IF_ERROR(ReadTensorInfo(r, i, alignment, &t));
+    if (!tensor_index_.emplace(t.name, tensors_.size()).second)
+      return Status::Error("duplicate tensor '" + t.name + "'");
+    tensors_.push_back(std::move(t));
   }
+
+  // The data section starts at the end of the directory rounded up to the
+  // alignment (at most 2^62, so the sum cannot overflow).
   const uint64_t data_start = (r.pos() + alignment - 1) / alignment * alignment;
-  const uint64_t data_size = bytes.size() > data_start ? bytes.size() - data_start : 0;
-  for (const auto& t : f.tensors_)
-    if (t.offset > data_size || t.bytes > data_size - t.offset)
-      return Status::Error(path + ": tensor '" + t.name + "': data ends at byte " +
-                           std::to_string(data_start + t.offset + t.bytes) +
-                           ", past the end of the file (" + std::to_string(bytes.size()) +
+  for (const GgufTensorInfo& t : tensors_) {
+    uint64_t end = 0;
+    if (__builtin_add_overflow(data_start, t.offset, &end) ||
+        __builtin_add_overflow(end, t.bytes, &end))
+      return Status::Error("tensor '" + t.name + "': offset " + std::to_string(t.offset) +
+                           " and size " + std::to_string(t.bytes) +
+                           " lie past the end of the file (" + std::to_string(mapping.size) +
                            " bytes)");
-  f.data_.assign(bytes.begin() + static_cast<std::ptrdiff_t>(std::min<uint64_t>(data_start, bytes.size())),
-                 bytes.end());
+    if (end > mapping.size)
+      return Status::Error("tensor '" + t.name + "': data ends at byte " + std::to_string(end) +
+                           ", past the end of the file (" + std::to_string(mapping.size) +
+                           " bytes)");
+  }
+  data_ =
+      data_start <= mapping.size && mapping.bytes != nullptr ? mapping.bytes + data_start : nullptr;
+  return Status::Ok();
+}
+
+Result<GgufFile> GgufFile::Open(const std::string& path) {
+  GgufFile f;
+  f.path_ = path;
+  auto mapping = MapFile(path);
+  if (!mapping.ok()) return mapping.status().WithContext(path + ": ");
+  f.mapping_ = std::move(mapping).value();
+  MT_RETURN_IF_ERROR(f.Parse().WithContext(path + ": "));
   return f;
 }
 
-bool GgufFile::HasTensor(const std::string& name) const {
-  for (const auto& t : tensors_)
-    if (t.name == name) return true;
-  return false;
-}
+bool GgufFile::HasTensor(const std::string& name) const { return tensor_index_.count(name) != 0; }
 
 namespace {
-template <typename T>
-const T* Find(const std::map<std::string, GgufValue>& m, const std::string& key) {
-  auto it = m.find(key);
-  return it == m.end() ? nullptr : std::get_if<T>(&it->second);
+
+// The value of `key`, or null when absent.
+const GgufValue* FindValue(const std::map<std::string, GgufValue>& metadata,
+                           const std::string& key) {
+  const auto it = metadata.find(key);
+  return it == metadata.end() ? nullptr : &it->second;
 }
+
+const char* ValueKind(const GgufValue& v) {
+  switch (v.index()) {
+    case 0:
+      return "an integer";
+    case 1:
+      return "a float";
+    case 2:
+      return "a bool";
+    case 3:
+      return "a string";
+    default:
+      return "an array";
+  }
+}
+
+Status MissingKey(const std::string& path, const std::string& key) {
+  return Status::Error(path + ": missing metadata key '" + key + "'");
+}
+
+Status WrongType(const std::string& path, const std::string& key, const char* want,
+                 const GgufValue& found) {
+  return Status::Error(path + ": metadata key '" + key + "': expected " + want + ", found " +
+                       ValueKind(found));
+}
+
 }  // namespace
 
 Result<int64_t> GgufFile::GetInt(const std::string& key) const {
-  if (!HasKey(key)) return Status::Error(path_ + ": missing metadata key '" + key + "'");
-  if (auto* v = Find<int64_t>(metadata_, key)) return *v;
-  return Status::Error(path_ + ": metadata key '" + key + "' is not an integer");
+  const GgufValue* v = FindValue(metadata_, key);
+  if (v == nullptr) return MissingKey(path_, key);
+  if (const int64_t* x = std::get_if<int64_t>(v)) return *x;
+  return WrongType(path_, key, "an integer", *v);
 }
 
 Result<double> GgufFile::GetFloat(const std::string& key) const {
-  if (!HasKey(key)) return Status::Error(path_ + ": missing metadata key '" + key + "'");
-  if (auto* v = Find<double>(metadata_, key)) return *v;
-  if (auto* v = Find<int64_t>(metadata_, key)) return static_cast<double>(*v);
-  return Status::Error(path_ + ": metadata key '" + key + "' is not a number");
+  const GgufValue* v = FindValue(metadata_, key);
+  if (v == nullptr) return MissingKey(path_, key);
+  if (const double* x = std::get_if<double>(v)) return *x;
+  if (const int64_t* x = std::get_if<int64_t>(v)) return static_cast<double>(*x);
+  return WrongType(path_, key, "a number", *v);
 }
 
 Result<std::string> GgufFile::GetString(const std::string& key) const {
-  if (!HasKey(key)) return Status::Error(path_ + ": missing metadata key '" + key + "'");
-  if (auto* v = Find<std::string>(metadata_, key)) return *v;
-  return Status::Error(path_ + ": metadata key '" + key + "' is not a string");
+  const GgufValue* v = FindValue(metadata_, key);
+  if (v == nullptr) return MissingKey(path_, key);
+  if (const std::string* x = std::get_if<std::string>(v)) return *x;
+  return WrongType(path_, key, "a string", *v);
 }
 
 Result<const GgufArray*> GgufFile::GetArray(const std::string& key) const {
-  if (!HasKey(key)) return Status::Error(path_ + ": missing metadata key '" + key + "'");
-  if (auto* v = Find<GgufArray>(metadata_, key)) return v;
-  return Status::Error(path_ + ": metadata key '" + key + "' is not an array");
+  const GgufValue* v = FindValue(metadata_, key);
+  if (v == nullptr) return MissingKey(path_, key);
+  if (const GgufArray* x = std::get_if<GgufArray>(v)) return x;
+  return WrongType(path_, key, "an array", *v);
 }
 
 Result<Tensor> GgufFile::ReadTensor(const std::string& name) const {
-  const GgufTensorInfo* info = nullptr;
-  for (const auto& t : tensors_)
-    if (t.name == name) info = &t;
-  if (!info) return Status::Error(path_ + ": missing tensor '" + name + "'");
-  Shape shape(info->dims.rbegin(), info->dims.rend());
-  Tensor out(shape);
-  const uint8_t* src = data_.data() + info->offset;
-  float* dst = out.data();
+  const auto it = tensor_index_.find(name);
+  if (it == tensor_index_.end()) return Status::Error(path_ + ": missing tensor '" + name + "'");
+  const GgufTensorInfo& info = tensors_[it->second];
+  Tensor out(Shape(info.dims.rbegin(), info.dims.rend()));
   const int64_t n = out.size();
-  switch (info->type) {
+  if (n == 0) return out;
+  // Open checked that [offset, offset + bytes) lies inside the file.
+  const uint8_t* src = data_ + info.offset;
+  float* dst = out.data();
+  // Small tensors (norms, biases) are not worth waking the thread team for.
+  constexpr int64_t kParallelElements = 1 << 16;
+  const bool parallel = n >= kParallelElements;
+  const int64_t blocks = n / kBlock;
+  switch (info.type) {
     case GgufTensorType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       break;
     case GgufTensorType::kF16:
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
       for (int64_t i = 0; i < n; ++i) dst[i] = Half(src + 2 * i);
       break;
     case GgufTensorType::kBF16:
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, src + 2 * i, 2);
         dst[i] = BFloat16ToFloat(h);
       }
       break;
-    case GgufTensorType::kQ8_0:  // per 32: f16 scale d, 32 int8 q; x = d q
-#pragma omp parallel for schedule(static)
-      for (int64_t blk = 0; blk < n / 32; ++blk) {
-        const uint8_t* p = src + blk * 34;
+    case GgufTensorType::kQ8_0:
+#pragma omp parallel for schedule(static) if (parallel)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* p = src + b * 34;
         const float d = Half(p);
-        for (int i = 0; i < 32; ++i) dst[blk * 32 + i] = d * static_cast<float>(static_cast<int8_t>(p[2 + i]));
+        float* o = dst + b * kBlock;
+        for (int i = 0; i < kBlock; ++i)
+          o[i] = d * static_cast<float>(static_cast<int8_t>(p[2 + i]));
       }
       break;
-    case GgufTensorType::kQ4_0:  // f16 d, 16 bytes: low nibbles 0..15, high 16..31; x = d (q - 8)
-    case GgufTensorType::kQ4_1: {  // f16 d, f16 m, nibbles as above; x = d q + m
-      const bool q41 = info->type == GgufTensorType::kQ4_1;
-      const int64_t block = q41 ? 20 : 18;
-#pragma omp parallel for schedule(static)
-      for (int64_t blk = 0; blk < n / 32; ++blk) {
-        const uint8_t* p = src + blk * block;
-        const float d = Half(p), m = q41 ? Half(p + 2) : 0.0f;
-        const uint8_t* qs = p + (q41 ? 4 : 2);
-        const int offset = q41 ? 0 : 8;  // Q4_0 is centred on 8
-        float* o = dst + blk * 32;
-        for (int i = 0; i < 16; ++i) {
-          o[i] = static_cast<float>((qs[i] & 0x0F) - offset) * d + m;
-          o[i + 16] = static_cast<float>((qs[i] >> 4) - offset) * d + m;
+    case GgufTensorType::kQ4_0:
+#pragma omp parallel for schedule(static) if (parallel)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* p = src + b * 18;
+        const float d = Half(p);
+        const uint8_t* q = p + 2;
+        float* o = dst + b * kBlock;
+        for (int i = 0; i < kBlock / 2; ++i) {
+          o[i] = d * static_cast<float>((q[i] & 0x0F) - 8);
+          o[i + kBlock / 2] = d * static_cast<float>((q[i] >> 4) - 8);
         }
       }
       break;
-    }
+    case GgufTensorType::kQ4_1:
+#pragma omp parallel for schedule(static) if (parallel)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* p = src + b * 20;
+        const float d = Half(p), m = Half(p + 2);
+        const uint8_t* q = p + 4;
+        float* o = dst + b * kBlock;
+        for (int i = 0; i < kBlock / 2; ++i) {
+          o[i] = d * static_cast<float>(q[i] & 0x0F) + m;
+          o[i + kBlock / 2] = d * static_cast<float>(q[i] >> 4) + m;
+        }
+      }
+      break;
   }
   return out;
 }

@@ -12,12 +12,16 @@
 // Shapes: GGUF lists dimensions innermost first (ne[0] is contiguous). A
 // Tensor read from it has them reversed into row-major order, so a matrix
 // with ne = [in, out] becomes Tensor {out, in}.
+// Memory: the file is mapped read-only (not read into memory); copies of a
+// GgufFile share the mapping, which lives as long as the last copy.
 // Thread-safety: a const GgufFile may be read from any thread.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -79,12 +83,15 @@ class GgufFile {
   Result<Tensor> ReadTensor(const std::string& name) const;
 
  private:
+  Status Parse();  // after mapping_ is set; messages without the path
+
   std::string path_;
   uint32_t version_ = 0;
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensorInfo> tensors_;
-  std::vector<uint8_t> data_;  // the whole data section (or a mapping of it)
-  // (the implementation may change the private members)
+  std::unordered_map<std::string, size_t> tensor_index_;  // name -> index in tensors_
+  std::shared_ptr<const void> mapping_;  // the mapped file, shared by copies (gguf.cpp)
+  const uint8_t* data_ = nullptr;        // start of the data section inside the mapping
 };
 
 }  // namespace masktune::model
