@@ -70,12 +70,13 @@ TEST_CASE("llama: logits and greedy tokens match transformers on the same GGUF")
     const auto& last = c["last_logits"];
     const auto top_ids = last["top_ids"].get<std::vector<int32_t>>();
     const auto top_values = last["top_values"].get<std::vector<double>>();
-    // Float32 on both sides, different summation orders: logits agree to
-    // about 1e-3 of their spread.
+    // Float32 on both sides, different summation orders: measured within
+    // 2.5e-5 on logits of 15 to 35; the stated tolerance is 1e-3.
     double worst = 0;
     for (size_t t = 0; t < top_ids.size(); ++t)
       worst = std::max(worst, std::fabs(logits.value()[top_ids[t]] - top_values[t]));
-    CHECK(worst < 2e-2);
+    MESSAGE(c["name"].get<std::string>() << ": largest top-50 logit difference " << worst);
+    CHECK(worst < 1e-3);
     double mean = 0;
     for (float x : logits.value()) mean += x;
     mean /= static_cast<double>(logits->size());
