@@ -27,5 +27,6 @@ Action AddBestCommand(CLI::App& app);
 Action AddTrialsCommand(CLI::App& app);
 Action AddStatusCommand(CLI::App& app);
 Action AddExportCommand(CLI::App& app);
+Action AddKeysCommand(CLI::App& app);
 
 }  // namespace masktune::cli

@@ -31,9 +31,24 @@ std::string ReadFile(const std::string& path) {
 
 struct RunOptions {
   std::string file, db, bind;
+  std::string keys;       // CURVE key folder (masktune keys new)
+  bool insecure = false;  // plain tcp, on purpose
   int workers = 0;
   int64_t heartbeat_ms = 1000;
 };
+
+void AddSecurityFlags(CLI::App* cmd, std::string& keys, bool& insecure, const std::string& help) {
+  auto* k = cmd->add_option("--keys", keys, help);
+  cmd->add_flag("--insecure", insecure, "plain tcp without CURVE (trusted networks only)")->excludes(k);
+}
+
+// tcp needs CURVE keys or an explicit --insecure; inproc is plain.
+Status CheckSecurity(const std::string& endpoint, const std::string& keys, bool insecure) {
+  if (endpoint.rfind("tcp://", 0) == 0 && keys.empty() && !insecure)
+    return Status::Error(endpoint + ": tcp needs --keys DIR (make them with `masktune keys new DIR`) "
+                         "or --insecure");
+  return Status::Ok();
+}
 
 // Coordinator plus local workers (inproc), or the coordinator alone (bind).
 int RunStudy(const std::string& command, const std::string& sweep_path,
@@ -56,6 +71,11 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
                                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CoordinatorOptions copt;
   copt.bind = local ? "inproc://masktune-" + std::to_string(::getpid()) : o.bind;
+  if (!o.keys.empty()) {
+    auto keys = security::LoadServerKeys(o.keys);
+    if (!keys.ok()) return Fail(command, keys.status().message());
+    copt.curve = std::make_shared<security::ServerKeys>(std::move(keys).value());
+  }
   copt.heartbeat_interval_ms = o.heartbeat_ms;
   ProgressPrinter progress(isatty(STDOUT_FILENO));
   copt.on_progress = [&](const storage::Progress& p) { progress.Update(p, store.value(), study.value()); };
@@ -98,7 +118,11 @@ Action AddCoordinatorCommand(CLI::App& app) {
   cmd->add_option("--bind", o->bind, "endpoint to bind, tcp://HOST:PORT")->required();
   cmd->add_option("--db", o->db, "SQLite database (default: the file's storage)");
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
+  AddSecurityFlags(cmd, o->keys, o->insecure,
+                   "CURVE key folder (masktune keys new): coordinator.key, authorized_workers");
   return [o] {
+    if (Status s = CheckSecurity(o->bind, o->keys, o->insecure); !s.ok())
+      return Fail("coordinator", s.message());
     std::ifstream f(o->file);
     if (!f) return Fail("coordinator", o->file + ": cannot open the sweep file");
     return RunStudy("coordinator", o->file, ReadFile(o->file), *o);
@@ -114,7 +138,17 @@ Action AddWorkerCommand(CLI::App& app) {
   cmd->add_option("--name", o->name, "this worker's name (default worker-PID)");
   cmd->add_option("--heartbeat-ms", o->heartbeat_interval_ms, "heartbeat interval")
       ->check(CLI::Range(10, 60000));
-  return [o] {
+  auto keys = std::make_shared<std::string>();
+  auto insecure = std::make_shared<bool>(false);
+  AddSecurityFlags(cmd, *keys, *insecure,
+                   "CURVE key folder (masktune keys new): worker.key, coordinator.pub");
+  return [o, keys, insecure] {
+    if (Status s = CheckSecurity(o->connect, *keys, *insecure); !s.ok()) return Fail("worker", s.message());
+    if (!keys->empty()) {
+      auto k = security::LoadClientKeys(*keys);
+      if (!k.ok()) return Fail("worker", k.status().message());
+      o->curve = std::make_shared<security::ClientKeys>(std::move(k).value());
+    }
     zmq::context_t context;
     const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
     auto stats = RunWorker(context, registry, *o);

@@ -52,9 +52,19 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
                                         int64_t study, const configs::SweepConfig& sweep,
                                         const MaskerRegistry& registry,
                                         const CoordinatorOptions& options) {
+  std::unique_ptr<security::Authenticator> auth;
   zmq::socket_t router(context, zmq::socket_type::router);
   router.set(zmq::sockopt::linger, 0);
   router.set(zmq::sockopt::router_mandatory, false);
+  router.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
+  if (options.curve) {
+    try {
+      auth = std::make_unique<security::Authenticator>(context, options.curve->allowed);
+    } catch (const zmq::error_t& e) {
+      return Status::Error(std::string("cannot start the CURVE authenticator: ") + e.what());
+    }
+    security::ConfigureServer(router, *options.curve);
+  }
   try {
     router.bind(options.bind);
   } catch (const zmq::error_t& e) {
@@ -252,6 +262,7 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
     if (changed && options.on_progress) options.on_progress(progress);
     if (finished) {
       for (auto& [id, w] : workers) protocol::Send(router, protocol::kDone, json::object(), &id);
+      if (auth) stats.refused = auth->refused();
       return stats;
     }
   }

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "configs/sweep.h"
+#include "coordinator/security.h"
 #include "coordinator/protocol.h"
 #include "engine/registry.h"
 #include "storage/store.h"
@@ -22,6 +23,9 @@ namespace masktune {
 
 struct CoordinatorOptions {
   std::string bind;                   // "inproc://..." or "tcp://host:port"
+  // CURVE (coordinator/security.h): only allowed workers get past the
+  // handshake. Null: plain (inproc, or tcp when the user said --insecure).
+  std::shared_ptr<const security::ServerKeys> curve;
   int64_t heartbeat_interval_ms = 1000;
   // Called once bound, with the endpoint (tcp://host:* resolves to the port).
   std::function<void(const std::string&)> on_bound;
@@ -31,6 +35,7 @@ struct CoordinatorOptions {
 
 struct CoordinatorStats {
   int64_t results = 0, failures = 0, requeued = 0, malformed = 0;
+  int64_t refused = 0;  // peers the CURVE handshake turned away
 };
 
 // Creates the study in `store` if it does not exist and queues its trials;

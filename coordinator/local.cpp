@@ -50,6 +50,7 @@ Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::S
       workers.emplace_back([&, i] {
         WorkerOptions w;
         w.connect = endpoint;
+        w.curve = local.curve;
         w.name = local.name_prefix + std::to_string(i);
         w.heartbeat_interval_ms = options.heartbeat_interval_ms;
         w.threads = local.threads_per_worker;

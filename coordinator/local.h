@@ -16,6 +16,7 @@ struct LocalRun {
   int workers = 1;
   int threads_per_worker = 0;       // OpenMP threads per worker's trials (0: default)
   std::string name_prefix = "local-";
+  std::shared_ptr<const security::ClientKeys> curve;  // the workers' keys when the coordinator uses CURVE
   // Called once the coordinator is bound, before the workers start (tests
   // use it to add peers of their own on the same context).
   std::function<void(zmq::context_t&, const std::string& endpoint)> before_workers;

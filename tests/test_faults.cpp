@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "storage/store.h"
+#include "coordinator/security.h"
 #include "tests/helpers.h"
 
 extern char** environ;
@@ -96,10 +97,13 @@ TEST_CASE("a worker process killed mid-trial: its trial is requeued and done by 
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string db = dir / "s.db";
+  // Over CURVE, as on a cluster: the keys from `masktune keys new`.
+  REQUIRE(security::WriteKeyDir(dir / "keys").ok());
+  const std::string keys = dir / "keys";
   const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint,
-                                   "--db", db, "--heartbeat-ms", "50"});
+                                   "--db", db, "--heartbeat-ms", "50", "--keys", keys});
   const pid_t doomed = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "doomed",
-                              "--heartbeat-ms", "50"});
+                              "--heartbeat-ms", "50", "--keys", keys});
   REQUIRE(WaitFor(db, "kill_worker", [](const auto& rows) {
     for (const auto& r : rows)
       if (r.status == "running" && r.worker == "doomed") return true;
@@ -108,7 +112,7 @@ TEST_CASE("a worker process killed mid-trial: its trial is requeued and done by 
   kill(doomed, SIGKILL);
   waitpid(doomed, nullptr, 0);
   const pid_t good = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "good",
-                            "--heartbeat-ms", "50"});
+                            "--heartbeat-ms", "50", "--keys", keys});
   CHECK(WaitExit(coordinator, 30) == 0);
   CHECK(WaitExit(good, 10) == 0);  // told the study is over
   const auto rows = AllTrials(db, "kill_worker");
@@ -166,10 +170,11 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string db = dir / "s.db";
   const std::vector<std::string> coordinator_args = {
-      MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db, "--heartbeat-ms", "50"};
+      MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db, "--heartbeat-ms", "50",
+      "--insecure"};
   const pid_t first = Spawn(coordinator_args);
   const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "survivor",
-                              "--heartbeat-ms", "50"});
+                              "--heartbeat-ms", "50", "--insecure"});
   REQUIRE(WaitFor(db, "reconnect", [](const auto& rows) {
     int done = 0;
     for (const auto& r : rows) done += r.status == "done";

@@ -2,12 +2,16 @@
 // 127.0.0.1), SQLite files in temporary folders, YAML sweeps.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <atomic>
+#include <fstream>
 #include <set>
 #include <thread>
 
 #include "coordinator/coordinator.h"
 #include "coordinator/protocol.h"
+#include "coordinator/security.h"
 #include "search/objective.h"
 #include "tests/helpers.h"
 #include "coordinator/local.h"
@@ -110,23 +114,36 @@ TEST_CASE("a sweep runs end to end with two workers and every trial is stored on
   for (size_t i = 1; i < by_param.size(); ++i) CHECK(by_param[i].second >= by_param[i - 1].second);
 }
 
-TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
-  testing::TempDir dir;
-  const std::string yaml = "study: tcp\nbenchmark: {name: noop, sleep_ms: 5}\n"
-                           "search: {algorithm: random, num_samples: 40, seed: 1}\n"
+// A noop study of `samples` random trials, prepared in `db`.
+struct NoopStudy {
+  configs::SweepConfig sweep;
+  storage::Store store;
+  int64_t id = 0;
+};
+NoopStudy PrepareNoop(const std::string& db, const std::string& name, int samples) {
+  const std::string yaml = "study: " + name + "\nbenchmark: {name: noop, sleep_ms: 5}\n" +
+                           "search: {algorithm: random, num_samples: " + std::to_string(samples) +
+                           ", seed: 1}\n" +
                            "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
-  const auto sweep = Sweep(yaml);
-  auto store = storage::Store::Open(dir / "t.db");
+  auto sweep = Sweep(yaml);
+  auto store = storage::Store::Open(db);
   REQUIRE(store.ok());
   auto study = PrepareStudy(store.value(), sweep, yaml);
   REQUIRE(study.ok());
+  return NoopStudy{std::move(sweep), std::move(store).value(), study.value()};
+}
+
+TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
+  testing::TempDir dir;
+  NoopStudy n = PrepareNoop(dir / "t.db", "tcp", 40);
+  const auto& sweep = n.sweep;
   std::string bound;
   // A peer that speaks nonsense: wrong frame counts, versions, commands, bodies,
   // and a RESULT for a trial it was never given. Its socket lives on the
   // run's context until the run ends.
   zmq::context_t context;  // outlives the rogue socket
   std::unique_ptr<zmq::socket_t> rogue;
-  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 2, "tcp://127.0.0.1:*",
+  const CoordinatorStats stats = RunLocal(n.store, n.id, sweep, 2, "tcp://127.0.0.1:*",
                                           [&](zmq::context_t& ctx, const std::string& e) {
     bound = e;
     rogue = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
@@ -146,7 +163,7 @@ TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
   CHECK(bound.rfind("tcp://127.0.0.1:", 0) == 0);
   CHECK(stats.malformed >= 4);
   CHECK(stats.results == 40);
-  auto rows = store->Trials(study.value());
+  auto rows = n.store.Trials(n.id);
   REQUIRE(rows.ok());
   for (const auto& r : rows.value()) {
     CHECK(r.status == "done");
@@ -302,6 +319,93 @@ TEST_CASE("resume keeps finished trials, requeues running ones and completes the
   // The finished ones kept their results.
   CHECK(rows.value()[0].objective == 0.3);
   CHECK(rows.value()[1].objective == 0.3);
+}
+
+}  // namespace
+}  // namespace masktune
+
+namespace masktune {
+namespace {
+
+TEST_CASE("CURVE: workers with the key complete the sweep; wrong-key, plain and garbage peers are refused") {
+  testing::TempDir dir;
+  REQUIRE(security::WriteKeyDir(dir / "keys").ok());
+  auto server = security::LoadServerKeys(dir / "keys");
+  auto client = security::LoadClientKeys(dir / "keys");
+  REQUIRE_MESSAGE(server.ok(), server.status().message());
+  REQUIRE_MESSAGE(client.ok(), client.status().message());
+  NoopStudy n = PrepareNoop(dir / "t.db", "curve", 30);
+  const auto& sweep = n.sweep;
+
+  CoordinatorOptions copt;
+  copt.bind = "tcp://127.0.0.1:*";
+  copt.heartbeat_interval_ms = kBeatMs;
+  copt.curve = std::make_shared<security::ServerKeys>(server.value());
+  LocalRun local;
+  local.workers = 2;
+  local.threads_per_worker = 1;
+  local.name_prefix = "w";
+  local.curve = std::make_shared<security::ClientKeys>(client.value());
+  std::vector<std::unique_ptr<zmq::socket_t>> rogues;
+  local.before_workers = [&](zmq::context_t& ctx, const std::string& endpoint) {
+    // A CURVE client with a key pair of its own (it knows the server's public key).
+    char pub[41], sec[41];
+    REQUIRE(zmq_curve_keypair(pub, sec) == 0);
+    auto wrong = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+    wrong->set(zmq::sockopt::linger, 0);
+    security::ConfigureClient(*wrong, {{pub, sec}, server->coordinator.public_key});
+    wrong->connect(endpoint);
+    protocol::Send(*wrong, protocol::kReady, {{"name", "intruder"}, {"cores", 1}, {"gpus", 0}});
+    // A client without CURVE.
+    auto plain = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+    plain->set(zmq::sockopt::linger, 0);
+    plain->connect(endpoint);
+    protocol::Send(*plain, protocol::kReady, {{"name", "plain"}, {"cores", 1}, {"gpus", 0}});
+    // Raw bytes on the port, not ZMTP at all.
+    auto raw = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::stream);
+    raw->set(zmq::sockopt::linger, 0);
+    raw->connect(endpoint);
+    const std::string id = raw->get(zmq::sockopt::routing_id);
+    raw->send(zmq::buffer(id), zmq::send_flags::sndmore);
+    raw->send(zmq::str_buffer("GET / HTTP/1.0\r\n\r\n\xff\xff\xff"), zmq::send_flags::none);
+    rogues.push_back(std::move(wrong));
+    rogues.push_back(std::move(plain));
+    rogues.push_back(std::move(raw));
+  };
+  zmq::context_t context;
+  auto stats = RunWithLocalWorkers(context, n.store, n.id, sweep,
+                                   MaskerRegistry::WithBuiltins(), copt, local);
+  rogues.clear();
+  REQUIRE_MESSAGE(stats.ok(), stats.status().message());
+  CHECK(stats->results == 30);
+  CHECK(stats->refused >= 1);  // the wrong key reached the ZAP handler and was turned away
+  auto rows = n.store.Trials(n.id);
+  REQUIRE(rows.ok());
+  REQUIRE(rows->size() == 30);
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "done");
+    CHECK(r.worker.rfind("w", 0) == 0);  // neither "intruder" nor "plain"
+  }
+}
+
+TEST_CASE("CURVE key files: modes, formats and the errors that name them") {
+  testing::TempDir dir;
+  REQUIRE(security::WriteKeyDir(dir / "k").ok());
+  struct stat st {};
+  REQUIRE(::stat((dir / "k/worker.key").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  REQUIRE(::stat((dir / "k/coordinator.key").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(security::WriteKeyDir(dir / "k").message().find("exists") != std::string::npos);
+  ::chmod((dir / "k/worker.key").c_str(), 0644);
+  CHECK(security::LoadClientKeys(dir / "k").status().message() ==
+        dir / "k/worker.key" + ": a secret key readable by others; run chmod 600 " + dir / "k/worker.key");
+  std::ofstream(dir / "bad.pub") << "public = tooshort\n";
+  CHECK(security::ReadKeyFile(dir / "bad.pub", false).status().message() ==
+        dir / "bad.pub" + ":1: public: not a 40-character Z85 key");
+  std::ofstream(dir / "empty_allow") << "# nobody\n";
+  CHECK(security::ReadAllowList(dir / "empty_allow").status().message() ==
+        dir / "empty_allow" + ": no keys: no worker could connect");
 }
 
 }  // namespace

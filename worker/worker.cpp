@@ -164,6 +164,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
     zmq::socket_t dealer(context, zmq::socket_type::dealer);
     dealer.set(zmq::sockopt::linger, 0);
     dealer.set(zmq::sockopt::routing_id, options.name + "#" + std::to_string(stats.reconnects));
+    dealer.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
+    if (options.curve) security::ConfigureClient(dealer, *options.curve);
     dealer.connect(options.connect);
     protocol::Send(dealer, protocol::kReady,
                    {{"name", options.name},

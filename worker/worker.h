@@ -8,6 +8,8 @@
 // when `stop` is set.
 #pragma once
 
+#include "coordinator/security.h"
+
 #include <zmq.hpp>
 
 #include <atomic>
@@ -20,6 +22,7 @@ namespace masktune {
 
 struct WorkerOptions {
   std::string connect;   // the coordinator's endpoint
+  std::shared_ptr<const security::ClientKeys> curve;  // null: plain
   std::string name;      // shown in the trials table; unique per worker
   int64_t heartbeat_interval_ms = 1000;
   int threads = 0;       // OpenMP threads for this worker's trials (0: the default)
