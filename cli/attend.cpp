@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "engine/attention.h"
+#include "engine/cuda/cuda_attention.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
 #include "engine/timing.h"
@@ -24,6 +25,7 @@ struct AttendOptions {
   int repeat = 0;
   double scaling = std::nan("");
   int64_t seed = -1;  // >= 0: the seed of every masker that draws
+  std::string device;  // cpu | cuda; empty: cuda when a GPU is present
 };
 
 int Fail(const std::string& message) {
@@ -92,15 +94,37 @@ int RunAttend(const AttendOptions& o) {
   auto stack = MaskerStack::Build(registry, configs.value());
   if (!stack.ok()) return Fail("--maskers: " + stack.status().message());
 
+  const std::string device = o.device.empty() ? (cuda::Available() ? "cuda" : "cpu") : o.device;
+  if (device == "cuda" && !cuda::Available())
+#ifdef MASKTUNE_HAVE_CUDA
+    return Fail("--device cuda: no CUDA device");
+#else
+    return Fail("--device cuda: masktune was built without CUDA");
+#endif
+  // Masks are built on the CPU; attention runs on `device`.
+  auto masked = [&](const Mask& m) -> Result<Tensor> {
+    if (device == "cuda") return cuda::MaskedAttention(in, m);
+    return MaskedAttention(in, m);
+  };
+  auto dense_attention = [&]() -> Result<Tensor> {
+    if (device == "cuda") return cuda::DenseAttention(in);
+    return DenseAttention(in);
+  };
+
   StackState state;
   auto mask = stack->ComputeMask(in, state);
   if (!mask.ok()) return Fail(mask.status().message());
-  const Tensor out = MaskedAttention(in, mask.value());
-  const Tensor dense = DenseAttention(in);
+  auto out_or = masked(mask.value());
+  if (!out_or.ok()) return Fail(out_or.status().message());
+  auto dense_or = dense_attention();
+  if (!dense_or.ok()) return Fail(dense_or.status().message());
+  const Tensor& out = out_or.value();
+  const Tensor& dense = dense_or.value();
 
   nlohmann::json line;
   line["density"] = mask->Density();
   line["error"] = RelativeL2Error(out, dense);
+  line["device"] = device;
   if (o.repeat > 0) {
     // Each mask timing starts from a fresh layer state, as a first call does.
     line["mask_s"] = TimeCalls(o.repeat, [&] {
@@ -108,8 +132,8 @@ int RunAttend(const AttendOptions& o) {
       (void)stack->ComputeMask(in, fresh);
     }).median;
     line["attention_s"] =
-        TimeCalls(o.repeat, [&] { (void)MaskedAttention(in, mask.value()); }).median;
-    line["dense_s"] = TimeCalls(o.repeat, [&] { (void)DenseAttention(in); }).median;
+        TimeCalls(o.repeat, [&] { (void)masked(mask.value()); }).median;
+    line["dense_s"] = TimeCalls(o.repeat, [&] { (void)dense_attention(); }).median;
   }
   if (!o.out.empty()) {
     const Tensor dense_mask = mask->ToDense();
@@ -144,6 +168,10 @@ Action AddAttendCommand(CLI::App& app) {
   cmd->add_option("--seed", opts->seed,
                   "seed of every sampling masker in the list (overrides their `seed` fields)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", opts->device,
+                  "where attention runs: cpu or cuda (default: cuda when a GPU is present);\n"
+                  "masks are built on the CPU")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--scaling", opts->scaling,
                   "score scaling (default: the case metadata's, else 1/sqrt(head_dim))");
   cmd->footer(

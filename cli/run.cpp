@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/report.h"
 #include "coordinator/local.h"
+#include "engine/cuda/cuda_attention.h"
 #include "storage/store.h"
 #include "worker/worker.h"
 
@@ -142,8 +143,14 @@ Action AddWorkerCommand(CLI::App& app) {
   auto insecure = std::make_shared<bool>(false);
   AddSecurityFlags(cmd, *keys, *insecure,
                    "CURVE key folder (masktune keys new): worker.key, coordinator.pub");
+  cmd->add_option("--device", o->device,
+                  "where trials' attention runs: cpu or cuda (default: cuda when a GPU is present)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  o->device.clear();
   return [o, keys, insecure] {
     if (Status s = CheckSecurity(o->connect, *keys, *insecure); !s.ok()) return Fail("worker", s.message());
+    if (o->device.empty()) o->device = cuda::Available() ? "cuda" : "cpu";
+    if (o->device == "cuda" && !cuda::Available()) return Fail("worker", "--device cuda: no CUDA device");
     if (!keys->empty()) {
       auto k = security::LoadClientKeys(*keys);
       if (!k.ok()) return Fail("worker", k.status().message());

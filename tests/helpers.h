@@ -9,7 +9,12 @@
 #include <string>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
+#include "engine/attention.h"
 #include "engine/mask.h"
+#include "engine/registry.h"
+#include "engine/safetensors.h"
 #include "engine/masker.h"
 #include "engine/tensor.h"
 
@@ -119,6 +124,39 @@ inline std::vector<int64_t> KeptKeys(const Mask& m, int64_t row) {
   std::vector<int64_t> out;
   m.ForEachKept(row, [&](int64_t j, float) { out.push_back(j); });
   return out;
+}
+
+// A golden case's attention call (q, k, v, attention_mask, scaling from the
+// file and its "case" metadata) and the mask its masker list builds.
+struct GoldenCall {
+  AttentionInputs in;
+  Result<Mask> mask = Status::Error("not built");
+};
+inline GoldenCall BuildGoldenCall(const SafetensorsFile& file, const nlohmann::json& meta,
+                                  const MaskerRegistry& registry, const std::string& dir) {
+  GoldenCall c;
+  c.in.queries = file.Get("q", 4).value();
+  c.in.keys = file.Get("k", 4).value();
+  c.in.values = file.Get("v", 4).value();
+  c.in.attention_mask = file.Has("attention_mask") ? file.Get("attention_mask").value() : nullptr;
+  c.in.scaling = meta["scaling"].get<float>();
+  if (Status s = CheckAttentionInputs(c.in); !s.ok()) {
+    c.mask = s;
+    return c;
+  }
+  auto configs = registry.ParseJsonList(meta["maskers"].dump(), dir);
+  if (!configs.ok()) {
+    c.mask = configs.status();
+    return c;
+  }
+  auto stack = MaskerStack::Build(registry, configs.value());
+  if (!stack.ok()) {
+    c.mask = stack.status();
+    return c;
+  }
+  StackState state;
+  c.mask = stack->ComputeMask(c.in, state);
+  return c;
 }
 
 }  // namespace masktune::testing

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/safetensors.h"
+#include "engine/cuda/cuda_attention.h"
 #include "tests/helpers.h"
 
 namespace masktune {
@@ -100,6 +101,25 @@ TEST_CASE("attend --seed sets the seed of the sampling maskers") {
   const auto a = mask_of(" --seed 1", "a.safetensors");
   CHECK(mask_of(" --seed 1", "b.safetensors") == a);
   CHECK(mask_of(" --seed 2", "c.safetensors") != a);
+}
+
+TEST_CASE("attend --device: cpu always; cuda where a GPU is, else a clear error") {
+  const std::string input = " --input " + Golden("oracle_topk_s0.safetensors");
+  const Run cpu = Masktune("attend" + input + " --device cpu");
+  CHECK(cpu.code == 0);
+  CHECK(cpu.output.find("\"device\":\"cpu\"") != std::string::npos);
+  const Run gpu = Masktune("attend" + input + " --device cuda");
+  if (cuda::Available()) {
+    CHECK(gpu.code == 0);
+    // Same density, same error to float rounding.
+    const auto a = nlohmann::json::parse(cpu.output), b = nlohmann::json::parse(gpu.output);
+    CHECK(a["density"] == b["density"]);
+    CHECK(b["error"].get<double>() == doctest::Approx(a["error"].get<double>()).epsilon(1e-3));
+  } else {
+    CHECK(gpu.code == 2);
+    CHECK(gpu.output.find("--device cuda:") != std::string::npos);
+  }
+  CHECK(Masktune("attend" + input + " --device tpu").code != 0);
 }
 
 TEST_CASE("attend rejects bad input with one line and exit code 2") {

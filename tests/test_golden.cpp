@@ -112,20 +112,10 @@ TEST_CASE("golden cases from the reference implementation") {
       ++skipped;  // a masker not built yet
       continue;
     }
-    AttentionInputs in;
-    in.queries = file->Get("q", 4).value();
-    in.keys = file->Get("k", 4).value();
-    in.values = file->Get("v", 4).value();
-    in.attention_mask = file->Has("attention_mask") ? file->Get("attention_mask").value() : nullptr;
-    in.scaling = meta["scaling"].get<float>();
-    REQUIRE(CheckAttentionInputs(in).ok());
-    auto configs = registry.ParseJsonList(meta["maskers"].dump(), dir);
-    REQUIRE_MESSAGE(configs.ok(), configs.status().message());
-    auto stack = MaskerStack::Build(registry, configs.value());
-    REQUIRE_MESSAGE(stack.ok(), stack.status().message());
-    StackState state;
-    auto mask = stack->ComputeMask(in, state);
-    REQUIRE_MESSAGE(mask.ok(), mask.status().message());
+    testing::GoldenCall call = testing::BuildGoldenCall(*file, meta, registry, dir);
+    REQUIRE_MESSAGE(call.mask.ok(), call.mask.status().message());
+    const AttentionInputs& in = call.in;
+    auto& mask = call.mask;
     const Tensor out = MaskedAttention(in, mask.value());
     const Tensor& expected_out = *file->Get("expected_out").value();
     const Tensor& dense_out = *file->Get("dense_out").value();

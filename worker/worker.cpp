@@ -45,9 +45,9 @@ struct Outcome {
 // built on the first trial of a study and kept; only this thread touches it.
 class TrialRunner {
  public:
-  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, int threads,
+  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, std::string device, int threads,
               std::string pipe)
-      : registry_(registry), thread_([this, &context, threads, pipe] { Loop(context, threads, pipe); }) {}
+      : registry_(registry), device_(std::move(device)), thread_([this, &context, threads, pipe] { Loop(context, threads, pipe); }) {}
   ~TrialRunner() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -112,7 +112,9 @@ class TrialRunner {
     o.trial = job.trial;
     o.attempt = job.attempt;
     if (!benchmark || spec != job.benchmark_spec) {
-      auto created = CreateBenchmark(json::parse(job.benchmark_spec));
+      json bench_spec = json::parse(job.benchmark_spec);
+      bench_spec["device"] = device_;  // where this worker's attention runs
+      auto created = CreateBenchmark(bench_spec);
       if (!created.ok()) {
         o.error = "benchmark: " + created.status().message();
         return o;
@@ -136,6 +138,7 @@ class TrialRunner {
   }
 
   const MaskerRegistry& registry_;
+  std::string device_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<Job> job_ GUARDED_BY(mu_);
@@ -157,7 +160,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   zmq::socket_t done_rx(context, zmq::socket_type::pair);
   done_rx.set(zmq::sockopt::linger, 0);
   done_rx.bind(pipe);
-  TrialRunner runner(context, registry, options.threads, pipe);
+  TrialRunner runner(context, registry, options.device, options.threads, pipe);
   auto stopped = [&] { return options.stop && options.stop->load(); };
 
   while (!stopped()) {

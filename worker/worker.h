@@ -26,6 +26,7 @@ struct WorkerOptions {
   std::string name;      // shown in the trials table; unique per worker
   int64_t heartbeat_interval_ms = 1000;
   int threads = 0;       // OpenMP threads for this worker's trials (0: the default)
+  std::string device = "cpu";  // where attention runs: cpu or cuda
   const std::atomic<bool>* stop = nullptr;
 };
 

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "engine/attention.h"
+#include "engine/cuda/cuda_attention.h"
 #include "engine/benchmarks/benchmark.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
@@ -128,7 +129,8 @@ std::vector<std::vector<int32_t>> TopMass(const AttentionInputs& in) {
 
 class AttentionErrorBenchmark : public Benchmark {
  public:
-  explicit AttentionErrorBenchmark(std::vector<Sample> samples) : samples_(std::move(samples)) {
+  AttentionErrorBenchmark(std::vector<Sample> samples, bool cuda)
+      : samples_(std::move(samples)), cuda_(cuda) {
     for (Sample& s : samples_) {
       s.dense_out = DenseAttention(s.Inputs());
       s.top_mass = TopMass(s.Inputs());
@@ -147,7 +149,13 @@ class AttentionErrorBenchmark : public Benchmark {
       auto mask = stack.ComputeMask(in, state);
       if (!mask.ok()) return mask.status().WithContext("sample " + std::to_string(i) + ": ");
       const double d = mask->Density();
-      const double e = RelativeL2Error(MaskedAttention(in, mask.value()), s.dense_out);
+      Tensor out;
+      if (cuda_) {
+        MT_ASSIGN_OR_RETURN(out, cuda::MaskedAttention(in, mask.value()));
+      } else {
+        out = MaskedAttention(in, mask.value());
+      }
+      const double e = RelativeL2Error(out, s.dense_out);
       density += d;
       error += e;
       density_max = std::max(density_max, d);
@@ -171,6 +179,7 @@ class AttentionErrorBenchmark : public Benchmark {
 
  private:
   std::vector<Sample> samples_;
+  bool cuda_ = false;  // masked attention on the GPU
 };
 
 // noop: waits, then reports a density and an error computed from the
@@ -207,6 +216,12 @@ Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
   const std::string name = spec.value("name", "");
   if (name == "noop") return std::unique_ptr<Benchmark>(new NoopBenchmark(spec.value("sleep_ms", 0)));
   if (name == "ruler_niah") return CreateRulerNiahBenchmark(spec);
+  // Where masked attention runs (the dense reference stays on the CPU).
+  const std::string device = spec.value("device", std::string("cpu"));
+  if (device != "cpu" && device != "cuda")
+    return Status::Error("device: expected cpu or cuda, found '" + device + "'");
+  const bool cuda = device == "cuda";
+  if (cuda && !cuda::Available()) return Status::Error("device cuda: no CUDA device on this worker");
   if (name != "attention_error") return Status::Error("unknown benchmark '" + name + "'");
   std::vector<Sample> samples;
   if (spec.contains("folder")) {
@@ -237,7 +252,7 @@ Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
     const nlohmann::json syn = spec.value("synthetic", nlohmann::json::object());
     for (int64_t i = 0; i < syn.value("samples", 8); ++i) samples.push_back(Synthesize(syn, i));
   }
-  return std::unique_ptr<Benchmark>(new AttentionErrorBenchmark(std::move(samples)));
+  return std::unique_ptr<Benchmark>(new AttentionErrorBenchmark(std::move(samples), cuda));
 }
 
 }  // namespace masktune
