@@ -28,5 +28,6 @@ Action AddTrialsCommand(CLI::App& app);
 Action AddStatusCommand(CLI::App& app);
 Action AddExportCommand(CLI::App& app);
 Action AddKeysCommand(CLI::App& app);
+Action AddLaunchCommand(CLI::App& app);
 
 }  // namespace masktune::cli

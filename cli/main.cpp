@@ -18,7 +18,7 @@ int Main(int argc, char** argv) {
   // Each Add*Command adds one subcommand, the newest in app's list.
   for (auto add : {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand,
                    AddTrialsCommand, AddStatusCommand, AddExportCommand, AddCoordinatorCommand,
-                   AddWorkerCommand, AddAttendCommand, AddKeysCommand}) {
+                   AddWorkerCommand, AddAttendCommand, AddKeysCommand, AddLaunchCommand}) {
     Action action = add(app);
     actions[app.get_subcommands({}).back()] = std::move(action);
   }

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
+#include <map>
 
 #include "engine/safetensors.h"
 #include "engine/cuda/cuda_attention.h"
@@ -120,6 +122,52 @@ TEST_CASE("attend --device: cpu always; cuda where a GPU is, else a clear error"
     CHECK(gpu.output.find("--device cuda:") != std::string::npos);
   }
   CHECK(Masktune("attend" + input + " --device tpu").code != 0);
+}
+
+TEST_CASE("launch slurm and k8s --dry-run: the script and manifests carry what matters") {
+  testing::TempDir dir;
+  const std::string examples = std::string(MASKTUNE_SOURCE_DIR) + "/configs/examples/";
+  std::filesystem::copy_file(examples + "quickstart.yaml", dir / "q.yaml");
+  const Run slurm = Masktune("launch slurm " + dir / "q.yaml" +
+                             " --nodes 2 --gpus-per-node 4 --partition gpu --account lab --time 01:30:00 --dry-run");
+  REQUIRE(slurm.code == 0);
+  for (const char* want : {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                           "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=01:30:00",
+                           "scontrol show hostnames", "coordinator \"$SWEEP\" --bind \"tcp://0.0.0.0:5555\"",
+                           "--gpus-per-task=1", "CUDA_VISIBLE_DEVICES", "worker --connect \"$1\" --keys"})
+    CHECK_MESSAGE(slurm.output.find(want) != std::string::npos, want);
+  // Keys were made beside the database, secrets readable by their owner only.
+  CHECK(std::filesystem::exists(dir / "keys/authorized_workers"));
+  CHECK((std::filesystem::status(dir / "keys/worker.key").permissions() &
+         std::filesystem::perms::group_read) == std::filesystem::perms::none);
+  // The script is valid bash.
+  CHECK(std::system(("bash -n " + dir / "masktune-quickstart.sbatch").c_str()) == 0);
+  // Workers only, for a coordinator that runs elsewhere: a job array.
+  const Run array = Masktune("launch slurm " + dir / "q.yaml" +
+                             " --nodes 3 --gpus-per-node 2 --coordinator tcp://head:7000 --dry-run");
+  REQUIRE(array.code == 0);
+  CHECK(array.output.find("#SBATCH --array=0-5") != std::string::npos);
+  CHECK(array.output.find("ENDPOINT='tcp://head:7000'") != std::string::npos);
+  CHECK(array.output.find(" coordinator ") == std::string::npos);
+
+  const Run k8s = Masktune("launch k8s " + dir / "q.yaml" + " --workers 3 --gpus-per-node 1 --dry-run");
+  REQUIRE(k8s.code == 0);
+  const auto docs = YAML::LoadAll(k8s.output);
+  REQUIRE(docs.size() == 5);
+  std::map<std::string, YAML::Node> by_kind;
+  for (const auto& d : docs) by_kind[d["kind"].as<std::string>()] = d;
+  const YAML::Node job = by_kind.at("Job");
+  CHECK(job["spec"]["parallelism"].as<int>() == 3);
+  const YAML::Node worker = job["spec"]["template"]["spec"]["containers"][0];
+  CHECK(worker["resources"]["limits"]["nvidia.com/gpu"].as<int>() == 1);
+  CHECK(worker["command"][3].as<std::string>() == "tcp://masktune-quickstart-coordinator:5555");
+  const YAML::Node coordinator = by_kind.at("Deployment")["spec"]["template"]["spec"]["containers"][0];
+  CHECK(coordinator["command"][1].as<std::string>() == "coordinator");
+  CHECK(by_kind.at("Service")["spec"]["ports"][0]["port"].as<int>() == 5555);
+  const YAML::Node secret = by_kind.at("Secret")["stringData"];
+  for (const char* key : {"coordinator.key", "coordinator.pub", "worker.key", "authorized_workers"})
+    CHECK(secret[key].IsDefined());
+  CHECK(Masktune("launch pbs " + dir / "q.yaml").code != 0);
 }
 
 TEST_CASE("attend rejects bad input with one line and exit code 2") {
