@@ -56,7 +56,8 @@ std::string Quote(const std::string& s) {  // single-quoted for bash
 std::string SlurmScript(const LaunchOptions& o, const std::string& study) {
   std::ostringstream s;
   const bool array = !o.coordinator.empty();
-  const int per_node = std::max(1, o.gpus_per_node);
+  // A worker per GPU; on CPU nodes (--gpus-per-node 0), --workers per node.
+  const int per_node = o.gpus_per_node > 0 ? o.gpus_per_node : o.workers;
   s << "#!/bin/bash\n";
   s << "#SBATCH --job-name=masktune-" << study << (array ? "-workers" : "") << "\n";
   if (array) {
@@ -173,7 +174,9 @@ Action AddLaunchCommand(CLI::App& app) {
   cmd->add_option("--coordinator", o->coordinator,
                   "tcp://HOST:PORT of a running coordinator: submit a job array of workers only");
   cmd->add_option("--port", o->port, "the coordinator's port")->check(CLI::Range(1, 65535));
-  cmd->add_option("--workers", o->workers, "worker pods (k8s)")->check(CLI::PositiveNumber);
+  cmd->add_option("--workers", o->workers,
+                  "worker pods (k8s); workers per node on CPU nodes (slurm, --gpus-per-node 0)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--image", o->image, "container image with masktune (k8s)");
   cmd->add_option("--out", o->out, "write the script/manifests here (default: beside the database)");
   cmd->add_flag("--dry-run", o->dry_run, "print what would be submitted; submit nothing");

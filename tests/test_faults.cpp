@@ -196,3 +196,92 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
 
 }  // namespace
 }  // namespace masktune
+
+namespace masktune {
+namespace {
+
+// Runs a shell command; its stdout (and stderr) and exit code.
+std::pair<int, std::string> Shell(const std::string& command) {
+  std::string out;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (!p) return {-1, ""};
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = pclose(p);
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
+}
+
+TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the same launch resumes it") {
+  // A one-node SLURM on this machine (scripts/slurm_local.sh).
+  if (!std::getenv("SLURM_CONF")) setenv("SLURM_CONF", "/tmp/masktune-slurm/slurm.conf", 1);
+  const auto [setup_rc, setup_out] = Shell(std::string(MASKTUNE_SOURCE_DIR) + "/scripts/slurm_local.sh");
+  if (setup_rc == 3) {
+    MESSAGE("skipped: SLURM's daemons cannot start here: " << setup_out);
+    return;
+  }
+  REQUIRE_MESSAGE(setup_rc == 0, setup_out);
+  testing::TempDir dir;
+  auto launch = [&](const std::string& name) {
+    const auto [rc, out] = Shell(std::string(MASKTUNE_BINARY) + " launch slurm " + dir / name +
+                                 " --gpus-per-node 0 --workers 2 --time 00:05:00 --port " +
+                                 std::to_string(FreePort()));
+    REQUIRE_MESSAGE(rc == 0, out);
+    REQUIRE(out.rfind("submitted job ", 0) == 0);
+    return std::stoi(out.substr(14));
+  };
+  auto gone = [](int job) {
+    for (int i = 0; i < 200; ++i) {
+      if (Shell("squeue -h -j " + std::to_string(job)).second.find(std::to_string(job)) ==
+          std::string::npos)
+        return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+
+  // 1. To completion, with two workers started by srun.
+  std::ofstream(dir / "a.yaml") << "study: slurm_a\nstorage: a.db\nbenchmark: {name: noop, sleep_ms: 40}\n"
+                                   "search: {algorithm: random, num_samples: 30, seed: 1}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  const int first = launch("a.yaml");
+  REQUIRE(WaitFor(dir / "a.db", "slurm_a", [](const auto& rows) {
+    int done = 0;
+    for (const auto& r : rows) done += r.status == "done";
+    return done == 30;
+  }));
+  CHECK(gone(first));  // the coordinator ended the job
+  std::set<std::string> workers;
+  for (const auto& r : AllTrials(dir / "a.db", "slurm_a")) workers.insert(r.worker);
+  CHECK(workers.size() == 2);
+
+  // 2. scancel mid-study, then the same launch command resumes it.
+  std::ofstream(dir / "b.yaml") << "study: slurm_b\nstorage: b.db\nbenchmark: {name: noop, sleep_ms: 300}\n"
+                                   "search: {algorithm: random, num_samples: 24, seed: 2}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  const int job = launch("b.yaml");
+  REQUIRE(WaitFor(dir / "b.db", "slurm_b", [](const auto& rows) {
+    int done = 0;
+    for (const auto& r : rows) done += r.status == "done";
+    return done >= 4;
+  }));
+  REQUIRE(Shell("scancel " + std::to_string(job)).first == 0);
+  REQUIRE(gone(job));
+  std::map<int64_t, std::string> before;  // finished trials and their workers
+  for (const auto& r : AllTrials(dir / "b.db", "slurm_b"))
+    if (r.status == "done") before[r.id] = r.worker;
+  CHECK(before.size() < 24);
+  const int again = launch("b.yaml");
+  REQUIRE(WaitFor(dir / "b.db", "slurm_b", [](const auto& rows) {
+    int done = 0;
+    for (const auto& r : rows) done += r.status == "done";
+    return done == 24;
+  }));
+  CHECK(gone(again));
+  for (const auto& r : AllTrials(dir / "b.db", "slurm_b")) {
+    CHECK(r.status == "done");
+    if (before.count(r.id)) CHECK(r.worker == before[r.id]);  // kept, not rerun
+  }
+}
+
+}  // namespace
+}  // namespace masktune
