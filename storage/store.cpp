@@ -1,6 +1,9 @@
 #include "storage/store.h"
 
 #include <chrono>
+#include <thread>
+
+#include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -98,17 +101,43 @@ Result<Store> Store::Open(const std::string& path) {
   sqlite3_busy_timeout(raw, 10000);
   // WAL + synchronous NORMAL: a commit survives a killed process (the WAL is
   // written before COMMIT returns); only a power loss may drop the last ones.
-  MT_RETURN_IF_ERROR(store.Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                                "PRAGMA foreign_keys=ON;").WithContext(path + ": "));
-  Stmt v(*store.conn_, "PRAGMA user_version");
-  v.Step();
-  const int64_t version = v.Int(0);
+  // Switching a new file to WAL takes an exclusive lock and does not wait
+  // on the busy handler: another process opening it at the same moment
+  // makes it fail with "locked", so retry for as long as busy_timeout.
+  Status wal = store.Exec("PRAGMA journal_mode=WAL");
+  for (int i = 0; !wal.ok() && wal.message().find("locked") != std::string::npos && i < 1000; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    wal = store.Exec("PRAGMA journal_mode=WAL");
+  }
+  MT_RETURN_IF_ERROR(wal.WithContext(path + ": "));
+  MT_RETURN_IF_ERROR(store.Exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+                         .WithContext(path + ": "));
+  int64_t version = 0;
+  {  // reset before BEGIN: a live read would make BEGIN IMMEDIATE fail at once, not wait
+    Stmt v(*store.conn_, "PRAGMA user_version");
+    v.Step();
+    version = v.Int(0);
+  }
   if (version > kSchemaVersion)
     return Status::Error(path + ": schema version " + std::to_string(version) +
                          " is newer than this masktune (" + std::to_string(kSchemaVersion) + ")");
   if (version < 1) {
-    MT_RETURN_IF_ERROR(store.Exec(std::string("BEGIN IMMEDIATE;") + kSchemaV1 +
-                                  "PRAGMA user_version=1; COMMIT;").WithContext(path + ": "));
+    // Another process may be creating the schema at this moment: look again
+    // under the write lock, so only one of them does.
+    MT_RETURN_IF_ERROR(store.Exec("BEGIN IMMEDIATE").WithContext(path + ": "));
+    int64_t now = 0;
+    {
+      Stmt again(*store.conn_, "PRAGMA user_version");
+      again.Step();
+      now = again.Int(0);
+    }
+    const Status created = now < 1 ? store.Exec(std::string(kSchemaV1) + "PRAGMA user_version=1;")
+                                   : Status::Ok();
+    if (!created.ok()) {
+      (void)store.Exec("ROLLBACK");
+      return created.WithContext(path + ": ");
+    }
+    MT_RETURN_IF_ERROR(store.Exec("COMMIT").WithContext(path + ": "));
   }
   return store;
 }

@@ -23,14 +23,15 @@ extern char** environ;
 namespace masktune {
 namespace {
 
-pid_t Spawn(const std::vector<std::string>& args) {
+// Starts `args`; stdout and stderr go to `log` (default: nowhere).
+pid_t Spawn(const std::vector<std::string>& args, const std::string& log = "/dev/null") {
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
   pid_t pid = -1;
   REQUIRE(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0);
   posix_spawn_file_actions_destroy(&fa);
@@ -172,14 +173,29 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
   const std::vector<std::string> coordinator_args = {
       MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db, "--heartbeat-ms", "50",
       "--insecure"};
-  const pid_t first = Spawn(coordinator_args);
+  const pid_t first = Spawn(coordinator_args, dir / "coordinator.log");
   const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "survivor",
-                              "--heartbeat-ms", "50", "--insecure"});
-  REQUIRE(WaitFor(db, "reconnect", [](const auto& rows) {
+                              "--heartbeat-ms", "50", "--insecure"},
+                             dir / "worker.log");
+  const bool started = WaitFor(db, "reconnect", [](const auto& rows) {
     int done = 0;
     for (const auto& r : rows) done += r.status == "done";
     return done >= 5;
-  }));
+  });
+  if (!started) {  // say why before failing: the processes' own words
+    auto slurp = [](const std::string& path) {
+      std::ifstream in(path);
+      return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    int status = 0;
+    const bool coordinator_exited = waitpid(first, &status, WNOHANG) == first;
+    MESSAGE("coordinator " << (coordinator_exited ? "exited " + std::to_string(WEXITSTATUS(status)) : "running")
+                           << "; its log:\n" << slurp(dir / "coordinator.log") << "\nworker log:\n"
+                           << slurp(dir / "worker.log"));
+    kill(first, SIGKILL);
+    kill(worker, SIGKILL);
+  }
+  REQUIRE(started);
   kill(first, SIGKILL);
   waitpid(first, nullptr, 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the worker notices the silence

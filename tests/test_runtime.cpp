@@ -410,3 +410,29 @@ TEST_CASE("CURVE key files: modes, formats and the errors that name them") {
 
 }  // namespace
 }  // namespace masktune
+
+namespace masktune {
+namespace {
+
+TEST_CASE("storage: processes opening a new database at once all succeed (one creates the schema)") {
+  // A coordinator and a `masktune status` (or a test's poller) can open a
+  // fresh file in the same instant; the schema must be made exactly once.
+  for (int round = 0; round < 20; ++round) {
+    testing::TempDir dir;
+    std::vector<std::thread> threads;
+    std::atomic<int> ok{0};
+    std::vector<std::string> errors(8);
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        auto s = storage::Store::Open(dir / "new.db");
+        if (s.ok()) ++ok;
+        else errors[t] = s.status().message();
+      });
+    for (auto& th : threads) th.join();
+    for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);
+    REQUIRE(ok == 8);
+  }
+}
+
+}  // namespace
+}  // namespace masktune
