@@ -5,6 +5,8 @@
 # and slurmd. Idempotent: exits 0 at once when the cluster answers. Exit 3
 # when the daemons cannot start here (the tests then skip, saying why).
 set -euo pipefail
+# Anything that fails on the way means no cluster here: exit 3, saying where.
+trap 'echo "slurm_local: setup failed at line $LINENO: $BASH_COMMAND" >&2; exit 3' ERR
 base=${SLURM_LOCAL:-/tmp/masktune-slurm}
 export SLURM_CONF="$base/slurm.conf"
 if [ -f "$SLURM_CONF" ] && sinfo -h >/dev/null 2>&1; then exit 0; fi
