@@ -190,4 +190,17 @@ void SquaredDistances(const float* x, const float* t, int64_t c, int64_t sub, fl
   }
 }
 
+MT_KERNEL
+void MatchLanes(const uint64_t* col, int64_t n, uint64_t q, int lane_bits, uint64_t low,
+                uint64_t high, uint8_t* hit) {
+  if (lane_bits == 64) {
+    for (int64_t j = 0; j < n; ++j) hit[j] |= static_cast<uint8_t>(col[j] == q);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const uint64_t y = col[j] ^ q;
+    hit[j] |= static_cast<uint8_t>(((y - low) & ~y & high) != 0);
+  }
+}
+
 }  // namespace masktune::kernels

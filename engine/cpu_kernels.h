@@ -27,6 +27,12 @@ void AccumulateTile(float* const* o, int64_t rows, const float* w, int64_t ldw,
 // (t[d * c + i], d < sub): the assignment step of k-means (pq_top_k).
 void SquaredDistances(const float* x, const float* t, int64_t c, int64_t sub, float* dist);
 
+// hit[j] |= (some lane of col[j] ^ q is zero) for j < n: lanes of `lane_bits`
+// bits, `low`/`high` the lowest/highest bit of every lane (64-bit lanes:
+// col[j] == q). The table match of magic_pig.
+void MatchLanes(const uint64_t* col, int64_t n, uint64_t q, int lane_bits, uint64_t low,
+                uint64_t high, uint8_t* hit);
+
 // x[i] = exp(x[i]) over n floats; accurate to about 2 ulp, exp(-inf) = 0,
 // underflow to 0 below -87.3. Inputs must not be NaN or +inf.
 void ExpInPlace(float* x, int64_t n);

@@ -157,17 +157,9 @@ class MagicPigMasker : public Masker {
       for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
         const int64_t nb = std::min(kBlock, N - j0);
         std::fill_n(hit, nb, uint8_t{0});
-        for (int64_t w = 0; w < words_; ++w) {
-          const uint64_t qw = qcode[w], *col = kc + w * N + j0;
-          if (lane_bits_ == 64) {
-            for (int64_t j = 0; j < nb; ++j) hit[j] |= static_cast<uint8_t>(col[j] == qw);
-          } else {
-            for (int64_t j = 0; j < nb; ++j) {
-              const uint64_t y = col[j] ^ qw;
-              hit[j] |= static_cast<uint8_t>(((y - low_) & ~y & high_) != 0);
-            }
-          }
-        }
+        for (int64_t w = 0; w < words_; ++w)
+          kernels::MatchLanes(kc + w * N + j0, nb, qcode[w], static_cast<int>(lane_bits_), low_,
+                              high_, hit);
         for (int64_t j = 0; j < nb; ++j)
           if (hit[j]) out_keys.push_back(static_cast<int32_t>(j0 + j));
       }
