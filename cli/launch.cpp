@@ -72,7 +72,9 @@ std::string SlurmScript(const LaunchOptions& o, const std::string& study) {
   if (!o.partition.empty()) s << "#SBATCH --partition=" << o.partition << "\n";
   if (!o.account.empty()) s << "#SBATCH --account=" << o.account << "\n";
   s << "#SBATCH --time=" << o.time << "\n";
-  s << "#SBATCH --output=masktune-" << study << "-%j.out\n";
+  // The job's log sits beside the database, not wherever sbatch was run.
+  s << "#SBATCH --output=" << (std::filesystem::path(o.db).parent_path() /
+                               ("masktune-" + study + "-%j.out")).string() << "\n";
   s << "# Written by masktune launch slurm. Submitting it again after a preemption or\n"
        "# a time limit resumes the study: finished trials are kept.\n";
   s << "set -euo pipefail\n";
