@@ -80,6 +80,15 @@ bool WaitFor(const std::string& db, const std::string& study, Pred pred) {
   return false;
 }
 
+// A WaitFor predicate: at least `n` trials are done.
+auto DoneAtLeast(int n) {
+  return [n](const std::vector<storage::TrialRow>& rows) {
+    int done = 0;
+    for (const auto& r : rows) done += r.status == "done";
+    return done >= n;
+  };
+}
+
 std::vector<storage::TrialRow> AllTrials(const std::string& db, const std::string& study) {
   auto store = storage::Store::Open(db);
   REQUIRE(store.ok());
@@ -136,11 +145,7 @@ TEST_CASE("the coordinator killed mid-sweep, then resume: the plan completes, no
   const std::string db = dir / "s.db";
   const pid_t run = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2",
                            "--heartbeat-ms", "50"});
-  REQUIRE(WaitFor(db, "kill_coordinator", [](const auto& rows) {
-    int done = 0;
-    for (const auto& r : rows) done += r.status == "done";
-    return done >= 20;
-  }));
+  REQUIRE(WaitFor(db, "kill_coordinator", DoneAtLeast(20)));
   kill(run, SIGKILL);
   waitpid(run, nullptr, 0);
   const auto mid = AllTrials(db, "kill_coordinator");
@@ -177,11 +182,7 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
   const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "survivor",
                               "--heartbeat-ms", "50", "--insecure"},
                              dir / "worker.log");
-  const bool started = WaitFor(db, "reconnect", [](const auto& rows) {
-    int done = 0;
-    for (const auto& r : rows) done += r.status == "done";
-    return done >= 5;
-  });
+  const bool started = WaitFor(db, "reconnect", DoneAtLeast(5));
   if (!started) {  // say why before failing: the processes' own words
     auto slurp = [](const std::string& path) {
       std::ifstream in(path);
@@ -260,11 +261,7 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
                                    "search: {algorithm: random, num_samples: 30, seed: 1}\n"
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
   const int first = launch("a.yaml");
-  REQUIRE(WaitFor(dir / "a.db", "slurm_a", [](const auto& rows) {
-    int done = 0;
-    for (const auto& r : rows) done += r.status == "done";
-    return done == 30;
-  }));
+  REQUIRE(WaitFor(dir / "a.db", "slurm_a", DoneAtLeast(30)));
   CHECK(gone(first));  // the coordinator ended the job
   std::set<std::string> workers;
   for (const auto& r : AllTrials(dir / "a.db", "slurm_a")) workers.insert(r.worker);
@@ -275,11 +272,7 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
                                    "search: {algorithm: random, num_samples: 24, seed: 2}\n"
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
   const int job = launch("b.yaml");
-  REQUIRE(WaitFor(dir / "b.db", "slurm_b", [](const auto& rows) {
-    int done = 0;
-    for (const auto& r : rows) done += r.status == "done";
-    return done >= 4;
-  }));
+  REQUIRE(WaitFor(dir / "b.db", "slurm_b", DoneAtLeast(4)));
   REQUIRE(Shell("scancel " + std::to_string(job)).first == 0);
   REQUIRE(gone(job));
   std::map<int64_t, std::string> before;  // finished trials and their workers
@@ -287,11 +280,7 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
     if (r.status == "done") before[r.id] = r.worker;
   CHECK(before.size() < 24);
   const int again = launch("b.yaml");
-  REQUIRE(WaitFor(dir / "b.db", "slurm_b", [](const auto& rows) {
-    int done = 0;
-    for (const auto& r : rows) done += r.status == "done";
-    return done == 24;
-  }));
+  REQUIRE(WaitFor(dir / "b.db", "slurm_b", DoneAtLeast(24)));
   CHECK(gone(again));
   for (const auto& r : AllTrials(dir / "b.db", "slurm_b")) {
     CHECK(r.status == "done");
