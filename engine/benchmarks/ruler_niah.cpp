@@ -195,6 +195,7 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json
   const int64_t samples = spec.value("samples", int64_t{4});
   const uint64_t seed = spec.value("seed", uint64_t{0});
   const bool setup_a = spec.value("setup", std::string("B")) == "A";
+  const int64_t max_new = spec.value("max_new_tokens", int64_t{32});
   std::set<int> dense_layers;
   for (int64_t l : spec.value("dense_layers", std::vector<int64_t>{})) {
     if (l >= model->config().layers)
@@ -229,7 +230,7 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json
         question.clear();
       }
       const int64_t capacity = static_cast<int64_t>(context.size() + question.size()) +
-                               spec.value("max_new_tokens", int64_t{32}) + 1;
+                               max_new + 1;
       MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, cache_dir,
                                                    CacheName(path, task, context_tokens, seed, i,
                                                              setup_a, context)));
@@ -238,7 +239,7 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json
     }
   return std::unique_ptr<Benchmark>(
       new RulerNiahBenchmark(std::move(model), tasks, std::move(prepared), std::move(dense_layers),
-                             spec.value("max_new_tokens", int64_t{32})));
+                             max_new));
 }
 
 }  // namespace masktune
