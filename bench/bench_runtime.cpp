@@ -12,7 +12,7 @@
 #include <string>
 #include <thread>
 
-#include "coordinator/local.h"
+#include "local/local.h"
 
 using namespace masktune;
 

@@ -2,7 +2,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
-#include "coordinator/security.h"
+#include "protocol/security.h"
 
 namespace masktune::cli {
 

@@ -15,7 +15,7 @@
 
 #include "cli/commands.h"
 #include "configs/sweep.h"
-#include "coordinator/security.h"
+#include "protocol/security.h"
 #include "engine/registry.h"
 
 namespace masktune::cli {

@@ -10,7 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/report.h"
-#include "coordinator/local.h"
+#include "local/local.h"
 #include "engine/cuda/cuda_attention.h"
 #include "storage/store.h"
 #include "worker/worker.h"

@@ -5,7 +5,7 @@
 #include <deque>
 #include <map>
 
-#include "coordinator/protocol.h"
+#include "protocol/protocol.h"
 #include "search/objective.h"
 #include "search/plan.h"
 #include "search/tpe.h"

@@ -14,8 +14,8 @@
 #include <string>
 
 #include "configs/sweep.h"
-#include "coordinator/security.h"
-#include "coordinator/protocol.h"
+#include "protocol/security.h"
+#include "protocol/protocol.h"
 #include "engine/registry.h"
 #include "storage/store.h"
 
@@ -23,7 +23,7 @@ namespace masktune {
 
 struct CoordinatorOptions {
   std::string bind;                   // "inproc://..." or "tcp://host:port"
-  // CURVE (coordinator/security.h): only allowed workers get past the
+  // CURVE (protocol/security.h): only allowed workers get past the
   // handshake. Null: plain (inproc, or tcp when the user said --insecure).
   std::shared_ptr<const security::ServerKeys> curve;
   int64_t heartbeat_interval_ms = 1000;

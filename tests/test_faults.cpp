@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "storage/store.h"
-#include "coordinator/security.h"
+#include "protocol/security.h"
 #include "tests/helpers.h"
 
 extern char** environ;

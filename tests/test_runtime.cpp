@@ -10,11 +10,11 @@
 #include <thread>
 
 #include "coordinator/coordinator.h"
-#include "coordinator/protocol.h"
-#include "coordinator/security.h"
+#include "protocol/protocol.h"
+#include "protocol/security.h"
 #include "search/objective.h"
 #include "tests/helpers.h"
-#include "coordinator/local.h"
+#include "local/local.h"
 #include "worker/worker.h"
 
 namespace masktune {

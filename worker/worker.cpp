@@ -10,7 +10,7 @@
 #include <memory>
 #include <thread>
 
-#include "coordinator/protocol.h"
+#include "protocol/protocol.h"
 #include "engine/benchmarks/benchmark.h"
 
 // Clang thread-safety annotations; no-ops elsewhere.

@@ -8,7 +8,7 @@
 // when `stop` is set.
 #pragma once
 
-#include "coordinator/security.h"
+#include "protocol/security.h"
 
 #include <zmq.hpp>
 

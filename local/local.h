@@ -1,4 +1,4 @@
-// File: coordinator/local.h
+// File: local/local.h
 //
 // A coordinator and N workers in one process: what `masktune run` does, and
 // what tests and bench_runtime use. The workers connect to wherever the

@@ -1,4 +1,4 @@
-// File: coordinator/protocol.h
+// File: protocol/protocol.h
 //
 // The coordinator-worker protocol (docs/PROTOCOL.md): every message is three
 // frames, [protocol version, command, JSON body]; the coordinator's ROUTER

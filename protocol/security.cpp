@@ -1,4 +1,4 @@
-#include "coordinator/security.h"
+#include "protocol/security.h"
 
 #include <sys/stat.h>
 

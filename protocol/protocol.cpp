@@ -1,4 +1,4 @@
-#include "coordinator/protocol.h"
+#include "protocol/protocol.h"
 
 #include <set>
 #include <vector>

@@ -1,4 +1,4 @@
-#include "coordinator/local.h"
+#include "local/local.h"
 
 #include <atomic>
 #include <condition_variable>

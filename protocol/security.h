@@ -1,4 +1,4 @@
-// File: coordinator/security.h
+// File: protocol/security.h
 //
 // ZeroMQ CURVE for every tcp socket between coordinator and workers.
 // `masktune keys new DIR` writes two key pairs and an allow list:

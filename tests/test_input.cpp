@@ -1,0 +1,2 @@
+// Tests: input (see the issue 12 notes in the file).
+#include <doctest/doctest.h>
