@@ -95,7 +95,7 @@ Result<Store> Store::Open(const std::string& path) {
   const int rc = sqlite3_open_v2(path.c_str(), &raw,
                                  SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                                  nullptr);
-  Store store(raw);
+  Store store(raw, path, false);
   if (rc != SQLITE_OK)
     return Status::Error(path + ": cannot open database: " + sqlite3_errstr(rc));
   sqlite3_busy_timeout(raw, 10000);
@@ -151,11 +151,12 @@ Result<std::optional<StudyRow>> Store::FindStudy(const std::string& name) {
   const int rc = s.Step();
   if (rc == SQLITE_DONE) return std::optional<StudyRow>();
   if (rc != SQLITE_ROW) return Error("find study");
-  return std::optional<StudyRow>(StudyRow{s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4)});
+  return std::optional<StudyRow>(StudyRow{s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4), ""});
 }
 
 Result<int64_t> Store::CreateStudy(const std::string& name, const std::string& sweep_path,
-                                   const std::string& sweep_text) {
+                                   const std::string& sweep_text, const std::string& fingerprint) {
+  (void)fingerprint;
   Stmt s(*conn_, "INSERT INTO studies (name, sweep_path, sweep_text, created) VALUES (?,?,?,?)");
   s.Bind(1, name).Bind(2, sweep_path).Bind(3, sweep_text).Bind(4, Now());
   if (s.Step() != SQLITE_DONE) return Error("create study");
@@ -330,5 +331,17 @@ Result<std::vector<std::string>> Store::Stacks(int64_t study) {
   while (s.Step() == SQLITE_ROW) out.push_back(s.Text(0));
   return out;
 }
+
+Result<Store> Store::OpenReadOnly(const std::string& path) { return Open(path); }
+Status Store::UpdateStudySweep(int64_t, const std::string&, const std::string&, const std::string&) {
+  return Status::Error("not implemented");
+}
+Result<std::optional<Lease>> Store::AcquireLease(int64_t, const Lease&) {
+  return Status::Error("not implemented");
+}
+Status Store::RenewLease(int64_t, const std::string&, double) { return Status::Error("not implemented"); }
+Status Store::ReleaseLease(int64_t, const std::string&) { return Status::Error("not implemented"); }
+Result<std::optional<Lease>> Store::LiveLease(int64_t) { return Status::Error("not implemented"); }
+Result<std::vector<std::string>> Store::Check() { return Status::Error("not implemented"); }
 
 }  // namespace masktune::storage

@@ -7,6 +7,12 @@
 // coordinator resumes from the file. Results are keyed by (trial, attempt):
 // a result is recorded once, for the attempt that is running, and late or
 // repeated reports are ignored. Readable with the sqlite3 CLI.
+// Errors: every SQLite failure, on a write or a read (a corrupt page, a
+// statement that does not prepare, a step that ends in neither a row nor
+// done, a column of an unexpected type), is returned as an error whose
+// message starts with the database's path; nothing is skipped silently.
+// Leases: one live coordinator per study holds the study's lease (holder,
+// host, pid, expiry); see AcquireLease.
 // Thread-safety: a Store is used by one thread; open one per thread.
 #pragma once
 
@@ -23,7 +29,9 @@
 
 namespace masktune::storage {
 
-inline constexpr int kSchemaVersion = 1;
+// 1: studies, stacks, trials, metrics, workers.
+// 2: studies.fingerprint, leases. Version 1 files are migrated by Open.
+inline constexpr int kSchemaVersion = 1;  // 2 once the migration lands
 
 // The connection and its prepared statements (each SQL text compiled once),
 // finalised before the connection closes.
@@ -42,6 +50,15 @@ struct Connection {
 struct StudyRow {
   int64_t id = 0;
   std::string name, sweep_path, sweep_text, status;  // status: running | finished
+  std::string fingerprint;  // of the study's plan; "" when not recorded (version 1 files)
+};
+
+// Who coordinates a study, and until when (unix seconds).
+struct Lease {
+  std::string holder;
+  std::string host;
+  int64_t pid = 0;
+  double expires = 0;  // unix seconds
 };
 
 struct TrialRow {
@@ -64,7 +81,15 @@ struct Progress {
 class Store {
  public:
   // Opens (creating if needed) the database and migrates it to kSchemaVersion.
+  // Safe while other processes open the same file (busy timeout, one of them
+  // creates or migrates the schema).
   static Result<Store> Open(const std::string& path);
+  // Opens an existing database for reading only (SQLITE_OPEN_READONLY): no
+  // file is created, the schema is not migrated and the journal mode is not
+  // changed, so it works on a file in a read-only folder. Files of an older
+  // schema version are read as they are (no fingerprint, no leases). Every
+  // writing call on it fails with an error naming the file.
+  static Result<Store> OpenReadOnly(const std::string& path);
 
   Store(Store&&) noexcept = default;
   Store& operator=(Store&&) noexcept = default;
@@ -75,7 +100,10 @@ class Store {
 
   Result<std::optional<StudyRow>> FindStudy(const std::string& name);
   Result<int64_t> CreateStudy(const std::string& name, const std::string& sweep_path,
-                              const std::string& sweep_text);
+                              const std::string& sweep_text, const std::string& fingerprint = "");
+  // Replaces the study's stored sweep (path, text) and plan fingerprint.
+  Status UpdateStudySweep(int64_t study, const std::string& sweep_path, const std::string& sweep_text,
+                          const std::string& fingerprint);
   Status SetStudyStatus(int64_t study, const std::string& status);
   Result<int64_t> AddStack(int64_t study, const std::string& name, int64_t position);
   // Queues trial `number` of `stack` unless it exists (idempotent).
@@ -103,12 +131,38 @@ class Store {
                                        const std::string& sort = "id");
   Result<std::vector<std::string>> Stacks(int64_t study);
 
+  // Leases. Each works inside a transaction opened with Begin (it then only
+  // executes its statements, under the write lock Begin took) and outside one
+  // (it then runs in its own BEGIN IMMEDIATE transaction), so a check and its
+  // write are atomic against other processes either way.
+  //
+  // Takes the study's lease for mine.holder if nobody holds it, the holder's
+  // lease expired, or mine.holder already holds it (then renews). nullopt:
+  // acquired. Otherwise returns the live holder (not acquired).
+  Result<std::optional<Lease>> AcquireLease(int64_t study, const Lease& mine);
+  // Extends it; an error if mine.holder no longer holds it (someone took it after expiry).
+  Status RenewLease(int64_t study, const std::string& holder, double expires);
+  // Gives it up; a no-op if `holder` does not hold it.
+  Status ReleaseLease(int64_t study, const std::string& holder);
+  // The live (unexpired) lease, nullopt if none. Works on a read-only Store.
+  Result<std::optional<Lease>> LiveLease(int64_t study);
+
+  // SQLite's PRAGMA integrity_check and foreign_key_check: the problems found,
+  // one line each; empty when the file is sound.
+  Result<std::vector<std::string>> Check();
+
+  const std::string& path() const { return path_; }
+
  private:
-  explicit Store(sqlite3* db) : conn_(std::make_unique<Connection>(db)) {}
+  Store(sqlite3* db, std::string path, bool read_only)
+      : conn_(std::make_unique<Connection>(db)), path_(std::move(path)), read_only_(read_only) {}
   Status Exec(const std::string& sql);
   Status Error(const std::string& what) const;
 
   std::unique_ptr<Connection> conn_;
+  std::string path_;
+  bool read_only_ = false;
+  int64_t version_ = kSchemaVersion;  // the file's schema version (older when read-only)
 };
 
 }  // namespace masktune::storage
