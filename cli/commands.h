@@ -26,6 +26,7 @@ Action AddWorkerCommand(CLI::App& app);
 Action AddBestCommand(CLI::App& app);
 Action AddTrialsCommand(CLI::App& app);
 Action AddStatusCommand(CLI::App& app);
+Action AddCheckCommand(CLI::App& app);
 Action AddExportCommand(CLI::App& app);
 Action AddKeysCommand(CLI::App& app);
 Action AddLaunchCommand(CLI::App& app);

@@ -17,7 +17,7 @@ int Main(int argc, char** argv) {
   std::map<CLI::App*, Action> actions;
   // Each Add*Command adds one subcommand, the newest in app's list.
   for (auto add : {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand,
-                   AddTrialsCommand, AddStatusCommand, AddExportCommand, AddCoordinatorCommand,
+                   AddTrialsCommand, AddStatusCommand, AddCheckCommand, AddExportCommand, AddCoordinatorCommand,
                    AddWorkerCommand, AddAttendCommand, AddKeysCommand, AddLaunchCommand}) {
     Action action = add(app);
     actions[app.get_subcommands({}).back()] = std::move(action);

@@ -1,5 +1,6 @@
-// masktune best / trials / status / export: questions to a study's database.
+// masktune best / trials / status / check: questions to a study's database.
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -27,22 +28,37 @@ struct Opened {
   configs::SweepConfig sweep;
 };
 
-// Opens the database and the study, re-reading its sweep from the database.
-std::optional<Opened> Open(const std::string& command, const Query& q) {
-  auto fail = [&](const std::string& m) {
+// Open's answer: the study, or the exit code of a failure already reported
+// in one line on stderr: kExitBadInput for no such database or study,
+// kExitFailure for a storage error (unreadable, corrupt, not a masktune file).
+struct OpenedOrExit {
+  std::optional<Opened> opened;
+  int code = kExitOk;
+  explicit operator bool() const { return opened.has_value(); }
+  Opened* operator->() { return &*opened; }
+};
+
+// Opens the database read-only (nothing is created, migrated or written, so
+// a file in a read-only folder can be read) and the study, re-reading its
+// sweep from the database.
+OpenedOrExit Open(const std::string& command, const Query& q) {
+  auto fail = [&](const std::string& m, int code) {
     std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), m.c_str());
-    return std::nullopt;
+    return OpenedOrExit{std::nullopt, code};
   };
-  if (!std::filesystem::exists(q.db)) return fail(q.db + ": no such database");
-  auto store = storage::Store::Open(q.db);
-  if (!store.ok()) return fail(store.status().message());
+  if (!std::filesystem::exists(q.db)) return fail(q.db + ": no such database", kExitBadInput);
+  auto store = storage::Store::OpenReadOnly(q.db);
+  if (!store.ok()) return fail(store.status().message(), kExitFailure);
   auto row = store->FindStudy(q.study);
-  if (!row.ok()) return fail(row.status().message());
-  if (!row.value()) return fail("no study '" + q.study + "' in " + q.db);
+  if (!row.ok()) return fail(row.status().message(), kExitFailure);
+  if (!row.value()) return fail("no study '" + q.study + "' in " + q.db, kExitBadInput);
   auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path,
                                    MaskerRegistry::WithBuiltins());
-  if (!sweep.ok()) return fail("the study's stored sweep no longer parses: " + sweep.status().message());
-  return Opened{std::move(store).value(), *row.value(), std::move(sweep).value()};
+  if (!sweep.ok())
+    return fail(q.db + ": study '" + q.study + "': its stored sweep no longer parses: " +
+                    sweep.status().message(),
+                kExitBadInput);
+  return OpenedOrExit{Opened{std::move(store).value(), *row.value(), std::move(sweep).value()}};
 }
 
 std::string CsvField(const std::string& s) {
@@ -155,15 +171,82 @@ int RunTrials(Query& q) {
   return kExitOk;
 }
 
-int RunStatus(Query& q) {
+// "2026-12-01 15:30:02 UTC" for unix seconds.
+std::string UtcTime(double unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+// SQLite's integrity_check and foreign_key_check on the open database: "DB:
+// ok ..." on stdout and kExitOk, or each problem on stdout, one line naming
+// the database on stderr and kExitFailure.
+int ReportCheck(const std::string& command, storage::Store& store, const std::string& db) {
+  auto problems = store.Check();
+  if (!problems.ok()) {
+    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), problems.status().message().c_str());
+    return kExitFailure;
+  }
+  if (problems->empty()) {
+    std::printf("%s: ok (integrity_check and foreign_key_check found no problem)\n", db.c_str());
+    return kExitOk;
+  }
+  for (const std::string& p : problems.value()) std::printf("%s: %s\n", db.c_str(), p.c_str());
+  std::fprintf(stderr, "masktune %s: %s: %zu problem%s found by SQLite's integrity checks\n",
+               command.c_str(), db.c_str(), problems->size(), problems->size() == 1 ? "" : "s");
+  return kExitFailure;
+}
+
+// The counts, and who runs the study: "finished"; "running", held by a live
+// coordinator's lease; or "interrupted", running in the file but with no live
+// lease (a killed coordinator, or one that failed to start).
+int RunStatus(Query& q, bool check) {
   auto o = Open("status", q);
-  if (!o) return kExitBadInput;
+  if (!o) return o.code;
+  auto fail = [&](const Status& s) {
+    std::fprintf(stderr, "masktune status: %s\n", s.message().c_str());
+    return kExitFailure;
+  };
   auto p = o->store.GetProgress(o->study.id);
-  if (!p.ok()) return kExitFailure;
+  if (!p.ok()) return fail(p.status());
+  auto lease = o->store.LiveLease(o->study.id);
+  if (!lease.ok()) return fail(lease.status());
+  std::string state = "finished", detail;
+  if (o->study.status != "finished") {
+    if (const auto& l = lease.value()) {
+      state = "running";
+      detail = "held by " + l->holder + " on " + l->host + " pid " + std::to_string(l->pid) +
+               " (lease until " + UtcTime(l->expires) + ")";
+    } else {
+      state = "interrupted";
+      detail = "no live coordinator: resume with `masktune resume " + q.study + " --db " + q.db + "`";
+    }
+  }
   std::printf("study %s (%s): %lld trials: %lld done, %lld failed, %lld running, %lld queued\n",
-              o->study.name.c_str(), o->study.status.c_str(), static_cast<long long>(p->total),
+              o->study.name.c_str(), state.c_str(), static_cast<long long>(p->total),
               static_cast<long long>(p->done), static_cast<long long>(p->failed),
               static_cast<long long>(p->running), static_cast<long long>(p->queued));
+  if (!detail.empty()) std::printf("  %s\n", detail.c_str());
+  return check ? ReportCheck("status", o->store, q.db) : kExitOk;
+}
+
+// Reads the database even when the study's rows are damaged: the checks run
+// before the study is looked up.
+int RunCheck(Query& q) {
+  auto fail = [&](const std::string& m, int code) {
+    std::fprintf(stderr, "masktune check: %s\n", m.c_str());
+    return code;
+  };
+  if (!std::filesystem::exists(q.db)) return fail(q.db + ": no such database", kExitBadInput);
+  auto store = storage::Store::OpenReadOnly(q.db);
+  if (!store.ok()) return fail(store.status().message(), kExitFailure);
+  if (int code = ReportCheck("check", store.value(), q.db); code != kExitOk) return code;
+  auto row = store->FindStudy(q.study);
+  if (!row.ok()) return fail(row.status().message(), kExitFailure);
+  if (!row.value()) return fail("no study '" + q.study + "' in " + q.db, kExitBadInput);
   return kExitOk;
 }
 
@@ -250,9 +333,25 @@ Action AddTrialsCommand(CLI::App& app) {
 
 Action AddStatusCommand(CLI::App& app) {
   auto q = std::make_shared<Query>();
-  CLI::App* cmd = app.add_subcommand("status", "A study's progress.");
+  auto check = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("status", "A study's progress, and whether a coordinator runs it.");
   AddStudyOptions(cmd, *q);
-  return [q] { return RunStatus(*q); };
+  cmd->add_flag("--check", *check, "then run SQLite's integrity checks on the database (as `check`)");
+  cmd->footer("The state is finished, running (a live coordinator holds the study's lease: who,\n"
+              "where, until when) or interrupted (no live coordinator: resume it). The database\n"
+              "is opened read-only. Exit codes: 0 ok, 1 a storage error or a check that found\n"
+              "problems, 2 no such database or study.");
+  return [q, check] { return RunStatus(*q, *check); };
+}
+
+Action AddCheckCommand(CLI::App& app) {
+  auto q = std::make_shared<Query>();
+  CLI::App* cmd = app.add_subcommand(
+      "check", "Check a study's database: SQLite's integrity_check and foreign_key_check.");
+  AddStudyOptions(cmd, *q);
+  cmd->footer("Prints 'DB: ok' or each problem found. The database is opened read-only.\n"
+              "Exit codes: 0 ok, 1 problems found or a storage error, 2 no such database or study.");
+  return [q] { return RunCheck(*q); };
 }
 
 Action AddExportCommand(CLI::App& app) {

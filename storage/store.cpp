@@ -1,11 +1,12 @@
 #include "storage/store.h"
 
+#include <algorithm>
 #include <chrono>
-#include <thread>
-
-#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
 #include <map>
-#include <nlohmann/json.hpp>
+#include <thread>
 
 namespace masktune::storage {
 namespace {
@@ -15,14 +16,16 @@ double Now() {
 }
 
 // A prepared statement from the store's cache: reset and unbound on scope
-// exit, so each SQL text is compiled once per connection.
+// exit, so each SQL text is compiled once per connection. A statement that
+// did not prepare steps to its prepare error, so checking Step's result
+// covers both (the connection's errmsg still names the cause).
 class Stmt {
  public:
   Stmt(Connection& c, const std::string& sql) {
     sqlite3_stmt*& slot = c.statements[sql];
     if (!slot) rc_ = sqlite3_prepare_v3(c.db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &slot, nullptr);
     st_ = slot;
-    if (!st_) rc_ = SQLITE_ERROR;
+    if (!st_ && rc_ == SQLITE_OK) rc_ = SQLITE_ERROR;  // an empty statement
   }
   ~Stmt() {
     if (!st_) return;
@@ -30,17 +33,19 @@ class Stmt {
     sqlite3_clear_bindings(st_);
   }
   Stmt(const Stmt&) = delete;
-  bool ok() const { return rc_ == SQLITE_OK; }
-  Stmt& Bind(int i, int64_t v) { sqlite3_bind_int64(st_, i, v); return *this; }
-  Stmt& Bind(int i, double v) { sqlite3_bind_double(st_, i, v); return *this; }
+  Stmt& Bind(int i, int64_t v) { if (st_) sqlite3_bind_int64(st_, i, v); return *this; }
+  Stmt& Bind(int i, double v) { if (st_) sqlite3_bind_double(st_, i, v); return *this; }
   Stmt& Bind(int i, const std::string& v) {
-    sqlite3_bind_text(st_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    if (st_) sqlite3_bind_text(st_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
-  int Step() { return st_ ? sqlite3_step(st_) : SQLITE_ERROR; }
+  int Step() { return st_ ? sqlite3_step(st_) : rc_; }
   int64_t Int(int c) const { return sqlite3_column_int64(st_, c); }
   double Double(int c) const { return sqlite3_column_double(st_, c); }
-  bool Null(int c) const { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
+  bool Null(int c) const { return Type(c) == SQLITE_NULL; }
+  int Type(int c) const { return sqlite3_column_type(st_, c); }
+  // Numbers stored as REAL or INTEGER; NULL (how SQLite stores a NaN) reads as NaN.
+  bool Number(int c) const { return Type(c) == SQLITE_FLOAT || Type(c) == SQLITE_INTEGER; }
   std::string Text(int c) const {
     const unsigned char* t = sqlite3_column_text(st_, c);
     return t ? reinterpret_cast<const char*>(t) : "";
@@ -74,20 +79,51 @@ CREATE TABLE workers (
   last_seen REAL NOT NULL, PRIMARY KEY (study_id, name));
 )";
 
+// Version 1 -> 2: the plan's fingerprint per study, and one lease per study.
+const char* kMigrateV2 = R"(
+ALTER TABLE studies ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+CREATE TABLE leases (
+  study_id INTEGER PRIMARY KEY REFERENCES studies(id), holder TEXT NOT NULL, host TEXT NOT NULL,
+  pid INTEGER NOT NULL, expires REAL NOT NULL);
+)";
+
+// `path` as an SQLite URI that opens it immutable (no locks, no -shm).
+std::string ImmutableUri(const std::string& path) {
+  std::string abs = std::filesystem::absolute(path).lexically_normal().string();
+  std::string uri = "file:";
+  for (char c : abs) {
+    if (c == '%' || c == '?' || c == '#') {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", static_cast<unsigned char>(c));
+      uri += buf;
+    } else {
+      uri += c;
+    }
+  }
+  return uri + "?immutable=1";
+}
+
 }  // namespace
 
 Status Store::Error(const std::string& what) const {
-  return Status::Error("sqlite: " + what + ": " + sqlite3_errmsg(conn_->db));
+  return Status::Error(path_ + ": " + what + ": " + sqlite3_errmsg(conn_->db));
 }
 
 Status Store::Exec(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(conn_->db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "error";
+    std::string msg = err ? err : sqlite3_errmsg(conn_->db);
     sqlite3_free(err);
-    return Status::Error("sqlite: " + msg);
+    return Status::Error(path_ + ": " + msg);
   }
   return Status::Ok();
+}
+
+Result<int64_t> Store::SchemaVersion() {
+  Stmt v(*conn_, "PRAGMA user_version");
+  const int rc = v.Step();
+  if (rc != SQLITE_ROW) return Error("read the schema version");
+  return v.Int(0);
 }
 
 Result<Store> Store::Open(const std::string& path) {
@@ -109,36 +145,68 @@ Result<Store> Store::Open(const std::string& path) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     wal = store.Exec("PRAGMA journal_mode=WAL");
   }
-  MT_RETURN_IF_ERROR(wal.WithContext(path + ": "));
-  MT_RETURN_IF_ERROR(store.Exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
-                         .WithContext(path + ": "));
-  int64_t version = 0;
-  {  // reset before BEGIN: a live read would make BEGIN IMMEDIATE fail at once, not wait
-    Stmt v(*store.conn_, "PRAGMA user_version");
-    v.Step();
-    version = v.Int(0);
-  }
+  MT_RETURN_IF_ERROR(wal);
+  MT_RETURN_IF_ERROR(store.Exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"));
+  // Read before BEGIN, and reset at once: a live read would make BEGIN
+  // IMMEDIATE fail at once rather than wait.
+  MT_ASSIGN_OR_RETURN(int64_t version, store.SchemaVersion());
   if (version > kSchemaVersion)
     return Status::Error(path + ": schema version " + std::to_string(version) +
                          " is newer than this masktune (" + std::to_string(kSchemaVersion) + ")");
-  if (version < 1) {
-    // Another process may be creating the schema at this moment: look again
-    // under the write lock, so only one of them does.
-    MT_RETURN_IF_ERROR(store.Exec("BEGIN IMMEDIATE").WithContext(path + ": "));
-    int64_t now = 0;
-    {
-      Stmt again(*store.conn_, "PRAGMA user_version");
-      again.Step();
-      now = again.Int(0);
-    }
-    const Status created = now < 1 ? store.Exec(std::string(kSchemaV1) + "PRAGMA user_version=1;")
-                                   : Status::Ok();
-    if (!created.ok()) {
+  if (version < kSchemaVersion) {
+    // Another process may be creating or migrating the schema at this
+    // moment: look again under the write lock, so only one of them does.
+    MT_RETURN_IF_ERROR(store.Exec("BEGIN IMMEDIATE"));
+    Status migrated = Status::Ok();
+    auto now = store.SchemaVersion();
+    if (!now.ok()) migrated = now.status();
+    if (migrated.ok() && now.value() < 1) migrated = store.Exec(kSchemaV1);
+    if (migrated.ok() && now.value() < 2) migrated = store.Exec(kMigrateV2);
+    if (migrated.ok() && now.value() < kSchemaVersion)
+      migrated = store.Exec("PRAGMA user_version=" + std::to_string(kSchemaVersion));
+    if (!migrated.ok()) {
       (void)store.Exec("ROLLBACK");
-      return created.WithContext(path + ": ");
+      return migrated.WithContext("migrating the schema to version " +
+                                  std::to_string(kSchemaVersion) + ": ");
     }
-    MT_RETURN_IF_ERROR(store.Exec("COMMIT").WithContext(path + ": "));
+    MT_RETURN_IF_ERROR(store.Exec("COMMIT"));
   }
+  return store;
+}
+
+Result<Store> Store::OpenReadOnly(const std::string& path) {
+  auto open = [&](const std::string& name, int flags) -> Result<Store> {
+    sqlite3* raw = nullptr;
+    const int rc = sqlite3_open_v2(name.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | flags,
+                                   nullptr);
+    Store store(raw, path, true);
+    if (rc != SQLITE_OK)
+      return Status::Error(path + ": cannot open database: " + sqlite3_errstr(rc));
+    sqlite3_busy_timeout(raw, 10000);
+    return store;
+  };
+  MT_ASSIGN_OR_RETURN(Store store, open(path, 0));
+  auto version = store.SchemaVersion();
+  if (!version.ok()) {
+    // A WAL file closed cleanly has no -wal and -shm beside it; in a folder
+    // we may not write, a read-only connection cannot create them. With no
+    // -wal there is nothing but the main file to read, and nobody writing
+    // (a writer would have made a -wal): open it immutable.
+    const int code = sqlite3_errcode(store.conn_->db) & 0xff;
+    std::error_code ec;
+    if ((code == SQLITE_READONLY || code == SQLITE_CANTOPEN) &&
+        !std::filesystem::exists(path + "-wal", ec)) {
+      MT_ASSIGN_OR_RETURN(store, open(ImmutableUri(path), SQLITE_OPEN_URI));
+      version = store.SchemaVersion();
+    }
+    if (!version.ok()) return version.status();
+  }
+  if (version.value() < 1)
+    return Status::Error(path + ": not a masktune database (no schema: user_version is 0)");
+  if (version.value() > kSchemaVersion)
+    return Status::Error(path + ": schema version " + std::to_string(version.value()) +
+                         " is newer than this masktune (" + std::to_string(kSchemaVersion) + ")");
+  store.version_ = version.value();
   return store;
 }
 
@@ -146,21 +214,37 @@ Status Store::Begin() { return Exec("BEGIN IMMEDIATE"); }
 Status Store::Commit() { return Exec("COMMIT"); }
 
 Result<std::optional<StudyRow>> Store::FindStudy(const std::string& name) {
-  Stmt s(*conn_, "SELECT id, name, sweep_path, sweep_text, status FROM studies WHERE name = ?");
+  Stmt s(*conn_, version_ >= 2
+                     ? "SELECT id, name, sweep_path, sweep_text, status, fingerprint FROM studies WHERE name = ?"
+                     : "SELECT id, name, sweep_path, sweep_text, status, '' FROM studies WHERE name = ?");
   s.Bind(1, name);
   const int rc = s.Step();
   if (rc == SQLITE_DONE) return std::optional<StudyRow>();
-  if (rc != SQLITE_ROW) return Error("find study");
-  return std::optional<StudyRow>(StudyRow{s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4), ""});
+  if (rc != SQLITE_ROW) return Error("find study '" + name + "'");
+  if (s.Type(0) != SQLITE_INTEGER || s.Type(3) != SQLITE_TEXT)
+    return Status::Error(path_ + ": study '" + name + "': malformed row (id or sweep_text of the wrong type)");
+  StudyRow row{s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4), s.Text(5)};
+  if (s.Step() != SQLITE_DONE) return Error("find study '" + name + "'");
+  return std::optional<StudyRow>(std::move(row));
 }
 
 Result<int64_t> Store::CreateStudy(const std::string& name, const std::string& sweep_path,
                                    const std::string& sweep_text, const std::string& fingerprint) {
-  (void)fingerprint;
-  Stmt s(*conn_, "INSERT INTO studies (name, sweep_path, sweep_text, created) VALUES (?,?,?,?)");
-  s.Bind(1, name).Bind(2, sweep_path).Bind(3, sweep_text).Bind(4, Now());
-  if (s.Step() != SQLITE_DONE) return Error("create study");
+  Stmt s(*conn_,
+         "INSERT INTO studies (name, sweep_path, sweep_text, fingerprint, created) VALUES (?,?,?,?,?)");
+  s.Bind(1, name).Bind(2, sweep_path).Bind(3, sweep_text).Bind(4, fingerprint).Bind(5, Now());
+  if (s.Step() != SQLITE_DONE) return Error("create study '" + name + "'");
   return static_cast<int64_t>(sqlite3_last_insert_rowid(conn_->db));
+}
+
+Status Store::UpdateStudySweep(int64_t study, const std::string& sweep_path, const std::string& sweep_text,
+                               const std::string& fingerprint) {
+  Stmt s(*conn_, "UPDATE studies SET sweep_path = ?, sweep_text = ?, fingerprint = ? WHERE id = ?");
+  s.Bind(1, sweep_path).Bind(2, sweep_text).Bind(3, fingerprint).Bind(4, study);
+  if (s.Step() != SQLITE_DONE) return Error("update the study's sweep");
+  if (sqlite3_changes(conn_->db) == 0)
+    return Status::Error(path_ + ": update the study's sweep: no study with id " + std::to_string(study));
+  return Status::Ok();
 }
 
 Status Store::SetStudyStatus(int64_t study, const std::string& status) {
@@ -174,8 +258,10 @@ Result<int64_t> Store::AddStack(int64_t study, const std::string& name, int64_t 
          "INSERT INTO stacks (study_id, name, position) VALUES (?,?,?) "
          "ON CONFLICT (study_id, name) DO UPDATE SET position = excluded.position RETURNING id");
   s.Bind(1, study).Bind(2, name).Bind(3, position);
-  if (s.Step() != SQLITE_ROW) return Error("add stack");
-  return s.Int(0);
+  if (s.Step() != SQLITE_ROW) return Error("add stack " + name);
+  const int64_t id = s.Int(0);
+  if (s.Step() != SQLITE_DONE) return Error("add stack " + name);
+  return id;
 }
 
 Status Store::AddTrial(int64_t stack, int64_t number, const std::string& params_json) {
@@ -205,8 +291,10 @@ Result<std::optional<TrialRow>> Store::StartNext(int64_t study, const std::strin
   t.attempts = s.Int(4);
   t.status = "running";
   t.worker = worker;
-  while (s.Step() == SQLITE_ROW) {
+  int more;
+  while ((more = s.Step()) == SQLITE_ROW) {
   }
+  if (more != SQLITE_DONE) return Error("start trial");
   return std::optional<TrialRow>(std::move(t));
 }
 
@@ -270,6 +358,7 @@ Result<Progress> Store::GetProgress(int64_t study) {
     else if (st == "running") p.running = n;
     else if (st == "done") p.done = n;
     else if (st == "failed") p.failed = n;
+    else return Status::Error(path_ + ": progress: a trial has the unknown status '" + st + "'");
   }
   if (rc != SQLITE_DONE) return Error("progress");
   return p;
@@ -279,7 +368,11 @@ Result<std::optional<double>> Store::BestObjective(int64_t study) {
   Stmt s(*conn_, "SELECT MIN(objective) FROM trials WHERE study_id = ? AND status = 'done'");
   s.Bind(1, study);
   if (s.Step() != SQLITE_ROW) return Error("best objective");
-  return s.Null(0) ? std::optional<double>() : std::optional<double>(s.Double(0));
+  if (!s.Null(0) && !s.Number(0))
+    return Status::Error(path_ + ": best objective: not a number");
+  const std::optional<double> best = s.Null(0) ? std::optional<double>() : std::optional<double>(s.Double(0));
+  if (s.Step() != SQLITE_DONE) return Error("best objective");
+  return best;
 }
 
 Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& status,
@@ -293,7 +386,7 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
       "COALESCE(t.error, ''), t.objective, COALESCE(t.started, 0), COALESCE(t.finished, 0) "
       "FROM trials t JOIN stacks s ON s.id = t.stack_id WHERE t.study_id = ? " +
       std::string(status.empty() ? "" : "AND t.status = ? ") + "ORDER BY " + order;
-  Stmt s(*conn_, sql.c_str());
+  Stmt s(*conn_, sql);
   s.Bind(1, study);
   if (!status.empty()) s.Bind(2, status);
   std::vector<TrialRow> rows;
@@ -301,6 +394,9 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
   while ((rc = s.Step()) == SQLITE_ROW) {
     TrialRow t;
     t.id = s.Int(0);
+    if (s.Type(0) != SQLITE_INTEGER || s.Type(3) != SQLITE_TEXT || (!s.Null(8) && !s.Number(8)))
+      return Status::Error(path_ + ": trial " + std::to_string(t.id) +
+                           ": malformed row (id, params or objective of the wrong type)");
     t.stack = s.Text(1);
     t.number = s.Int(2);
     t.params = s.Text(3);
@@ -313,13 +409,19 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
     t.finished = s.Double(10);
     rows.push_back(std::move(t));
   }
-  if (rc != SQLITE_DONE) return Error("trials");
+  if (rc != SQLITE_DONE) return Error("read the study's trials");
   Stmt m(*conn_,
          "SELECT m.trial_id, m.name, m.value FROM metrics m JOIN trials t ON t.id = m.trial_id "
          "WHERE t.study_id = ?");
   m.Bind(1, study);
   std::map<int64_t, Metrics> by_trial;
-  while ((rc = m.Step()) == SQLITE_ROW) by_trial[m.Int(0)][m.Text(1)] = m.Double(2);
+  while ((rc = m.Step()) == SQLITE_ROW) {
+    if (m.Type(0) != SQLITE_INTEGER || m.Type(1) != SQLITE_TEXT || (!m.Null(2) && !m.Number(2)))
+      return Status::Error(path_ + ": metric of trial " + std::to_string(m.Int(0)) +
+                           ": malformed row (trial_id, name or value of the wrong type)");
+    by_trial[m.Int(0)][m.Text(1)] = m.Null(2) ? std::numeric_limits<double>::quiet_NaN() : m.Double(2);
+  }
+  if (rc != SQLITE_DONE) return Error("read the study's metrics");
   for (TrialRow& t : rows) t.metrics = by_trial[t.id];
   return rows;
 }
@@ -328,20 +430,123 @@ Result<std::vector<std::string>> Store::Stacks(int64_t study) {
   Stmt s(*conn_, "SELECT name FROM stacks WHERE study_id = ? ORDER BY position");
   s.Bind(1, study);
   std::vector<std::string> out;
-  while (s.Step() == SQLITE_ROW) out.push_back(s.Text(0));
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) out.push_back(s.Text(0));
+  if (rc != SQLITE_DONE) return Error("read the study's stacks");
   return out;
 }
 
-Result<Store> Store::OpenReadOnly(const std::string& path) { return Open(path); }
-Status Store::UpdateStudySweep(int64_t, const std::string&, const std::string&, const std::string&) {
-  return Status::Error("not implemented");
+// --- leases ------------------------------------------------------------------
+
+Status Store::InTransaction(const std::function<Status()>& body) {
+  if (!sqlite3_get_autocommit(conn_->db)) return body();  // the caller's Begin holds the write lock
+  MT_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  Status s = body();
+  if (!s.ok()) {
+    (void)Exec("ROLLBACK");
+    return s;
+  }
+  return Exec("COMMIT");
 }
-Result<std::optional<Lease>> Store::AcquireLease(int64_t, const Lease&) {
-  return Status::Error("not implemented");
+
+Result<std::optional<Lease>> Store::CurrentLease(int64_t study) {
+  Stmt s(*conn_, "SELECT holder, host, pid, expires FROM leases WHERE study_id = ?");
+  s.Bind(1, study);
+  const int rc = s.Step();
+  if (rc == SQLITE_DONE) return std::optional<Lease>();
+  if (rc != SQLITE_ROW) return Error("read the study's lease");
+  if (!s.Number(3)) return Status::Error(path_ + ": the study's lease: expiry is not a number");
+  Lease l{s.Text(0), s.Text(1), s.Int(2), s.Double(3)};
+  if (s.Step() != SQLITE_DONE) return Error("read the study's lease");
+  return std::optional<Lease>(std::move(l));
 }
-Status Store::RenewLease(int64_t, const std::string&, double) { return Status::Error("not implemented"); }
-Status Store::ReleaseLease(int64_t, const std::string&) { return Status::Error("not implemented"); }
-Result<std::optional<Lease>> Store::LiveLease(int64_t) { return Status::Error("not implemented"); }
-Result<std::vector<std::string>> Store::Check() { return Status::Error("not implemented"); }
+
+Result<std::optional<Lease>> Store::AcquireLease(int64_t study, const Lease& mine) {
+  if (mine.holder.empty()) return Status::Error(path_ + ": acquire lease: empty holder name");
+  std::optional<Lease> live;
+  MT_RETURN_IF_ERROR(InTransaction([&]() -> Status {
+    MT_ASSIGN_OR_RETURN(std::optional<Lease> current, CurrentLease(study));
+    if (current && current->holder != mine.holder && current->expires > Now()) {
+      live = std::move(current);
+      return Status::Ok();
+    }
+    Stmt s(*conn_,
+           "INSERT INTO leases (study_id, holder, host, pid, expires) VALUES (?,?,?,?,?) "
+           "ON CONFLICT (study_id) DO UPDATE SET holder = excluded.holder, host = excluded.host, "
+           "pid = excluded.pid, expires = excluded.expires");
+    s.Bind(1, study).Bind(2, mine.holder).Bind(3, mine.host).Bind(4, mine.pid).Bind(5, mine.expires);
+    return s.Step() == SQLITE_DONE ? Status::Ok() : Error("acquire the study's lease");
+  }));
+  return live;
+}
+
+Status Store::RenewLease(int64_t study, const std::string& holder, double expires) {
+  return InTransaction([&]() -> Status {
+    Stmt s(*conn_, "UPDATE leases SET expires = ? WHERE study_id = ? AND holder = ?");
+    s.Bind(1, expires).Bind(2, study).Bind(3, holder);
+    if (s.Step() != SQLITE_DONE) return Error("renew the study's lease");
+    if (sqlite3_changes(conn_->db) > 0) return Status::Ok();
+    MT_ASSIGN_OR_RETURN(std::optional<Lease> now, CurrentLease(study));
+    if (!now) return Status::Error(path_ + ": renew lease: " + holder + " no longer holds the study's lease (released)");
+    return Status::Error(path_ + ": renew lease: " + holder + " no longer holds the study's lease: taken by " +
+                         now->holder + " on " + now->host + " pid " + std::to_string(now->pid));
+  });
+}
+
+Status Store::ReleaseLease(int64_t study, const std::string& holder) {
+  Stmt s(*conn_, "DELETE FROM leases WHERE study_id = ? AND holder = ?");
+  s.Bind(1, study).Bind(2, holder);
+  return s.Step() == SQLITE_DONE ? Status::Ok() : Error("release the study's lease");
+}
+
+Result<std::optional<Lease>> Store::LiveLease(int64_t study) {
+  if (version_ < 2) return std::optional<Lease>();  // a read-only file from before leases
+  MT_ASSIGN_OR_RETURN(std::optional<Lease> l, CurrentLease(study));
+  if (l && l->expires <= Now()) l.reset();
+  return l;
+}
+
+// --- checks ------------------------------------------------------------------
+
+Result<std::vector<std::string>> Store::Check() {
+  std::vector<std::string> problems;
+  // A corrupt page can stop the check itself: that is a finding, not a failure to check.
+  auto finding = [&](int rc) {
+    const int code = rc & 0xff;
+    return code == SQLITE_CORRUPT || code == SQLITE_NOTADB;
+  };
+  {
+    Stmt s(*conn_, "PRAGMA integrity_check");
+    int rc;
+    while ((rc = s.Step()) == SQLITE_ROW) {
+      // One row "ok", or rows of findings (one may hold several lines).
+      const std::string text = s.Text(0);
+      if (text == "ok") continue;
+      size_t start = 0;
+      while (start <= text.size()) {
+        const size_t end = std::min(text.find('\n', start), text.size());
+        const std::string line = text.substr(start, end - start);
+        if (!line.empty() && line.rfind("*** in database", 0) != 0) problems.push_back(line);
+        start = end + 1;
+      }
+    }
+    if (rc != SQLITE_DONE) {
+      if (!finding(rc)) return Error("integrity_check");
+      problems.push_back(std::string("integrity_check stopped: ") + sqlite3_errmsg(conn_->db));
+    }
+  }
+  {
+    Stmt s(*conn_, "PRAGMA foreign_key_check");
+    int rc;
+    while ((rc = s.Step()) == SQLITE_ROW)
+      problems.push_back("foreign key: " + s.Text(0) + " row " + std::to_string(s.Int(1)) +
+                         " refers to a missing row of " + s.Text(2));
+    if (rc != SQLITE_DONE) {
+      if (!finding(rc)) return Error("foreign_key_check");
+      problems.push_back(std::string("foreign_key_check stopped: ") + sqlite3_errmsg(conn_->db));
+    }
+  }
+  return problems;
+}
 
 }  // namespace masktune::storage

@@ -18,6 +18,7 @@
 
 #include <sqlite3.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -31,7 +32,7 @@ namespace masktune::storage {
 
 // 1: studies, stacks, trials, metrics, workers.
 // 2: studies.fingerprint, leases. Version 1 files are migrated by Open.
-inline constexpr int kSchemaVersion = 1;  // 2 once the migration lands
+inline constexpr int kSchemaVersion = 2;
 
 // The connection and its prepared statements (each SQL text compiled once),
 // finalised before the connection closes.
@@ -157,7 +158,13 @@ class Store {
   Store(sqlite3* db, std::string path, bool read_only)
       : conn_(std::make_unique<Connection>(db)), path_(std::move(path)), read_only_(read_only) {}
   Status Exec(const std::string& sql);
+  // "PATH: what: SQLite's message for the connection's last error".
   Status Error(const std::string& what) const;
+  Result<int64_t> SchemaVersion();
+  // Runs `body` in the caller's open transaction, or in its own BEGIN IMMEDIATE one.
+  Status InTransaction(const std::function<Status()>& body);
+  // The study's lease row, expired or not.
+  Result<std::optional<Lease>> CurrentLease(int64_t study);
 
   std::unique_ptr<Connection> conn_;
   std::string path_;
