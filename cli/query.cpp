@@ -195,6 +195,7 @@ int ReportCheck(const std::string& command, storage::Store& store, const std::st
     return kExitOk;
   }
   for (const std::string& p : problems.value()) std::printf("%s: %s\n", db.c_str(), p.c_str());
+  std::fflush(stdout);  // the findings before the summary, when both go to one place
   std::fprintf(stderr, "masktune %s: %s: %zu problem%s found by SQLite's integrity checks\n",
                command.c_str(), db.c_str(), problems->size(), problems->size() == 1 ? "" : "s");
   return kExitFailure;
