@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "cli/report.h"
+#include "cli/study.h"
 #include "coordinator/coordinator.h"
 #include "search/objective.h"
 #include "search/plan.h"
@@ -77,34 +78,31 @@ int RunBest(Query& q) {
   auto o = Open("best", q);
   if (!o) return kExitBadInput;
   if (!q.objective.empty()) {
-    if (!configs::IsReferenceObjective(q.objective)) {
-      std::fprintf(stderr, "masktune best: --objective: expected default or sparsity_5..25, found '%s'\n",
-                   q.objective.c_str());
+    // Rank under another objective: recomputed from the stored metrics, per stack.
+    auto rows = o->store.Trials(o->study.id, "done");
+    if (!rows.ok()) {
+      std::fprintf(stderr, "masktune best: %s\n", rows.status().message().c_str());
+      return kExitFailure;
+    }
+    std::vector<std::string> reported;
+    for (const auto& r : rows.value())
+      for (const auto& [k, v] : r.metrics)
+        if (std::find(reported.begin(), reported.end(), k) == reported.end()) reported.push_back(k);
+    auto objective = ParseObjectiveFlag(q.objective, reported);
+    if (!objective.ok()) {
+      std::fprintf(stderr, "masktune best: %s\n", objective.status().message().c_str());
       return kExitBadInput;
     }
-    o->sweep.objective = configs::ObjectiveSpec{q.objective, {}};
-    // Re-rank under the other objective: recompute from the stored metrics.
-    auto rows = o->store.Trials(o->study.id, "done");
-    if (!rows.ok()) return kExitFailure;
-    double best = INFINITY;
-    const storage::TrialRow* arg = nullptr;
-    for (const auto& r : rows.value()) {
-      if (!q.stack.empty() && r.stack != q.stack) continue;
-      const double v = search::ObjectiveValue(o->sweep.objective, r.metrics);
-      if (v < best) best = v, arg = &r;
-    }
-    if (!arg) {
-      std::printf("no finished trial\n");
-      return kExitOk;
-    }
-    std::printf("best %s under %s: trial %lld, objective %.6g; params %s\n", arg->stack.c_str(),
-                q.objective.c_str(), static_cast<long long>(arg->id), best, arg->params.c_str());
-    return kExitOk;
+    o->sweep.objective = std::move(objective).value();
   }
   return PrintBest(o->store, o->study.id, o->sweep, q.stack);
 }
 
-int RunTrials(Query& q) {
+// The table shows numbers with 6 significant digits and cells of at most 24
+// characters (failure 40) unless `wide`; whole failure messages follow it.
+// CSV keeps every value exact (the shortest text that reads back as the same
+// double), so a trial's parameters can be reused as stored.
+int RunTrials(Query& q, bool wide) {
   auto o = Open("trials", q);
   if (!o) return kExitBadInput;
   if (!q.status.empty() && q.status != "queued" && q.status != "running" && q.status != "done" &&
@@ -112,10 +110,15 @@ int RunTrials(Query& q) {
     std::fprintf(stderr, "masktune trials: --status: expected queued, running, done or failed\n");
     return kExitBadInput;
   }
-  auto rows = o->store.Trials(o->study.id, q.status, q.sort);
-  if (!rows.ok()) {
-    std::fprintf(stderr, "masktune trials: %s\n", rows.status().message().c_str());
+  if (q.sort != "id" && q.sort != "objective" && q.sort != "stack") {
+    std::fprintf(stderr, "masktune trials: --sort: expected id, objective or stack, found '%s'\n",
+                 q.sort.c_str());
     return kExitBadInput;
+  }
+  auto rows = o->store.Trials(o->study.id, q.status, q.sort);
+  if (!rows.ok()) {  // storage
+    std::fprintf(stderr, "masktune trials: %s\n", rows.status().message().c_str());
+    return kExitFailure;
   }
   // Columns: fixed ones, then every parameter and metric that occurs.
   std::vector<std::string> params, metrics;
@@ -130,44 +133,63 @@ int RunTrials(Query& q) {
   header.insert(header.end(), params.begin(), params.end());
   header.insert(header.end(), metrics.begin(), metrics.end());
   header.push_back("worker");
-  header.push_back("error");
-  std::vector<std::vector<std::string>> table;
+  header.push_back("failure");  // the last attempt's error; `error` may be a metric
+  const bool csv = q.csv;
+  auto number = [&](double x) { return csv ? json(x).dump() : FormatNumber(x); };
+  std::vector<std::vector<std::string>> table = {header};
   for (const auto& r : rows.value()) {
     const json p = json::parse(r.params);
     std::vector<std::string> row = {std::to_string(r.id), r.stack, std::to_string(r.number), r.status,
-                                    std::to_string(r.attempts),
-                                    r.objective ? json(*r.objective).dump() : ""};
-    for (const auto& k : params) row.push_back(p.contains(k) ? (p[k].is_string() ? p[k].get<std::string>() : p[k].dump()) : "");
-    for (const auto& k : metrics) row.push_back(r.metrics.count(k) ? json(r.metrics.at(k)).dump() : "");
+                                    std::to_string(r.attempts), r.objective ? number(*r.objective) : ""};
+    for (const auto& k : params) {
+      if (!p.contains(k)) row.push_back("");
+      else if (csv) row.push_back(p[k].is_string() ? p[k].get<std::string>() : p[k].dump());
+      else row.push_back(FormatParamValue(p[k]));
+    }
+    for (const auto& k : metrics) row.push_back(r.metrics.count(k) ? number(r.metrics.at(k)) : "");
     row.push_back(r.worker);
     row.push_back(r.error);
     table.push_back(std::move(row));
   }
-  if (q.csv) {
-    auto line = [](const std::vector<std::string>& cells) {
+  if (csv) {
+    for (const auto& cells : table) {
       std::string s;
       for (size_t i = 0; i < cells.size(); ++i) s += (i ? "," : "") + CsvField(cells[i]);
       std::printf("%s\n", s.c_str());
-    };
-    line(header);
-    for (const auto& r : table) line(r);
+    }
     return kExitOk;
   }
-  std::vector<size_t> width(header.size());
-  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
-  for (const auto& r : table)
-    for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], std::min<size_t>(r[i].size(), 24));
-  auto line = [&](const std::vector<std::string>& cells) {
-    std::string s;
-    for (size_t i = 0; i < cells.size(); ++i) {
-      std::string c = cells[i].size() > 24 ? cells[i].substr(0, 23) + "~" : cells[i];
-      s += c + std::string(width[i] - c.size() + 2, ' ');
+  if (wide) {
+    std::printf("%s", FormatTable(table, 0).c_str());
+    return kExitOk;
+  }
+  // Cut cells; the failure column gets a little more room, and the whole
+  // messages follow the table, one per distinct message.
+  std::vector<std::vector<std::string>> shown = table;
+  for (size_t r = 1; r < shown.size(); ++r) {  // the header stays whole
+    std::vector<std::string>& row = shown[r];
+    std::string& f = row.back();
+    if (f.size() > 40) f = f.substr(0, 39) + "~";
+    for (size_t i = 0; i + 1 < row.size(); ++i)
+      if (row[i].size() > 24) row[i] = row[i].substr(0, 23) + "~";
+  }
+  std::printf("%s", FormatTable(shown, 0).c_str());
+  std::vector<std::pair<std::string, std::vector<int64_t>>> failures;  // message -> trials
+  for (const auto& r : rows.value()) {
+    if (r.error.empty()) continue;
+    auto it = std::find_if(failures.begin(), failures.end(),
+                           [&](const auto& f) { return f.first == r.error; });
+    if (it == failures.end()) failures.push_back({r.error, {r.id}});
+    else it->second.push_back(r.id);
+  }
+  if (!failures.empty()) {
+    std::printf("\nfailures (whole messages):\n");
+    for (const auto& [message, ids] : failures) {
+      std::string list;
+      for (int64_t id : ids) list += (list.empty() ? "" : ", ") + std::to_string(id);
+      std::printf("  trial%s %s: %s\n", ids.size() > 1 ? "s" : "", list.c_str(), message.c_str());
     }
-    while (!s.empty() && s.back() == ' ') s.pop_back();
-    std::printf("%s\n", s.c_str());
-  };
-  line(header);
-  for (const auto& r : table) line(r);
+  }
   return kExitOk;
 }
 
@@ -251,85 +273,39 @@ int RunCheck(Query& q) {
   return kExitOk;
 }
 
-int RunExport(Query& q) {
-  auto o = Open("export", q);
-  if (!o) return kExitBadInput;
-  if (q.format != "json" && q.format != "sah") {
-    std::fprintf(stderr, "masktune export: --format: expected json or sah, found '%s'\n", q.format.c_str());
-    return kExitBadInput;
-  }
-  std::error_code ec;
-  std::filesystem::create_directories(q.out, ec);
-  if (ec) {
-    std::fprintf(stderr, "masktune export: %s: %s\n", q.out.c_str(), ec.message().c_str());
-    return kExitBadInput;
-  }
-  auto rows = o->store.Trials(o->study.id, "done", "objective");
-  if (!rows.ok()) return kExitFailure;
-  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  const auto plans = search::PlanSweep(o->sweep);
-  for (const auto& plan : plans) {
-    const storage::TrialRow* best = nullptr;
-    for (const auto& r : rows.value())
-      if (r.stack == plan.stack->name) { best = &r; break; }
-    if (!best) {
-      std::fprintf(stderr, "masktune export: stack %s has no finished trial; skipped\n", plan.stack->name.c_str());
-      continue;
-    }
-    auto params = search::ParamsFromJson(best->params);
-    auto configs = params.ok() ? search::Materialize(registry, plan, params.value())
-                               : Result<std::vector<MaskerConfig>>(params.status());
-    if (!configs.ok()) {
-      std::fprintf(stderr, "masktune export: stack %s: %s\n", plan.stack->name.c_str(),
-                   configs.status().message().c_str());
-      return kExitFailure;
-    }
-    json out;
-    if (q.format == "json") {
-      out = {{"study", o->study.name}, {"stack", plan.stack->name}, {"trial", best->id},
-             {"objective", best->objective.value_or(NAN)}, {"metrics", best->metrics}, {"maskers", json::array()}};
-    } else {
-      out = {{"type", "ResearchAttentionConfig"}, {"masker_configs", json::array()}};
-    }
-    for (const MaskerConfig& c : configs.value()) {
-      json fields = json::object();
-      for (const auto& [f, v] : c.values) {
-        fields[f] = FieldValueToJson(v);
-      }
-      if (q.format == "json") {
-        fields["type"] = c.type;
-        out["maskers"].push_back(fields);
-      } else {
-        out["masker_configs"].push_back(
-            {{"type", registry.Find(c.type)->reference_name}, {"params", fields}});
-      }
-    }
-    const std::string path = (std::filesystem::path(q.out) / (plan.stack->name + ".json")).string();
-    std::ofstream(path) << out.dump(2) << "\n";
-    std::printf("%s\n", path.c_str());
-  }
-  return kExitOk;
-}
-
 }  // namespace
 
 Action AddBestCommand(CLI::App& app) {
   auto q = std::make_shared<Query>();
-  CLI::App* cmd = app.add_subcommand("best", "The best configuration per stack and its metrics (or the Pareto front).");
+  CLI::App* cmd = app.add_subcommand(
+      "best", "The best configuration per stack and its metrics (or the Pareto front, as a table).");
   AddStudyOptions(cmd, *q);
   cmd->add_option("--stack", q->stack, "only this stack");
-  cmd->add_option("--objective", q->objective, "rank under another reference objective (default, sparsity_N)");
+  cmd->add_option("--objective", q->objective,
+                  "rank under another objective, recomputed from the stored metrics: default,\n"
+                  "sparsity_5..sparsity_25, METRIC[:min|max] (min if not said), or a comma-\n"
+                  "separated list of METRIC:MODE for a Pareto front (accuracy:max,density:min)");
+  cmd->footer("One line per stack: the best trial, its objective (a maximised metric as its real\n"
+              "value), every metric and its parameters. Exit codes: 0 ok, 1 a stack whose trials\n"
+              "all failed (its most common failure is printed), 2 bad input.");
   return [q] { return RunBest(*q); };
 }
 
 Action AddTrialsCommand(CLI::App& app) {
   auto q = std::make_shared<Query>();
+  auto wide = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand("trials", "Every trial of a study: parameters, status, attempts, metrics.");
   AddStudyOptions(cmd, *q);
   cmd->add_option("--status", q->status, "only trials with this status (queued, running, done, failed)");
   cmd->add_option("--sort", q->sort, "id (default), objective or stack");
-  cmd->add_flag("--csv", q->csv, "CSV: a header row, then one row per trial");
-  return [q] { return RunTrials(*q); };
+  cmd->add_flag("--csv", q->csv, "CSV: a header row, then one row per trial, numbers exact");
+  cmd->add_flag("--wide", *wide, "table cells in full (no cutting), failure messages included");
+  cmd->footer("The table shows numbers to 6 significant digits and cuts long cells with '~'; the\n"
+              "`failure` column holds the last attempt's error, and a 'failures' section under\n"
+              "the table gives each distinct message whole with its trials. `objective` is the\n"
+              "value the search minimises (a maximised metric negated; its own column is real).\n"
+              "--csv keeps full precision: each number reads back as the stored double.");
+  return [q, wide] { return RunTrials(*q, *wide); };
 }
 
 Action AddStatusCommand(CLI::App& app) {
@@ -355,15 +331,15 @@ Action AddCheckCommand(CLI::App& app) {
   return [q] { return RunCheck(*q); };
 }
 
-Action AddExportCommand(CLI::App& app) {
-  auto q = std::make_shared<Query>();
-  CLI::App* cmd = app.add_subcommand(
-      "export", "Write each stack's best configuration, one file per stack: json (masktune's\n"
-                "masker list) or sah (the reference's ResearchAttentionConfig).");
-  AddStudyOptions(cmd, *q);
-  cmd->add_option("--format", q->format, "json or sah")->required();
-  cmd->add_option("--out", q->out, "output folder")->required();
-  return [q] { return RunExport(*q); };
+// Export lives in cli/export.cpp; it opens studies through this.
+std::optional<OpenedStudy> OpenStudy(const std::string& command, const std::string& study,
+                                     const std::string& db) {
+  Query q;
+  q.study = study;
+  q.db = db;
+  auto o = Open(command, q);
+  if (!o) return std::nullopt;
+  return OpenedStudy{std::move(o->store), std::move(o->study), std::move(o->sweep)};
 }
 
 }  // namespace masktune::cli
