@@ -1,9 +1,12 @@
 // masktune best / trials / status / check: questions to a study's database.
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "cli/report.h"
@@ -223,6 +226,13 @@ int ReportCheck(const std::string& command, storage::Store& store, const std::st
   return kExitFailure;
 }
 
+// A lease whose holder ran on this host and whose process no longer exists.
+bool GoneFromThisHost(const storage::Lease& lease) {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0 || lease.host != host || lease.pid <= 0) return false;
+  return ::kill(static_cast<pid_t>(lease.pid), 0) != 0 && errno == ESRCH;
+}
+
 // The counts, and who runs the study: "finished"; "running", held by a live
 // coordinator's lease; or "interrupted", running in the file but with no live
 // lease (a killed coordinator, or one that failed to start).
@@ -239,13 +249,18 @@ int RunStatus(Query& q, bool check) {
   if (!lease.ok()) return fail(lease.status());
   std::string state = "finished", detail;
   if (o->study.status != "finished") {
-    if (const auto& l = lease.value()) {
+    const std::string resume = "resume with `masktune resume " + q.study + " --db " + q.db + "`";
+    if (const auto& l = lease.value(); l && GoneFromThisHost(*l)) {  // killed before its lease ran out
+      state = "interrupted";
+      detail = "no live coordinator: " + l->holder + " (pid " + std::to_string(l->pid) +
+               " on this host) is gone; " + resume;
+    } else if (l) {
       state = "running";
       detail = "held by " + l->holder + " on " + l->host + " pid " + std::to_string(l->pid) +
                " (lease until " + UtcTime(l->expires) + ")";
     } else {
       state = "interrupted";
-      detail = "no live coordinator: resume with `masktune resume " + q.study + " --db " + q.db + "`";
+      detail = "no live coordinator: " + resume;
     }
   }
   std::printf("study %s (%s): %lld trials: %lld done, %lld failed, %lld running, %lld queued\n",

@@ -532,6 +532,22 @@ TEST_CASE("storage: status tells finished, running (who holds the lease) and int
     REQUIRE(store->RenewLease(study, "coord-7", UnixNow() - 1).ok());
   }
   CHECK(Contains(Masktune("status c --db " + db).output, "(interrupted)"));
+  // Killed on this host with its lease still running: no need to wait for it.
+  const pid_t dead = fork();
+  REQUIRE(dead >= 0);
+  if (dead == 0) _exit(0);
+  REQUIRE(waitpid(dead, nullptr, 0) == dead);
+  {
+    char host[256] = {};
+    REQUIRE(gethostname(host, sizeof host - 1) == 0);
+    auto store = Store::Open(db);
+    REQUIRE(store.ok());
+    REQUIRE(!store->AcquireLease(study, Lease{"coord-9", host, dead, UnixNow() + 600}).value());
+  }
+  const Run gone = Masktune("status c --db " + db);
+  CHECK(gone.output == "study c (interrupted): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
+                       "  no live coordinator: coord-9 (pid " + std::to_string(dead) +
+                       " on this host) is gone; resume with `masktune resume c --db " + db + "`\n");
   const Run nope = Masktune("status nope --db " + db);
   CHECK(nope.code == 2);
   CHECK(nope.output == "masktune status: no study 'nope' in " + db + "\n");
