@@ -1,6 +1,9 @@
 // masktune run / resume / coordinator / worker: the sweep runtime.
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -34,9 +37,40 @@ struct RunOptions {
   std::string file, db, bind;
   std::string keys;       // CURVE key folder (masktune keys new)
   bool insecure = false;  // plain tcp, on purpose
+  bool extend = false;    // an existing study takes the edited sweep file's plan
   int workers = 0;
   int64_t heartbeat_ms = 1000;
 };
+
+// SIGINT / SIGTERM: the coordinator's loop sees the signal number at its next
+// turn (its poll returns on EINTR), commits and returns.
+std::atomic<int> g_interrupt{0};
+std::atomic<bool> g_stop{false};  // the same, for a worker's loop
+
+void OnSignal(int signal) {
+  g_interrupt.store(signal);
+  g_stop.store(true);
+}
+
+// No SA_RESTART: a blocking poll returns at once with EINTR.
+void CatchStopSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// 128 + signal, the shell's convention for "stopped by a signal".
+int InterruptedExit(const std::string& command, int signal, const std::string& study, const std::string& db) {
+  std::fprintf(stderr,
+               "masktune %s: interrupted by %s: state committed, running trials requeued; "
+               "continue with `masktune resume %s --db %s`\n",
+               command.c_str(), signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "a signal",
+               study.c_str(), db.c_str());
+  return 128 + signal;
+}
 
 void AddSecurityFlags(CLI::App* cmd, std::string& keys, bool& insecure, const std::string& help) {
   auto* k = cmd->add_option("--keys", keys, help);
@@ -62,9 +96,28 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   }
   const std::string db = o.db.empty() ? sweep->storage : o.db;
   auto store = storage::Store::Open(db);
-  if (!store.ok()) return Fail(command, store.status().message());
-  auto study = PrepareStudy(store.value(), sweep.value(), sweep_text);
-  if (!study.ok()) return Fail(command, study.status().message());
+  if (!store.ok()) {
+    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), store.status().message().c_str());
+    return kExitFailure;
+  }
+  // A second coordinator of the same study, or an edited plan, is refused here.
+  PrepareOptions prepare;
+  prepare.extend = o.extend;
+  prepare.lease = ThisProcessLease(o.heartbeat_ms);
+  {
+    auto existing = store->FindStudy(sweep->study);
+    if (existing.ok() && existing.value()) {
+      if (Status same = CheckSamePlan(existing.value()->fingerprint, PlanFingerprint(sweep.value()));
+          !same.ok() && !o.extend)
+        return Fail(command, db + ": study '" + sweep->study + "': " + same.message());
+    }
+  }
+  CatchStopSignals();
+  auto study = PrepareStudy(store.value(), sweep.value(), sweep_text, prepare);
+  if (!study.ok()) {
+    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), study.status().message().c_str());
+    return kExitFailure;
+  }
 
   const bool local = o.bind.empty();
   const int n = o.workers > 0 ? o.workers
@@ -78,18 +131,48 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
     copt.curve = std::make_shared<security::ServerKeys>(std::move(keys).value());
   }
   copt.heartbeat_interval_ms = o.heartbeat_ms;
+  copt.interrupt = &g_interrupt;
+  copt.lease = prepare.lease;
   ProgressPrinter progress(isatty(STDOUT_FILENO));
+  progress.SetObjective(sweep->objective);
+  if (auto p0 = store->GetProgress(study.value()); p0.ok())  // a line at once, before any trial is done
+    progress.Start(p0->total, p0->done + p0->failed,
+                   local ? std::to_string(n) + " local workers" : "workers on " + copt.bind);
   copt.on_progress = [&](const storage::Progress& p) { progress.Update(p, store.value(), study.value()); };
   LocalRun workers;
   workers.workers = local ? n : 0;  // `coordinator`: the workers are other processes
   // Local workers share the cores: each trial's OpenMP team gets its part.
   workers.threads_per_worker = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
+  workers.on_interrupted = [&](const CoordinatorStats& s) {
+    progress.Finish();
+    std::fflush(stdout);
+    // The local workers' trials in flight are abandoned (requeued, attempt refunded).
+    std::_Exit(InterruptedExit(command, s.interrupted_by, sweep->study, db));
+  };
   zmq::context_t context;
   auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry, copt, workers);
   progress.Finish();
-  if (!stats.ok()) return Fail(command, stats.status().message());
+  if (!stats.ok()) {
+    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), stats.status().message().c_str());
+    return kExitFailure;
+  }
+  if (stats->interrupted_by) return InterruptedExit(command, stats->interrupted_by, sweep->study, db);
   return PrintBest(store.value(), study.value(), sweep.value(), "");
 }
+
+void AddExtendFlag(CLI::App* cmd, bool& extend) {
+  cmd->add_flag("--extend", extend,
+                "the study exists and the sweep file changed (benchmark, objective, search or stacks): "
+                "continue it with the new plan, keeping its trials (without this flag: an error)");
+}
+
+constexpr const char* kRunFooter =
+    "One live coordinator per study: a second one on the same study and database is refused,\n"
+    "naming the live one. SIGINT/SIGTERM stop cleanly: state committed, running trials requeued\n"
+    "(their attempt not counted), then `masktune resume`.\n"
+    "Prints the best configuration per stack at the end.\n"
+    "Exit codes: 0 done; 1 storage, socket or trial failures (a stack none of whose trials\n"
+    "finished); 2 bad input; 130/143 interrupted by SIGINT/SIGTERM.";
 
 }  // namespace
 
@@ -103,7 +186,8 @@ Action AddRunCommand(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--db", o->db, "SQLite database (default: the file's storage)");
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
-  cmd->footer("Prints the best configuration per stack at the end. Exit codes: 0 done, 2 bad input.");
+  AddExtendFlag(cmd, o->extend);
+  cmd->footer(kRunFooter);
   return [o] {
     std::ifstream f(o->file);
     if (!f) return Fail("run", o->file + ": cannot open the sweep file");
@@ -121,6 +205,8 @@ Action AddCoordinatorCommand(CLI::App& app) {
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
   AddSecurityFlags(cmd, o->keys, o->insecure,
                    "CURVE key folder (masktune keys new): coordinator.key, authorized_workers");
+  AddExtendFlag(cmd, o->extend);
+  cmd->footer(kRunFooter);
   return [o] {
     if (Status s = CheckSecurity(o->bind, o->keys, o->insecure); !s.ok())
       return Fail("coordinator", s.message());
@@ -132,11 +218,24 @@ Action AddCoordinatorCommand(CLI::App& app) {
 
 Action AddWorkerCommand(CLI::App& app) {
   auto o = std::make_shared<WorkerOptions>();
-  o->name = "worker-" + std::to_string(::getpid());
+  o->name = DefaultWorkerName("worker");
+  auto give_up_s = std::make_shared<int64_t>(o->give_up_after_ms / 1000);
+  auto welcome_s = std::make_shared<int64_t>(o->welcome_timeout_ms / 1000);
   CLI::App* cmd = app.add_subcommand(
       "worker", "Join a coordinator and run trials until the study is over.");
   cmd->add_option("--connect", o->connect, "the coordinator's endpoint, tcp://HOST:PORT")->required();
-  cmd->add_option("--name", o->name, "this worker's name (default worker-PID)");
+  cmd->add_option("--name", o->name, "this worker's name, unique per worker (default worker@HOST:PID)");
+  cmd->add_option("--give-up-after", *give_up_s,
+                  "seconds without a word from the coordinator after which the worker exits 1 (default 600)")
+      ->check(CLI::Range(1, 7 * 24 * 3600));
+  cmd->add_option("--welcome-timeout", *welcome_s,
+                  "seconds without an answer after which the worker says why it may not be getting in "
+                  "(default 10)")
+      ->check(CLI::Range(1, 3600));
+  cmd->footer(
+      "Says why it cannot get in (no answer in 10 s, key refused, plain against CURVE), keeps\n"
+      "retrying, and rejoins a restarted coordinator by itself. Exit codes: 0 the study is over\n"
+      "(DONE) or SIGINT/SIGTERM; 1 the coordinator stayed silent for --give-up-after; 2 bad input.");
   cmd->add_option("--heartbeat-ms", o->heartbeat_interval_ms, "heartbeat interval")
       ->check(CLI::Range(10, 60000));
   auto keys = std::make_shared<std::string>();
@@ -147,8 +246,11 @@ Action AddWorkerCommand(CLI::App& app) {
                   "where trials' attention runs: cpu or cuda (default: cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   o->device.clear();
-  return [o, keys, insecure] {
+  return [o, keys, insecure, give_up_s, welcome_s] {
     if (Status s = CheckSecurity(o->connect, *keys, *insecure); !s.ok()) return Fail("worker", s.message());
+    o->give_up_after_ms = *give_up_s * 1000;
+    o->welcome_timeout_ms = *welcome_s * 1000;
+    o->stop = &g_stop;
     if (o->device.empty()) o->device = cuda::Available() ? "cuda" : "cpu";
     if (o->device == "cuda" && !cuda::Available()) return Fail("worker", "--device cuda: no CUDA device");
     if (!keys->empty()) {
@@ -158,8 +260,12 @@ Action AddWorkerCommand(CLI::App& app) {
     }
     zmq::context_t context;
     const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+    CatchStopSignals();
     auto stats = RunWorker(context, registry, *o);
-    if (!stats.ok()) return Fail("worker", stats.status().message());
+    if (!stats.ok()) {
+      std::fprintf(stderr, "masktune worker: %s\n", stats.status().message().c_str());
+      return kExitFailure;
+    }
     return kExitOk;
   };
 }
@@ -174,12 +280,17 @@ Action AddResumeCommand(CLI::App& app) {
   cmd->add_option("--db", o->db, "SQLite database")->required();
   cmd->add_option("--workers", o->workers, "local workers")->check(CLI::PositiveNumber);
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
+  cmd->footer(kRunFooter);
   return [o, study] {
     if (!std::ifstream(o->db)) return Fail("resume", o->db + ": no such database");
     auto store = storage::Store::Open(o->db);
-    if (!store.ok()) return Fail("resume", store.status().message());
+    auto storage_error = [&](const Status& s) {
+      std::fprintf(stderr, "masktune resume: %s\n", s.message().c_str());
+      return kExitFailure;
+    };
+    if (!store.ok()) return storage_error(store.status());
     auto row = store->FindStudy(*study);
-    if (!row.ok()) return Fail("resume", row.status().message());
+    if (!row.ok()) return storage_error(row.status());
     if (!row.value()) return Fail("resume", "no study '" + *study + "' in " + o->db);
     const std::string path = row.value()->sweep_path, text = row.value()->sweep_text;
     return RunStudy("resume", path, text, *o);

@@ -1,11 +1,14 @@
 #include "coordinator/coordinator.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <deque>
 #include <map>
+#include <memory>
 
-#include "protocol/protocol.h"
 #include "search/objective.h"
 #include "search/plan.h"
 #include "search/tpe.h"
@@ -16,220 +19,342 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
+double UnixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string HostName() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) return "localhost";
+  return host;
+}
+
+// A lease outlives a few missed renewals (one per heartbeat), and never less than 5 s.
+double LeaseSeconds(int64_t heartbeat_interval_ms) {
+  return std::max(5.0, 10.0 * static_cast<double>(heartbeat_interval_ms) / 1000.0);
+}
+
+// A holder on this host whose process is gone (a coordinator killed with -9).
+bool DeadOnThisHost(const storage::Lease& lease) {
+  return lease.host == HostName() && lease.pid > 0 && ::kill(static_cast<pid_t>(lease.pid), 0) != 0 &&
+         errno == ESRCH;
+}
+
+std::string Describe(const storage::Lease& l) {
+  char until[64];
+  std::snprintf(until, sizeof until, "%.0f s", std::max(0.0, l.expires - UnixNow()));
+  return l.holder + " (host " + l.host + ", pid " + std::to_string(l.pid) + ", lease expires in " + until + ")";
+}
+
+// At most one line a second; the lines it held back are counted in the next.
+class RateLimitedLog {
+ public:
+  explicit RateLimitedLog(std::function<void(const std::string&)> sink) : sink_(std::move(sink)) {}
+  void operator()(const std::string& line) {
+    const auto now = Clock::now();
+    if (now - last_ < std::chrono::seconds(1)) {
+      ++held_;
+      return;
+    }
+    sink_(held_ ? line + " (and " + std::to_string(held_) + " more like it)" : line);
+    held_ = 0;
+    last_ = now;
+  }
+
+ private:
+  std::function<void(const std::string&)> sink_;
+  Clock::time_point last_{};
+  int64_t held_ = 0;
+};
+
 struct WorkerState {
   std::string name;
   Clock::time_point last_seen;
   int64_t trial = 0, attempt = 0;  // trial 0: idle
 };
 
-}  // namespace
-
-Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
-                             const std::string& sweep_text) {
-  MT_RETURN_IF_ERROR(store.Begin());
-  MT_ASSIGN_OR_RETURN(auto existing, store.FindStudy(sweep.study));
-  int64_t study;
-  if (existing) {
-    study = existing->id;
-    MT_RETURN_IF_ERROR(store.Requeue(study, "").status());  // running trials of a dead run
-    MT_RETURN_IF_ERROR(store.SetStudyStatus(study, "running"));
-  } else {
-    MT_ASSIGN_OR_RETURN(study, store.CreateStudy(sweep.study, sweep.path, sweep_text));
+// The loop's state and its handlers. One per RunCoordinator call.
+class Coordinator {
+ public:
+  Coordinator(zmq::context_t& context, storage::Store& store, int64_t study,
+              const configs::SweepConfig& sweep, const MaskerRegistry& registry,
+              const CoordinatorOptions& options)
+      : context_(context),
+        store_(store),
+        study_(study),
+        sweep_(sweep),
+        registry_(registry),
+        options_(options),
+        interval_(options.heartbeat_interval_ms),
+        plans_(search::PlanSweep(sweep)),
+        tpe_(sweep.search.algorithm == "tpe"),
+        router_(context, zmq::socket_type::router),
+        log_(options.log ? options.log
+                         : [](const std::string& l) { std::fprintf(stderr, "masktune coordinator: %s\n", l.c_str()); }),
+        refusal_log_(log_),
+        drop_log_(log_) {
+    for (const auto& p : plans_) plan_of_[p.stack->name] = &p;
   }
-  // Trials are a pure function of their number: queueing them again is a no-op.
-  for (const search::StackPlan& plan : search::PlanSweep(sweep)) {
-    MT_ASSIGN_OR_RETURN(int64_t stack, store.AddStack(study, plan.stack->name,
-                                                      static_cast<int64_t>(plan.index)));
-    if (sweep.search.algorithm == "tpe") continue;  // suggested one at a time, from results
-    for (int64_t t = 0; t < plan.trials; ++t)
-      MT_RETURN_IF_ERROR(store.AddTrial(stack, t, search::ParamsToJson(search::SampleBasic(sweep, plan, t))));
-  }
-  MT_RETURN_IF_ERROR(store.Commit());
-  return study;
-}
 
-Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store& store,
-                                        int64_t study, const configs::SweepConfig& sweep,
-                                        const MaskerRegistry& registry,
-                                        const CoordinatorOptions& options) {
-  std::unique_ptr<security::Authenticator> auth;
-  zmq::socket_t router(context, zmq::socket_type::router);
-  router.set(zmq::sockopt::linger, 0);
-  router.set(zmq::sockopt::router_mandatory, false);
-  router.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
-  if (options.curve) {
+  Result<CoordinatorStats> Run() {
+    MT_RETURN_IF_ERROR(Bind());
+    MT_RETURN_IF_ERROR(Load());
+    Clock::time_point next_heartbeat = Clock::now() + interval_;
+    while (true) {
+      zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {monitor_->socket().handle(), 0, ZMQ_POLLIN, 0}};
+      protocol::Poll(items, 2, std::max(std::chrono::milliseconds(1), interval_ / 2));
+      if (options_.interrupt && options_.interrupt->load()) return Interrupt(options_.interrupt->load());
+      const auto now = Clock::now();
+      changed_ = false;
+      LogHandshakes();
+      MT_RETURN_IF_ERROR(store_.Begin());
+      while (auto frames = protocol::ReceiveFrames(router_, true, &last_identity_))
+        MT_RETURN_IF_ERROR(OnMessage(*frames, now));
+      MT_RETURN_IF_ERROR(PurgeSilent(now));
+      MT_RETURN_IF_ERROR(Dispatch());
+      const bool heartbeat = now >= next_heartbeat;
+      if (heartbeat) MT_RETURN_IF_ERROR(RenewLease());
+      const bool finished = Settled();
+      if (finished) MT_RETURN_IF_ERROR(store_.SetStudyStatus(study_, "finished"));
+      MT_RETURN_IF_ERROR(store_.Commit());
+      // Only now, with the state durable, act on it.
+      Flush();
+      if (heartbeat) {
+        for (auto& [id, w] : workers_) protocol::Send(router_, protocol::Heartbeat{}, id);
+        next_heartbeat = now + interval_;
+      }
+      if (changed_ && options_.on_progress) options_.on_progress(progress_);
+      if (finished) return Finish();
+    }
+  }
+
+ private:
+  Status Bind() {
+    router_.set(zmq::sockopt::linger, 0);
+    router_.set(zmq::sockopt::router_mandatory, false);
+    router_.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
+    if (options_.curve) {
+      try {
+        auth_ = std::make_unique<security::Authenticator>(context_, options_.curve->allowed);
+      } catch (const zmq::error_t& e) {
+        return Status::Error(std::string("cannot start the CURVE authenticator: ") + e.what());
+      }
+      security::ConfigureServer(router_, *options_.curve);
+    }
+    static std::atomic<int64_t> monitors{0};
+    monitor_ = std::make_unique<protocol::HandshakeMonitor>(
+        context_, router_, "coordinator-" + std::to_string(::getpid()) + "-" + std::to_string(monitors++));
     try {
-      auth = std::make_unique<security::Authenticator>(context, options.curve->allowed);
+      router_.bind(options_.bind);
     } catch (const zmq::error_t& e) {
-      return Status::Error(std::string("cannot start the CURVE authenticator: ") + e.what());
+      return Status::Error("cannot bind " + options_.bind + ": " + e.what());
     }
-    security::ConfigureServer(router, *options.curve);
+    endpoint_ = router_.get(zmq::sockopt::last_endpoint);
+    if (options_.on_bound) options_.on_bound(endpoint_);
+    return Status::Ok();
   }
-  try {
-    router.bind(options.bind);
-  } catch (const zmq::error_t& e) {
-    return Status::Error("cannot bind " + options.bind + ": " + e.what());
-  }
-  if (options.on_bound) options.on_bound(router.get(zmq::sockopt::last_endpoint));
-  const auto plans = search::PlanSweep(sweep);
-  std::map<std::string, const search::StackPlan*> plan_of;
-  for (const auto& p : plans) plan_of[p.stack->name] = &p;
-  const json welcome = {{"study", sweep.study}, {"benchmark", sweep.benchmark.ToJson()}};
-  const auto interval = std::chrono::milliseconds(options.heartbeat_interval_ms);
-  const int64_t max_running = sweep.search.max_concurrent_trials;
 
-  std::map<std::string, WorkerState> workers;  // by routing id
-  CoordinatorStats stats;
-  Clock::time_point next_heartbeat = Clock::now() + interval;
-  int64_t running = 0;
-  // Counts kept in memory, from the database once: a GROUP BY per turn would
-  // cost O(trials) each time.
-  MT_ASSIGN_OR_RETURN(storage::Progress progress, store.GetProgress(study));
-  // TPE suggests each trial from the finished ones of its stack.
-  const bool tpe = sweep.search.algorithm == "tpe";
-  struct StackState {
-    int64_t id = 0, created = 0;
-    std::vector<search::Observation> history;
-  };
-  std::map<std::string, StackState> stacks;
-  std::map<int64_t, std::pair<std::string, search::TrialParams>> dispatched;  // running trials
-  int64_t planned = 0;
-  for (const auto& p : plans) planned += p.trials;
-  progress.total = std::max(progress.total, planned);  // TPE creates its trials as it goes
-  if (tpe) {
-    for (const auto& p : plans) {
-      MT_ASSIGN_OR_RETURN(stacks[p.stack->name].id, store.AddStack(study, p.stack->name, static_cast<int64_t>(p.index)));
+  // Counts kept in memory, from the database once (a GROUP BY per turn would
+  // cost O(trials) each time), and TPE's history per stack.
+  Status Load() {
+    MT_ASSIGN_OR_RETURN(progress_, store_.GetProgress(study_));
+    int64_t planned = 0;
+    for (const auto& p : plans_) planned += p.trials;
+    progress_.total = std::max(progress_.total, planned);  // TPE creates its trials as it goes
+    if (!tpe_) return Status::Ok();
+    for (const auto& p : plans_) {
+      MT_ASSIGN_OR_RETURN(stacks_[p.stack->name].id,
+                          store_.AddStack(study_, p.stack->name, static_cast<int64_t>(p.index)));
     }
-    MT_ASSIGN_OR_RETURN(auto rows, store.Trials(study));
+    MT_ASSIGN_OR_RETURN(auto rows, store_.Trials(study_));
     for (const auto& r : rows) {
-      StackState& st = stacks[r.stack];
+      StackState& st = stacks_[r.stack];
       st.created = std::max(st.created, r.number + 1);
       if (r.status == "done" && r.objective) {
         auto params = search::ParamsFromJson(r.params);
         if (params.ok()) st.history.push_back({std::move(params).value(), *r.objective});
       }
     }
+    return Status::Ok();
   }
-  std::vector<std::pair<std::string, std::pair<std::string, json>>> outbox;
 
-  while (true) {
-    zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(items, 1, std::chrono::milliseconds(std::max<int64_t>(1, options.heartbeat_interval_ms / 2)));
-    const auto now = Clock::now();
-    bool changed = false;
-    MT_RETURN_IF_ERROR(store.Begin());
-    // 1. Everything that arrived, in one transaction.
-    while (auto msg = protocol::Receive(router, true)) {
-      if (msg->command.empty()) {
-        ++stats.malformed;  // dropped, never acted on
-        continue;
-      }
-      auto it = workers.find(msg->identity);
-      if (msg->command == protocol::kReady) {
-        WorkerState& w = workers[msg->identity];
-        if (w.trial) {  // it restarted mid-trial: that attempt is lost
-          MT_ASSIGN_OR_RETURN(int64_t n, store.Requeue(study, w.name));
-          progress.running -= n;
-          progress.queued += n;
-          --running;
-        }
-        w = WorkerState{msg->body.value("name", msg->identity), now, 0, 0};
-        MT_RETURN_IF_ERROR(store.TouchWorker(study, w.name, msg->body.dump()));
-        outbox.push_back({msg->identity, {protocol::kWelcome, welcome}});
-        changed = true;
-        continue;
-      }
-      if (it == workers.end()) {
-        // Unknown peer (e.g. we restarted): ask it to introduce itself.
-        outbox.push_back({msg->identity, {protocol::kHeartbeat, json::object()}});
-        continue;
-      }
-      WorkerState& w = it->second;
-      w.last_seen = now;
-      if (msg->command == protocol::kResult || msg->command == protocol::kFailed) {
-        const int64_t trial = msg->body.value("trial", int64_t{0});
-        const int64_t attempt = msg->body.value("attempt", int64_t{0});
-        if (trial != w.trial || attempt != w.attempt) {
-          ++stats.malformed;  // not the trial this worker runs: ignored
-          continue;
-        }
-        if (msg->command == protocol::kResult && msg->body.contains("metrics") &&
-            msg->body["metrics"].is_object()) {
-          Metrics m;
-          for (auto& [k, v] : msg->body["metrics"].items())
-            if (v.is_number()) m[k] = v.get<double>();
-          MT_ASSIGN_OR_RETURN(bool recorded, store.RecordResult(trial, attempt, m,
-                                                                search::ObjectiveValue(sweep.objective, m)));
-          stats.results += recorded;
-          progress.done += recorded;
-          progress.running -= recorded;
-          if (recorded && tpe && dispatched.count(trial)) {
-            auto& [stack_name, params] = dispatched[trial];
-            stacks[stack_name].history.push_back({params, search::ObjectiveValue(sweep.objective, m)});
-          }
-        } else {
-          const std::string error = msg->body.value("error", std::string("malformed result"));
-          MT_ASSIGN_OR_RETURN(bool recorded, store.RecordFailure(trial, attempt, error, sweep.search.max_failures));
-          ++stats.failures;
-          if (recorded) {
-            --progress.running;
-            ++(attempt >= sweep.search.max_failures ? progress.failed : progress.queued);
-          }
-        }
-        w.trial = w.attempt = 0;
-        --running;
-        changed = true;
-      }
+  // --- counters: every change of a trial's status goes through one of these.
+  void CountRequeued(int64_t n) {
+    progress_.running -= n;
+    progress_.queued += n;
+    changed_ = true;
+  }
+  void CountStarted() {
+    --progress_.queued;
+    ++progress_.running;
+    changed_ = true;
+  }
+  void CountSettled(bool done, bool failed_for_good) {
+    --progress_.running;
+    ++(done ? progress_.done : failed_for_good ? progress_.failed : progress_.queued);
+    changed_ = true;
+  }
+
+  // The worker's running trial goes back to the queue (it died, restarted or was replaced).
+  Status Release(WorkerState& w) {
+    if (!w.trial) return Status::Ok();
+    MT_ASSIGN_OR_RETURN(int64_t n, store_.Requeue(study_, w.name));
+    stats_.requeued += n;
+    CountRequeued(n);
+    w.trial = w.attempt = 0;
+    return Status::Ok();
+  }
+
+  void Drop(const std::string& identity, const std::string& why) {
+    ++stats_.malformed;
+    auto it = workers_.find(identity);
+    drop_log_("dropped a message from " + (it != workers_.end() ? "worker " + it->second.name : "an unknown peer") +
+              ": " + why);
+  }
+
+  Status OnMessage(const Result<protocol::Frames>& frames, Clock::time_point now) {
+    const std::string identity = frames.ok() ? frames->identity : last_identity_;
+    auto known = workers_.find(identity);
+    if (known != workers_.end()) known->second.last_seen = now;  // any message is a sign of life
+    if (!frames.ok()) {
+      Drop(identity, frames.status().message());
+      return Status::Ok();
     }
-    // 2. Silent workers lose their trials.
-    for (auto it = workers.begin(); it != workers.end();) {
-      if (now - it->second.last_seen > protocol::kHeartbeatLiveness * interval) {
-        if (it->second.trial) {
-          MT_ASSIGN_OR_RETURN(int64_t n, store.Requeue(study, it->second.name));
-          stats.requeued += n;
-          progress.running -= n;
-          progress.queued += n;
-          --running;
-        }
-        it = workers.erase(it);
-        changed = true;
+    auto parsed = protocol::ParseFromWorker(frames.value());
+    if (!parsed.ok()) {
+      Drop(identity, parsed.status().message());
+      // A busy worker's broken report would leave its trial running forever:
+      // the attempt fails, with the reason.
+      if (known != workers_.end() && known->second.trial &&
+          (frames->command == protocol::kResult || frames->command == protocol::kFailed))
+        return Settle(known->second, known->second.trial, known->second.attempt, nullptr,
+                      "worker " + known->second.name + " sent a malformed report: " + parsed.status().message());
+      return Status::Ok();
+    }
+    if (auto* ready = std::get_if<protocol::Ready>(&parsed.value())) return OnReady(identity, *ready, now);
+    if (known == workers_.end()) {
+      // A peer we do not know (we restarted, or purged it while it was
+      // paused): it must introduce itself again.
+      ++stats_.rejoins;
+      outbox_.push_back({identity, protocol::Rejoin{}});
+      return Status::Ok();
+    }
+    WorkerState& w = known->second;
+    if (auto* r = std::get_if<protocol::TrialResult>(&parsed.value())) return OnReport(w, r->trial, r->attempt, &r->metrics, "");
+    if (auto* f = std::get_if<protocol::TrialFailure>(&parsed.value())) return OnReport(w, f->trial, f->attempt, nullptr, f->error);
+    return Status::Ok();  // HEARTBEAT: last_seen is all it does
+  }
+
+  Status OnReady(const std::string& identity, const protocol::Ready& ready, Clock::time_point now) {
+    // The same name on another routing id is the same worker reconnected
+    // (its old socket is gone): that one's trial is lost.
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->first != identity && it->second.name == ready.name) {
+        MT_RETURN_IF_ERROR(Release(it->second));
+        it = workers_.erase(it);
       } else {
         ++it;
       }
     }
-    // 3. Idle workers get trials, written as running before they are sent.
-    for (auto& [id, w] : workers) {
-      if (w.trial || (max_running > 0 && running >= max_running)) continue;
-      if (tpe && progress.queued == 0) {
-        // Suggest the next trial of the stack that is furthest behind.
-        const search::StackPlan* next = nullptr;
-        for (const auto& p : plans) {
-          const StackState& st = stacks[p.stack->name];
-          if (st.created < p.trials && (!next || st.created < stacks[next->stack->name].created)) next = &p;
-        }
-        if (next) {
-          StackState& st = stacks[next->stack->name];
-          MT_RETURN_IF_ERROR(store.AddTrial(
-              st.id, st.created,
-              search::ParamsToJson(search::SuggestTpe(sweep, *next, st.created, st.history))));
-          ++st.created;
-          ++progress.queued;
+    WorkerState& w = workers_[identity];
+    MT_RETURN_IF_ERROR(Release(w));  // it restarted mid-trial: that attempt is lost
+    w = WorkerState{ready.name, now, 0, 0};
+    MT_RETURN_IF_ERROR(store_.TouchWorker(
+        study_, w.name, json{{"name", ready.name}, {"cores", ready.cores}, {"gpus", ready.gpus}}.dump()));
+    outbox_.push_back({identity, protocol::Welcome{sweep_.study, sweep_.benchmark.ToJson()}});
+    changed_ = true;
+    return Status::Ok();
+  }
+
+  Status OnReport(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics, const std::string& error) {
+    if (trial != w.trial || attempt != w.attempt) {
+      ++stats_.malformed;  // not the trial this worker runs (stale or wrong): ignored
+      drop_log_("ignored a report from worker " + w.name + " for trial " + std::to_string(trial) + " attempt " +
+                std::to_string(attempt) + ": it runs " +
+                (w.trial ? "trial " + std::to_string(w.trial) + " attempt " + std::to_string(w.attempt) : "nothing"));
+      return Status::Ok();
+    }
+    return Settle(w, trial, attempt, metrics, error);
+  }
+
+  Status Settle(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics, const std::string& error) {
+    if (metrics) {
+      const double objective = search::ObjectiveValue(sweep_.objective, *metrics);
+      MT_ASSIGN_OR_RETURN(bool recorded, store_.RecordResult(trial, attempt, *metrics, objective));
+      stats_.results += recorded;
+      if (recorded) {
+        CountSettled(true, false);
+        if (tpe_ && dispatched_.count(trial)) {
+          auto& [stack_name, params] = dispatched_[trial];
+          stacks_[stack_name].history.push_back({params, objective});
         }
       }
-      if (progress.queued == 0) break;
-      MT_ASSIGN_OR_RETURN(auto trial, store.StartNext(study, w.name));
+    } else {
+      MT_ASSIGN_OR_RETURN(bool recorded, store_.RecordFailure(trial, attempt, error, sweep_.search.max_failures));
+      ++stats_.failures;
+      if (recorded) CountSettled(false, attempt >= sweep_.search.max_failures);
+    }
+    dispatched_.erase(trial);
+    w.trial = w.attempt = 0;
+    changed_ = true;
+    return Status::Ok();
+  }
+
+  // Silent workers lose their trials.
+  Status PurgeSilent(Clock::time_point now) {
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (now - it->second.last_seen > protocol::kHeartbeatLiveness * interval_) {
+        MT_RETURN_IF_ERROR(Release(it->second));
+        it = workers_.erase(it);
+        changed_ = true;
+      } else {
+        ++it;
+      }
+    }
+    return Status::Ok();
+  }
+
+  int64_t Running() const {
+    int64_t n = 0;
+    for (const auto& [id, w] : workers_) n += w.trial != 0;
+    return n;
+  }
+
+  // TPE: the next trial of the stack furthest behind, from its history.
+  Status SuggestIfNeeded() {
+    if (!tpe_ || progress_.queued > 0) return Status::Ok();
+    const search::StackPlan* next = nullptr;
+    for (const auto& p : plans_) {
+      const StackState& st = stacks_[p.stack->name];
+      if (st.created < p.trials && (!next || st.created < stacks_[next->stack->name].created)) next = &p;
+    }
+    if (!next) return Status::Ok();
+    StackState& st = stacks_[next->stack->name];
+    MT_RETURN_IF_ERROR(store_.AddTrial(
+        st.id, st.created, search::ParamsToJson(search::SuggestTpe(sweep_, *next, st.created, st.history))));
+    ++st.created;
+    ++progress_.queued;
+    return Status::Ok();
+  }
+
+  // Idle workers get trials, written as running before they are sent.
+  Status Dispatch() {
+    const int64_t max_running = sweep_.search.max_concurrent_trials;
+    int64_t running = Running();
+    for (auto& [id, w] : workers_) {
+      if (w.trial || (max_running > 0 && running >= max_running)) continue;
+      MT_RETURN_IF_ERROR(SuggestIfNeeded());
+      if (progress_.queued == 0) break;
+      MT_ASSIGN_OR_RETURN(auto trial, store_.StartNext(study_, w.name));
       if (!trial) break;
-      --progress.queued;
-      ++progress.running;
-      const search::StackPlan& plan = *plan_of.at(trial->stack);
-      auto parsed = search::ParamsFromJson(trial->params);
-      const search::TrialParams params = parsed.ok() ? parsed.value() : search::TrialParams{};
-      auto configs = parsed.ok() ? search::Materialize(registry, plan, params)
-                                 : Result<std::vector<MaskerConfig>>(parsed.status());
+      CountStarted();
+      auto params = search::ParamsFromJson(trial->params);
+      auto configs = params.ok() ? search::Materialize(registry_, *plan_of_.at(trial->stack), params.value())
+                                 : Result<std::vector<MaskerConfig>>(params.status());
       if (!configs.ok()) {  // only for a damaged database: fail the trial, not the study
-        MT_RETURN_IF_ERROR(store.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1).status());
-        --progress.running;
-        ++progress.failed;
+        MT_RETURN_IF_ERROR(store_.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1).status());
+        CountSettled(false, true);
         continue;
       }
       json maskers = json::array();
@@ -240,32 +365,220 @@ Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store&
       }
       w.trial = trial->id;
       w.attempt = trial->attempts;
-      if (tpe) dispatched[trial->id] = {trial->stack, params};
+      if (tpe_) dispatched_[trial->id] = {trial->stack, params.value()};
       ++running;
-      changed = true;
-      outbox.push_back({id, {protocol::kTrial, {{"trial", trial->id}, {"attempt", trial->attempts},
-                                                {"stack", trial->stack}, {"maskers", maskers}}}});
+      outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack, std::move(maskers)}});
     }
+    return Status::Ok();
+  }
+
+  bool Settled() {
     bool all_created = true;
-    if (tpe)
-      for (const auto& p : plans) all_created &= stacks[p.stack->name].created >= p.trials;
-    const bool finished = progress.queued == 0 && progress.running == 0 && all_created;
-    if (finished) MT_RETURN_IF_ERROR(store.SetStudyStatus(study, "finished"));
-    MT_RETURN_IF_ERROR(store.Commit());
-    // 4. Only now, with the state durable, act on it.
-    for (auto& [id, msg] : outbox) protocol::Send(router, msg.first, msg.second, &id);
-    outbox.clear();
-    if (now >= next_heartbeat) {
-      for (auto& [id, w] : workers) protocol::Send(router, protocol::kHeartbeat, json::object(), &id);
-      next_heartbeat = now + interval;
-    }
-    if (changed && options.on_progress) options.on_progress(progress);
-    if (finished) {
-      for (auto& [id, w] : workers) protocol::Send(router, protocol::kDone, json::object(), &id);
-      if (auth) stats.refused = auth->refused();
-      return stats;
+    if (tpe_)
+      for (const auto& p : plans_) all_created &= stacks_[p.stack->name].created >= p.trials;
+    return progress_.queued == 0 && progress_.running == 0 && all_created;
+  }
+
+  Status RenewLease() {
+    if (options_.lease.holder.empty()) return Status::Ok();
+    Status s = store_.RenewLease(study_, options_.lease.holder,
+                                 UnixNow() + LeaseSeconds(options_.heartbeat_interval_ms));
+    if (!s.ok()) return Status::Error("lost the study's lease (another coordinator took over?): " + s.message());
+    return Status::Ok();
+  }
+
+  void Flush() {
+    for (auto& [id, msg] : outbox_) protocol::Send(router_, msg, id);
+    outbox_.clear();
+  }
+
+  void LogHandshakes() {
+    while (auto e = monitor_->Next()) {
+      if (e->event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || e->event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        ++stats_.handshake_failures;
+        refusal_log_("refused a connection on " + endpoint_ + ": " + e->text);
+      }
+      // ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: the Authenticator logged it, with the key.
     }
   }
+
+  Status ReleaseLease() {
+    if (options_.lease.holder.empty()) return Status::Ok();
+    return store_.ReleaseLease(study_, options_.lease.holder);
+  }
+
+  // Every trial is settled: DONE to every worker, then linger (tcp only) so a
+  // worker that was paused, or reconnecting, when DONE went out still hears it.
+  Result<CoordinatorStats> Finish() {
+    MT_RETURN_IF_ERROR(ReleaseLease());
+    for (auto& [id, w] : workers_) protocol::Send(router_, protocol::Done{}, id);
+    const bool remote = options_.bind.rfind("inproc://", 0) != 0;
+    const auto until = Clock::now() + (remote ? options_.linger_intervals : 0) * interval_;
+    while (Clock::now() < until) {
+      zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
+      protocol::Poll(items, 1, std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) +
+                                   std::chrono::milliseconds(1));
+      if (options_.interrupt && options_.interrupt->load()) break;
+      LogHandshakes();
+      while (auto frames = protocol::ReceiveFrames(router_, true, &last_identity_))
+        protocol::Send(router_, protocol::Done{}, last_identity_);
+    }
+    if (auth_) stats_.refused = auth_->refused();
+    return stats_;
+  }
+
+  // A signal: the running trials go back to the queue with their attempt
+  // refunded (the stop was ours, not the trial's), the study is marked
+  // interrupted, and `resume` continues from there.
+  Result<CoordinatorStats> Interrupt(int signal) {
+    MT_RETURN_IF_ERROR(store_.Begin());
+    MT_ASSIGN_OR_RETURN(int64_t n, store_.Requeue(study_, "" /*TODO(lead): refund the attempt*/));
+    stats_.requeued += n;
+    MT_RETURN_IF_ERROR(store_.SetStudyStatus(study_, "interrupted"));
+    MT_RETURN_IF_ERROR(ReleaseLease());
+    MT_RETURN_IF_ERROR(store_.Commit());
+    stats_.interrupted_by = signal;
+    if (auth_) stats_.refused = auth_->refused();
+    return stats_;
+  }
+
+  zmq::context_t& context_;
+  storage::Store& store_;
+  const int64_t study_;
+  const configs::SweepConfig& sweep_;
+  const MaskerRegistry& registry_;
+  const CoordinatorOptions& options_;
+  const std::chrono::milliseconds interval_;
+  const std::vector<search::StackPlan> plans_;
+  const bool tpe_;
+  std::map<std::string, const search::StackPlan*> plan_of_;
+  std::unique_ptr<security::Authenticator> auth_;  // before router_: outlives it
+  zmq::socket_t router_;
+  std::unique_ptr<protocol::HandshakeMonitor> monitor_;
+  std::function<void(const std::string&)> log_;
+  RateLimitedLog refusal_log_, drop_log_;
+
+  std::map<std::string, WorkerState> workers_;  // by routing id
+  CoordinatorStats stats_;
+  storage::Progress progress_;
+  bool changed_ = false;
+  std::string last_identity_;
+  std::string endpoint_;  // as bound (tcp://host:* resolved)
+  struct StackState {
+    int64_t id = 0, created = 0;
+    std::vector<search::Observation> history;
+  };
+  std::map<std::string, StackState> stacks_;
+  std::map<int64_t, std::pair<std::string, search::TrialParams>> dispatched_;  // TPE: running trials' params
+  std::vector<std::pair<std::string, protocol::FromCoordinator>> outbox_;
+};
+
+}  // namespace
+
+storage::Lease ThisProcessLease(int64_t heartbeat_interval_ms) {
+  storage::Lease l;
+  l.host = HostName();
+  l.pid = ::getpid();
+  l.holder = l.host + ":" + std::to_string(l.pid);
+  l.expires = UnixNow() + LeaseSeconds(heartbeat_interval_ms);
+  return l;
+}
+
+std::string PlanFingerprint(const configs::SweepConfig& sweep) {
+  json objective = {{"name", sweep.objective.name}, {"metrics", json::array()}};
+  for (const auto& [m, minimise] : sweep.objective.metrics)
+    objective["metrics"].push_back({m, minimise ? "min" : "max"});
+  json search = {{"algorithm", sweep.search.algorithm},
+                 {"num_samples", sweep.search.num_samples},
+                 {"seed", sweep.search.seed},
+                 {"n_startup_trials", sweep.search.n_startup_trials}};
+  json stacks = json::array();
+  for (const configs::StackSpec& s : sweep.stacks) {
+    json maskers = json::array();
+    for (const configs::MaskerEntry& m : s.maskers) {
+      json fields = json::object();
+      for (const auto& [f, space] : m.fields) fields[f] = space.ToString();
+      maskers.push_back({{"type", m.type}, {"fields", fields}});
+    }
+    stacks.push_back({{"name", s.name}, {"maskers", maskers}});
+  }
+  return json{{"benchmark", sweep.benchmark.ToJson()}, {"objective", objective}, {"search", search}, {"stacks", stacks}}
+      .dump();
+}
+
+Status CheckSamePlan(const std::string& stored, const std::string& fresh) {
+  if (stored.empty() || stored == fresh) return Status::Ok();
+  const json a = json::parse(stored, nullptr, false), b = json::parse(fresh, nullptr, false);
+  std::string parts;
+  for (const char* part : {"benchmark", "objective", "search", "stacks"}) {
+    const bool differs = a.is_discarded() || !a.is_object() || !a.contains(part) || a[part] != b[part];
+    if (differs) parts += std::string(parts.empty() ? "" : ", ") + part;
+  }
+  if (parts.empty()) return Status::Ok();
+  return Status::Error("the sweep file changed since the study was created (" + parts +
+                       " differ): pass --extend to continue the study with the new plan (its trials are kept), "
+                       "or give the study a new name (`study:` in the file)");
+}
+
+Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
+                             const std::string& sweep_text, const PrepareOptions& options) {
+  const std::string fingerprint = PlanFingerprint(sweep);
+  MT_RETURN_IF_ERROR(store.Begin());
+  // Anything that returns early below must not leave the transaction open.
+  auto fail = [&](Status s) {
+    (void)store.Commit();  // nothing was changed, or only a new study row
+    return s;
+  };
+  auto existing = store.FindStudy(sweep.study);
+  if (!existing.ok()) return fail(existing.status());
+  int64_t study;
+  if (existing.value()) {
+    study = existing.value()->id;
+  } else {
+    auto created = store.CreateStudy(sweep.study, sweep.path, sweep_text, fingerprint);
+    if (!created.ok()) return fail(created.status());
+    study = created.value();
+  }
+  if (!options.lease.holder.empty()) {
+    auto holder = store.AcquireLease(study, options.lease);
+    if (!holder.ok()) return fail(holder.status());
+    if (holder.value() && DeadOnThisHost(*holder.value())) {  // killed: its lease is ours to take
+      Status released = store.ReleaseLease(study, holder.value()->holder);
+      if (!released.ok()) return fail(released);
+      holder = store.AcquireLease(study, options.lease);
+      if (!holder.ok()) return fail(holder.status());
+    }
+    if (holder.value())
+      return fail(Status::Error("study '" + sweep.study + "' is being run by another coordinator: " +
+                                Describe(*holder.value()) + "; wait for it, or stop it first"));
+  }
+  if (existing.value()) {
+    if (Status same = CheckSamePlan(existing.value()->fingerprint, fingerprint); !same.ok() && !options.extend)
+      return fail(same);
+    if (existing.value()->fingerprint != fingerprint || existing.value()->sweep_text != sweep_text) {
+      Status s = store.UpdateStudySweep(study, sweep.path, sweep_text, fingerprint);
+      if (!s.ok()) return fail(s);
+    }
+    auto requeued = store.Requeue(study, "");  // running trials of a dead run
+    if (!requeued.ok()) return fail(requeued.status());
+    MT_RETURN_IF_ERROR(store.SetStudyStatus(study, "running"));
+  }
+  // Trials are a pure function of their number: queueing them again is a no-op.
+  for (const search::StackPlan& plan : search::PlanSweep(sweep)) {
+    MT_ASSIGN_OR_RETURN(int64_t stack, store.AddStack(study, plan.stack->name, static_cast<int64_t>(plan.index)));
+    if (sweep.search.algorithm == "tpe") continue;  // suggested one at a time, from results
+    for (int64_t t = 0; t < plan.trials; ++t)
+      MT_RETURN_IF_ERROR(store.AddTrial(stack, t, search::ParamsToJson(search::SampleBasic(sweep, plan, t))));
+  }
+  MT_RETURN_IF_ERROR(store.Commit());
+  return study;
+}
+
+Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store& store, int64_t study,
+                                        const configs::SweepConfig& sweep, const MaskerRegistry& registry,
+                                        const CoordinatorOptions& options) {
+  Coordinator coordinator(context, store, study, sweep, registry, options);
+  return coordinator.Run();
 }
 
 }  // namespace masktune

@@ -51,7 +51,7 @@ Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::S
         WorkerOptions w;
         w.connect = endpoint;
         w.curve = local.curve;
-        w.name = local.name_prefix + std::to_string(i);
+        w.name = DefaultWorkerName(local.name_prefix + std::to_string(i));
         w.heartbeat_interval_ms = options.heartbeat_interval_ms;
         w.threads = local.threads_per_worker;
         w.stop = &stop;
@@ -60,6 +60,7 @@ Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::S
     }
   }
   coordinator.join();
+  if (stats.ok() && stats->interrupted_by && local.on_interrupted) local.on_interrupted(stats.value());
   stop = true;  // workers normally exit on DONE; this covers a failed coordinator
   for (auto& t : workers) t.join();
   return stats;

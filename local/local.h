@@ -9,17 +9,22 @@
 #include <string>
 
 #include "coordinator/coordinator.h"
+#include "worker/worker.h"
 
 namespace masktune {
 
 struct LocalRun {
   int workers = 1;
   int threads_per_worker = 0;       // OpenMP threads per worker's trials (0: default)
-  std::string name_prefix = "local-";
+  std::string name_prefix = "local-";  // names read PREFIX<i>@HOST:PID
   std::shared_ptr<const security::ClientKeys> curve;  // the workers' keys when the coordinator uses CURVE
   // Called once the coordinator is bound, before the workers start (tests
   // use it to add peers of their own on the same context).
   std::function<void(zmq::context_t&, const std::string& endpoint)> before_workers;
+  // Called when a signal stopped the coordinator (state committed), before
+  // the workers are joined; a trial in flight is not interrupted, so the
+  // command line ends the process here (std::_Exit) instead of waiting for it.
+  std::function<void(const CoordinatorStats&)> on_interrupted;
 };
 
 // Runs the study to completion on `context` (the caller's: sockets it opens

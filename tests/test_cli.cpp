@@ -260,10 +260,12 @@ TEST_CASE("run, then best, trials, status and export on its database") {
   CHECK(exported.code == 0);
   std::ifstream f(dir / "out/a.json");
   const auto sah = nlohmann::json::parse(f);
-  CHECK(sah["type"] == "ResearchAttentionConfig");
-  CHECK(sah["masker_configs"][0]["type"] == "SinkMaskerConfig");
-  CHECK(sah["masker_configs"][0]["params"]["sink_size"] == 4);
-  CHECK(sah["masker_configs"][1]["type"] == "OracleTopKConfig");
+  // The shape the reference's run_config_dir.py loads.
+  const auto& config = sah["sparse_config"];
+  CHECK(config["type"] == "ResearchAttentionConfig");
+  CHECK(config["masker_configs"][0]["type"] == "SinkMaskerConfig");
+  CHECK(config["masker_configs"][0]["params"]["sink_size"] == 4);
+  CHECK(config["masker_configs"][1]["type"] == "OracleTopKConfig");
   // Bad input: exit 2, one line.
   CheckBadInput(Masktune("best nope" + db), "no study 'nope' in");
   CheckBadInput(Masktune("status cli --db " + dir / "none.db"), "none.db: no such database");

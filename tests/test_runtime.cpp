@@ -153,11 +153,11 @@ TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
     rogue->send(zmq::str_buffer("MT0"), zmq::send_flags::sndmore);
     rogue->send(zmq::str_buffer("READY"), zmq::send_flags::sndmore);
     rogue->send(zmq::str_buffer("{}"), zmq::send_flags::none);
-    protocol::Send(*rogue, "EXPLODE", json::object());
+    protocol::SendRaw(*rogue, "EXPLODE", "{}");
     rogue->send(zmq::str_buffer("MT1"), zmq::send_flags::sndmore);
     rogue->send(zmq::str_buffer("RESULT"), zmq::send_flags::sndmore);
     rogue->send(zmq::str_buffer("{not json"), zmq::send_flags::none);
-    protocol::Send(*rogue, protocol::kResult, {{"trial", 1}, {"attempt", 1}, {"metrics", {{"error", -5}}}});
+    protocol::Send(*rogue, protocol::TrialResult{1, 1, {{"error", -5}}});
   }, &context);
   rogue.reset();
   CHECK(bound.rfind("tcp://127.0.0.1:", 0) == 0);
@@ -196,13 +196,17 @@ TEST_CASE("a worker that goes silent mid-trial loses it to another worker") {
   zmq::socket_t doomed(context, zmq::socket_type::dealer);
   doomed.set(zmq::sockopt::linger, 0);
   doomed.connect("inproc://silent");
-  protocol::Send(doomed, protocol::kReady, {{"name", "doomed"}});
+  protocol::Send(doomed, protocol::Ready{"doomed", 1, 0});
   int64_t stolen = 0;
   for (int i = 0; i < 200 && !stolen; ++i) {
     zmq::pollitem_t items[] = {{doomed.handle(), 0, ZMQ_POLLIN, 0}};
     zmq::poll(items, 1, std::chrono::milliseconds(10));
-    while (auto m = protocol::Receive(doomed, false))
-      if (m->command == protocol::kTrial) stolen = m->body["trial"].get<int64_t>();
+    while (auto frames = protocol::ReceiveFrames(doomed, false)) {
+      REQUIRE(frames->ok());
+      auto m = protocol::ParseFromCoordinator(frames->value());
+      REQUIRE(m.ok());
+      if (auto* t = std::get_if<protocol::TrialRequest>(&m.value())) stolen = t->trial;
+    }
   }
   REQUIRE(stolen > 0);
   std::atomic<bool> stop{false};
@@ -355,12 +359,12 @@ TEST_CASE("CURVE: workers with the key complete the sweep; wrong-key, plain and 
     wrong->set(zmq::sockopt::linger, 0);
     security::ConfigureClient(*wrong, {{pub, sec}, server->coordinator.public_key});
     wrong->connect(endpoint);
-    protocol::Send(*wrong, protocol::kReady, {{"name", "intruder"}, {"cores", 1}, {"gpus", 0}});
+    protocol::Send(*wrong, protocol::Ready{"intruder", 1, 0});
     // A client without CURVE.
     auto plain = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
     plain->set(zmq::sockopt::linger, 0);
     plain->connect(endpoint);
-    protocol::Send(*plain, protocol::kReady, {{"name", "plain"}, {"cores", 1}, {"gpus", 0}});
+    protocol::Send(*plain, protocol::Ready{"plain", 1, 0});
     // Raw bytes on the port, not ZMTP at all.
     auto raw = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::stream);
     raw->set(zmq::sockopt::linger, 0);

@@ -1,6 +1,10 @@
 #include "worker/worker.h"
 
 #include <omp.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
 
 #include <chrono>
 #include <atomic>
@@ -11,6 +15,7 @@
 #include <thread>
 
 #include "protocol/protocol.h"
+#include "protocol/security.h"
 #include "engine/benchmarks/benchmark.h"
 
 // Clang thread-safety annotations; no-ops elsewhere.
@@ -25,7 +30,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
-constexpr int kBackoffMaxIntervals = 32;
 
 struct Job {
   int64_t trial = 0, attempt = 0;
@@ -73,12 +77,6 @@ class TrialRunner {
     outcome_.reset();
     return o;
   }
-  // Blocks until the trial in flight (if any) is finished, and drops it.
-  void Drain() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !job_.has_value(); });
-    outcome_.reset();
-  }
 
  private:
   void Loop(zmq::context_t& context, int threads, const std::string& pipe) {
@@ -111,6 +109,20 @@ class TrialRunner {
     Outcome o;
     o.trial = job.trial;
     o.attempt = job.attempt;
+    // The coordinator's spec and masker list were type-checked by the
+    // protocol; a value the engine still cannot take fails this trial only.
+    try {
+      return RunChecked(job, spec, benchmark, o);
+    } catch (const std::exception& e) {
+      o.ok = false;
+      o.error = std::string("bad trial or benchmark spec: ") + e.what();
+      benchmark.reset();
+      spec.clear();
+      return o;
+    }
+  }
+
+  Outcome RunChecked(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark, Outcome& o) {
     if (!benchmark || spec != job.benchmark_spec) {
       json bench_spec = json::parse(job.benchmark_spec);
       bench_spec["device"] = device_;  // where this worker's attention runs
@@ -132,6 +144,11 @@ class TrialRunner {
       o.error = metrics.status().message();
       return o;
     }
+    for (const auto& [k, v] : metrics.value())
+      if (!std::isfinite(v)) {
+        o.error = "metric " + k + " is not finite (" + std::to_string(v) + ")";
+        return o;
+      }
     o.ok = true;
     o.metrics = std::move(metrics).value();
     return o;
@@ -147,82 +164,192 @@ class TrialRunner {
   std::thread thread_;  // last: starts after the members it uses
 };
 
+// At most one line per `every`; the ones held back are counted in the next.
+class Throttled {
+ public:
+  Throttled(std::function<void(const std::string&)>& sink, std::chrono::milliseconds every)
+      : sink_(sink), every_(every) {}
+  void operator()(const std::string& line) {
+    const auto now = Clock::now();
+    if (now - last_ < every_) {
+      ++held_;
+      return;
+    }
+    sink_(held_ ? line + " (and " + std::to_string(held_) + " more like it)" : line);
+    held_ = 0;
+    last_ = now;
+  }
+
+ private:
+  std::function<void(const std::string&)>& sink_;
+  std::chrono::milliseconds every_;
+  Clock::time_point last_{};
+  int64_t held_ = 0;
+};
+
+std::string HostName() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) return "localhost";
+  return host;
+}
+
+// "10 s", "0.7 s".
+std::string Seconds(int64_t ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g s", static_cast<double>(ms) / 1000.0);
+  return buf;
+}
+
 }  // namespace
+
+std::string DefaultWorkerName(const std::string& prefix) {
+  return prefix + "@" + HostName() + ":" + std::to_string(::getpid());
+}
 
 Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& registry,
                               const WorkerOptions& options) {
   WorkerStats stats;
   const auto interval = std::chrono::milliseconds(options.heartbeat_interval_ms);
-  int backoff = 1;
-  std::string benchmark_spec;
+  std::function<void(const std::string&)> log =
+      options.log ? options.log : [name = options.name](const std::string& line) {
+        std::fprintf(stderr, "masktune worker %s: %s\n", name.c_str(), line.c_str());
+      };
+  Throttled drop_log(log, std::chrono::seconds(1));
+  Throttled why_log(log, std::chrono::milliseconds(std::max<int64_t>(1000, options.welcome_timeout_ms)));
   static std::atomic<int64_t> next_pipe{0};
-  const std::string pipe = "inproc://masktune-worker-done-" + std::to_string(next_pipe++);
+  const int64_t instance = next_pipe++;
+  const std::string pipe = "inproc://masktune-worker-done-" + std::to_string(instance);
   zmq::socket_t done_rx(context, zmq::socket_type::pair);
   done_rx.set(zmq::sockopt::linger, 0);
   done_rx.bind(pipe);
   TrialRunner runner(context, registry, options.device, options.threads, pipe);
   auto stopped = [&] { return options.stop && options.stop->load(); };
 
+  // One socket for the worker's life; ZeroMQ reconnects it by itself.
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.set(zmq::sockopt::routing_id, options.name);
+  dealer.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
+  dealer.set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(std::max<int64_t>(100, options.heartbeat_interval_ms)));
+  if (options.curve) security::ConfigureClient(dealer, *options.curve);
+  protocol::HandshakeMonitor monitor(context, dealer, "worker-" + std::to_string(::getpid()) + "-" + std::to_string(instance));
+  dealer.connect(options.connect);
+
+  const protocol::Ready ready{options.name, static_cast<int64_t>(std::thread::hardware_concurrency()), 0};
+  // READY goes out when the worker is idle and the socket takes it (a
+  // refused handshake leaves no peer to queue it for: retried each turn).
+  bool welcomed = false, ready_pending = true, first_ready = true;
+  std::string benchmark_spec;
+  int64_t running_trial = 0, running_attempt = 0;  // what the coordinator gave us, 0: none
+  const auto started = Clock::now();
+  Clock::time_point last_heard = started, next_heartbeat = started + interval, ready_sent = started;
+  bool said_silent = false;
+
   while (!stopped()) {
-    zmq::socket_t dealer(context, zmq::socket_type::dealer);
-    dealer.set(zmq::sockopt::linger, 0);
-    dealer.set(zmq::sockopt::routing_id, options.name + "#" + std::to_string(stats.reconnects));
-    dealer.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
-    if (options.curve) security::ConfigureClient(dealer, *options.curve);
-    dealer.connect(options.connect);
-    protocol::Send(dealer, protocol::kReady,
-                   {{"name", options.name},
-                    {"cores", static_cast<int64_t>(std::thread::hardware_concurrency())},
-                    {"gpus", 0}});
-    Clock::time_point last_heard = Clock::now(), next_heartbeat = Clock::now() + interval;
-    bool lost = false;
-    while (!lost && !stopped()) {
-      zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
-                                 {done_rx.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 2, std::chrono::milliseconds(std::max<int64_t>(1, options.heartbeat_interval_ms / 4)));
-      const auto now = Clock::now();
-      if (items[1].revents & ZMQ_POLLIN) {
-        zmq::message_t m;
-        (void)done_rx.recv(m, zmq::recv_flags::dontwait);
-        if (std::optional<Outcome> o = runner.Take()) {
-          if (o->ok) {
-            json metrics = json::object();
-            for (const auto& [k, v] : o->metrics) metrics[k] = v;
-            protocol::Send(dealer, protocol::kResult,
-                           {{"trial", o->trial}, {"attempt", o->attempt}, {"metrics", metrics}});
-            ++stats.trials;
-          } else {
-            protocol::Send(dealer, protocol::kFailed,
-                           {{"trial", o->trial}, {"attempt", o->attempt}, {"error", o->error}});
-          }
-          next_heartbeat = now + interval;
+    zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
+                               {done_rx.handle(), 0, ZMQ_POLLIN, 0},
+                               {monitor.socket().handle(), 0, ZMQ_POLLIN, 0}};
+    protocol::Poll(items, 3, std::max(std::chrono::milliseconds(1), interval / 4));
+    const auto now = Clock::now();
+    while (auto e = monitor.Next()) {
+      if (e->event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED || e->event == ZMQ_EVENT_DISCONNECTED) continue;
+      if (e->event == ZMQ_EVENT_CONNECT_RETRIED && welcomed) continue;  // the coordinator went away: said below
+      why_log(options.connect + ": " + e->text);
+    }
+    if (items[1].revents & ZMQ_POLLIN) {
+      zmq::message_t m;
+      (void)done_rx.recv(m, zmq::recv_flags::dontwait);
+    }
+    if (std::optional<Outcome> o = runner.Take()) {
+      // Reported only if it is still the trial the coordinator gave us (a
+      // REJOIN in between means it requeued it).
+      if (o->trial == running_trial && o->attempt == running_attempt) {
+        if (o->ok) {
+          protocol::Send(dealer, protocol::TrialResult{o->trial, o->attempt, std::move(o->metrics)});
+          ++stats.trials;
+        } else {
+          protocol::Send(dealer, protocol::TrialFailure{o->trial, o->attempt, o->error});
         }
-      }
-      while (auto msg = protocol::Receive(dealer, false)) {
-        if (msg->command.empty()) continue;  // malformed: dropped
-        last_heard = now;
-        backoff = 1;
-        if (msg->command == protocol::kDone) return stats;
-        if (msg->command == protocol::kWelcome) {
-          benchmark_spec = msg->body.value("benchmark", json::object()).dump();
-        } else if (msg->command == protocol::kTrial && !runner.busy()) {
-          runner.Submit(Job{msg->body.value("trial", int64_t{0}), msg->body.value("attempt", int64_t{0}),
-                            msg->body.value("maskers", json::array()).dump(), benchmark_spec});
-        }
-      }
-      if (now >= next_heartbeat) {
-        protocol::Send(dealer, protocol::kHeartbeat, json::object());
         next_heartbeat = now + interval;
       }
-      if (now - last_heard > protocol::kHeartbeatLiveness * interval) lost = true;
+      running_trial = running_attempt = 0;
     }
-    if (!lost) break;
-    // The coordinator went silent and has requeued our trial: finish and drop
-    // it, then reconnect after a capped exponential back-off.
-    runner.Drain();
-    ++stats.reconnects;
-    std::this_thread::sleep_for(backoff * interval);
-    backoff = std::min(backoff * 2, kBackoffMaxIntervals);
+    if (ready_pending && !runner.busy() && protocol::Send(dealer, ready)) {
+      ready_pending = false;
+      ready_sent = now;
+      stats.rejoins += !first_ready;
+      first_ready = false;
+    }
+    while (auto frames = protocol::ReceiveFrames(dealer, false)) {
+      if (!frames->ok()) {
+        ++stats.dropped;
+        drop_log("dropped a message from the coordinator: " + frames->status().message());
+        continue;
+      }
+      auto parsed = protocol::ParseFromCoordinator(frames->value());
+      if (!parsed.ok()) {
+        ++stats.dropped;
+        drop_log("dropped a message from the coordinator: " + parsed.status().message());
+        // A TRIAL we cannot read but whose ids we can: fail it, so the
+        // coordinator does not wait for it forever.
+        if (frames->value().command == protocol::kTrial) {
+          const json body = json::parse(frames->value().body, nullptr, false);
+          if (body.is_object() && body.contains("trial") && body["trial"].is_number_integer() &&
+              body.contains("attempt") && body["attempt"].is_number_integer() && body["trial"].get<int64_t>() > 0 &&
+              body["attempt"].get<int64_t>() > 0)
+            protocol::Send(dealer, protocol::TrialFailure{body["trial"].get<int64_t>(), body["attempt"].get<int64_t>(),
+                                                          "worker " + options.name + ": " + parsed.status().message()});
+        }
+        continue;
+      }
+      last_heard = now;
+      if (said_silent) log("the coordinator at " + options.connect + " answers again");
+      said_silent = false;
+      const auto& m = parsed.value();
+      if (std::holds_alternative<protocol::Done>(m)) {
+        stats.done = true;
+        return stats;
+      }
+      if (auto* w = std::get_if<protocol::Welcome>(&m)) {
+        benchmark_spec = w->benchmark.dump();
+        welcomed = true;
+      } else if (auto* t = std::get_if<protocol::TrialRequest>(&m)) {
+        std::string refuse;
+        if (!welcomed) refuse = "TRIAL before WELCOME: no benchmark to run it on";
+        else if (runner.busy()) refuse = "busy with trial " + std::to_string(running_trial);
+        if (!refuse.empty()) {
+          drop_log("refused trial " + std::to_string(t->trial) + ": " + refuse);
+          protocol::Send(dealer, protocol::TrialFailure{t->trial, t->attempt, "worker " + options.name + ": " + refuse});
+          continue;
+        }
+        running_trial = t->trial;
+        running_attempt = t->attempt;
+        runner.Submit(Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec});
+      } else if (std::holds_alternative<protocol::Rejoin>(m)) {
+        // The coordinator does not know us (it restarted, or gave us up while
+        // we were paused): introduce ourselves once the trial in flight is over.
+        welcomed = false;
+        running_trial = running_attempt = 0;
+        if (!ready_pending) log("the coordinator does not know us: joining again");
+        ready_pending = true;  // sent at the top of the next turn, once idle
+      }
+    }
+    if (now >= next_heartbeat) {
+      protocol::Send(dealer, protocol::Heartbeat{});
+      next_heartbeat = now + interval;
+    }
+    if (!welcomed && now - ready_sent > std::chrono::milliseconds(options.welcome_timeout_ms) &&
+        now - last_heard > std::chrono::milliseconds(options.welcome_timeout_ms))
+      why_log("no answer from " + options.connect + " in " + Seconds(options.welcome_timeout_ms) +
+              ": not running, or our key is not in its authorized_workers (retrying)");
+    if (welcomed && !said_silent && now - last_heard > protocol::kHeartbeatLiveness * interval) {
+      log("the coordinator at " + options.connect + " is silent; waiting for it (giving up after " +
+          Seconds(options.give_up_after_ms) + ")");
+      said_silent = true;
+    }
+    if (now - last_heard > std::chrono::milliseconds(options.give_up_after_ms))
+      return Status::Error("no answer from " + options.connect + " for " + Seconds(options.give_up_after_ms) +
+                           ": giving up");
   }
   return stats;
 }

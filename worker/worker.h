@@ -3,9 +3,15 @@
 // A worker: connects a DEALER to the coordinator, announces its resources,
 // builds the study's benchmark once, runs the trials it is sent (one at a
 // time, on a thread of its own, so heartbeats keep flowing) and reports their
-// metrics. On coordinator silence it reconnects with capped exponential
-// back-off instead of exiting; it returns when told the study is over, or
-// when `stop` is set.
+// metrics. Every message from the coordinator is checked (protocol/): a wrong
+// one is logged and dropped, never fatal.
+// One socket for the worker's life: ZeroMQ reconnects it to a restarted
+// coordinator, which answers a peer it does not know with REJOIN, and the
+// worker introduces itself again (READY, once its trial in flight is over).
+// It says why it is not getting in (no answer in 10 s, key refused, plain
+// against CURVE, nothing listening). It returns when told the study is
+// over, or when `stop` is set, or with an error once the coordinator has
+// been silent for `give_up_after_ms`.
 #pragma once
 
 #include "protocol/security.h"
@@ -13,6 +19,7 @@
 #include <zmq.hpp>
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "engine/registry.h"
@@ -23,15 +30,28 @@ namespace masktune {
 struct WorkerOptions {
   std::string connect;   // the coordinator's endpoint
   std::shared_ptr<const security::ClientKeys> curve;  // null: plain
-  std::string name;      // shown in the trials table; unique per worker
+  std::string name;      // shown in the trials table; unique per worker (DefaultWorkerName)
   int64_t heartbeat_interval_ms = 1000;
   int threads = 0;       // OpenMP threads for this worker's trials (0: the default)
   std::string device = "cpu";  // where attention runs: cpu or cuda
   const std::atomic<bool>* stop = nullptr;
+  // With no message from the coordinator for this long, give up (an error).
+  int64_t give_up_after_ms = 600000;
+  // Without WELCOME this long after connecting, say so (and keep trying).
+  int64_t welcome_timeout_ms = 10000;
+  // Where log lines go; null: stderr, prefixed with the worker's name.
+  std::function<void(const std::string&)> log;
 };
 
+// "PREFIX@HOST:PID": unique per process and host, so two `run`s or two
+// workers on one node never share a name.
+std::string DefaultWorkerName(const std::string& prefix);
+
 struct WorkerStats {
-  int64_t trials = 0, reconnects = 0;
+  int64_t trials = 0;
+  int64_t rejoins = 0;    // READY sent again because the coordinator did not know us
+  int64_t dropped = 0;    // malformed messages from the coordinator
+  bool done = false;      // DONE received
 };
 
 Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& registry,
