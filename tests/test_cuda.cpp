@@ -1,6 +1,7 @@
 // The CUDA engine against the CPU engine: dense and masked attention on random
-// cases and on every golden case. Each test is skipped (with a message) when
-// there is no CUDA device, so the suite passes on machines without one.
+// cases and on every golden case. Without a CUDA device every test here is
+// skipped by its decorator (counted as skipped in doctest's summary; the
+// reason is printed once), so the suite passes on machines without one.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -23,11 +24,9 @@ namespace {
 
 using cuda::DType;
 
-bool SkipWithoutDevice() {
-  if (cuda::Available()) return false;
-  MESSAGE("skipped: no CUDA device");
-  return true;
-}
+// Every test case below is in this suite: skipped, with the reason, when there is no device.
+TEST_SUITE_BEGIN("cuda" * doctest::skip(!cuda::Available()) *
+                 doctest::description("no CUDA device"));
 
 // max |got - ref| / max |ref| (the max difference when ref is all zeros);
 // infinity for a shape mismatch or a NaN.
@@ -131,7 +130,6 @@ struct Dims {
 };
 
 TEST_CASE("cuda: dense and masked attention match the CPU engine") {
-  if (SkipWithoutDevice()) return;
   const Dims cases[] = {
       {1, 8, 2, 1, 100, 64, 128, false},       // one chunk, used_keys < buffer
       {2, 8, 2, 3, 4097, 128, 4200, true},     // causal, 12 rows per kv head (2 tiles of 8)
@@ -208,7 +206,6 @@ TEST_CASE("cuda: dense and masked attention match the CPU engine") {
 }
 
 TEST_CASE("cuda: masked kernel with every key kept equals the dense kernel") {
-  if (SkipWithoutDevice()) return;
   // Device-side random inputs (as the benchmark uses), long rows.
   cuda::AttentionDims dims;
   dims.batch = 2;
@@ -246,7 +243,6 @@ TEST_CASE("cuda: masked kernel with every key kept equals the dense kernel") {
 }
 
 TEST_CASE("cuda: bad inputs are errors") {
-  if (SkipWithoutDevice()) return;
   GpuCase wide(1, 2, 1, 1, 10, 300, 10, false, 1);
   auto r = cuda::DenseAttention(wide.in);
   CHECK_FALSE(r.ok());
@@ -264,7 +260,6 @@ std::string GoldenDir() {
 }
 
 TEST_CASE("cuda: golden cases match the CPU engine and the reference") {
-  if (SkipWithoutDevice()) return;
   using json = nlohmann::json;
   const std::string dir = GoldenDir();
   std::ifstream manifest_file(dir + "/manifest.json");
@@ -302,6 +297,8 @@ TEST_CASE("cuda: golden cases match the CPU engine and the reference") {
   MESSAGE("cuda golden: " << checked << " cases checked");
   CHECK(checked >= 47);
 }
+
+TEST_SUITE_END();
 
 }  // namespace
 }  // namespace masktune
