@@ -1,13 +1,16 @@
 # masktune front: `make run` and `make test` work on a fresh machine.
-# Both install missing Debian packages first (scripts/setup.sh, silent when
-# everything is present), then configure and build in build/.
+# Both install missing Debian packages and fetch the model first
+# (scripts/setup.sh, silent when everything is present), then configure and
+# build in build/. `make test` also starts a local SLURM for its SLURM test
+# (scripts/slurm_local.sh: installs slurm-wlm and munge if missing) and stops
+# the daemons it started when that test ends.
 
 BUILD   ?= build
 JOBS    ?= $(shell nproc)
 GOLDEN  ?= ../shared/golden
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
-.PHONY: all setup configure build run test bench clean
+.PHONY: all setup configure build run test bench format format-check clean
 
 all: build
 
@@ -30,11 +33,23 @@ run: build
 	@$(BUILD)/masktune validate configs/examples/quickstart.yaml
 	@$(BUILD)/masktune run configs/examples/quickstart.yaml --db $(BUILD)/quickstart.db
 
+# One line per test case as it finishes, then doctest's summary.
 test: build
 	@cd $(BUILD) && ./masktune_tests
 
+# The engine's speed (attention and every masker on a decode step), then the
+# runtime's (noop trials through the coordinator and SQLite).
 bench: build
 	@$(BUILD)/bench_attention
+	@$(BUILD)/bench_runtime
+
+# clang-format with .clang-format over every tracked *.cpp *.h *.cu *.cuh:
+# format-check lists the files that deviate (exit 1); format rewrites them.
+format-check: setup
+	@scripts/check_format.sh
+
+format: setup
+	@scripts/check_format.sh --fix
 
 clean:
 	@rm -rf $(BUILD)
