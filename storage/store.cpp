@@ -145,7 +145,15 @@ Result<Store> Store::Open(const std::string& path) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     wal = store.Exec("PRAGMA journal_mode=WAL");
   }
+  // A file or folder we may not write: say so once, here, not at the first write.
+  const char* kReadOnly =
+      ": the database is read-only here (a writing command needs write access to the file and to "
+      "its folder, for the -wal and -shm files beside it; best, trials, status, export and check "
+      "only read)";
+  if (!wal.ok() && (sqlite3_errcode(raw) & 0xff) == SQLITE_READONLY)
+    return Status::Error(path + kReadOnly + ": " + sqlite3_errmsg(raw));
   MT_RETURN_IF_ERROR(wal);
+  if (sqlite3_db_readonly(raw, "main") == 1) return Status::Error(path + kReadOnly);
   MT_RETURN_IF_ERROR(store.Exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"));
   // Read before BEGIN, and reset at once: a live read would make BEGIN
   // IMMEDIATE fail at once rather than wait.

@@ -237,7 +237,7 @@ TEST_CASE("storage: reading commands open the database read-only, in a read-only
   // A writing command there fails, naming the file.
   const Run resume = Masktune("resume c --db " + db, /*unprivileged=*/true);
   CHECK(resume.code == 1);
-  CHECK(Contains(resume.output, db));
+  CHECK(Contains(resume.output, db + ": the database is read-only here (a writing command needs write"));
 }
 
 TEST_CASE("storage: read-only stores refuse writes and missing files; errors name the file") {
