@@ -97,7 +97,12 @@ class Coordinator {
   }
 
   Result<CoordinatorStats> Run() {
-    MT_RETURN_IF_ERROR(Bind());
+    if (Status bound = Bind(); !bound.ok()) {
+      // Nothing ran: the study is not held by anyone (status must not say running).
+      (void)store_.SetStudyStatus(study_, "interrupted");
+      (void)ReleaseLease();
+      return bound;
+    }
     MT_RETURN_IF_ERROR(Load());
     Clock::time_point next_heartbeat = Clock::now() + interval_;
     while (true) {
@@ -432,7 +437,7 @@ class Coordinator {
   // interrupted, and `resume` continues from there.
   Result<CoordinatorStats> Interrupt(int signal) {
     MT_RETURN_IF_ERROR(store_.Begin());
-    MT_ASSIGN_OR_RETURN(int64_t n, store_.Requeue(study_, "" /*TODO(lead): refund the attempt*/));
+    MT_ASSIGN_OR_RETURN(int64_t n, store_.Requeue(study_, "", /*refund_attempt=*/true));
     stats_.requeued += n;
     MT_RETURN_IF_ERROR(store_.SetStudyStatus(study_, "interrupted"));
     MT_RETURN_IF_ERROR(ReleaseLease());

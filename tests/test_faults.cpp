@@ -259,6 +259,66 @@ TEST_CASE("SIGTERM and SIGINT stop `run` cleanly: exit 128+signal, state committ
   }
 }
 
+TEST_CASE("a coordinator that cannot bind exits 1, and `status` says interrupted, not running") {
+  testing::TempDir dir;
+  std::ofstream(dir / "s.yaml") << "study: unbound\nbenchmark: {name: noop}\n"
+                                   "search: {algorithm: random, num_samples: 2, seed: 1}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 9]}}}]}\n";
+  // The port is taken by a listener of our own.
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(listen(s, 1) == 0);
+  socklen_t len = sizeof a;
+  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  const std::string db = dir / "s.db";
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db,
+                                   "--insecure"},
+                                  dir / "c.log");
+  CHECK(WaitExit(coordinator, 10) == 1);
+  close(s);
+  CHECK_MESSAGE(Slurp(dir / "c.log").find("cannot bind " + endpoint) != std::string::npos, Slurp(dir / "c.log"));
+  const pid_t status = Spawn({MASKTUNE_BINARY, "status", "unbound", "--db", db}, dir / "status.log");
+  CHECK(WaitExit(status, 10) == 0);
+  const std::string out = Slurp(dir / "status.log");
+  CHECK_MESSAGE(out.rfind("study unbound (interrupted): 2 trials: 0 done, 0 failed, 0 running, 2 queued\n", 0) == 0, out);
+}
+
+TEST_CASE("an edited sweep file against an existing study: an error naming what changed, unless --extend") {
+  testing::TempDir dir;
+  const std::string head = "study: edited\nbenchmark: {name: noop}\n";
+  const std::string stacks = "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  std::ofstream(dir / "s.yaml") << head << "search: {algorithm: random, num_samples: 4, seed: 1}\n" << stacks;
+  const std::string db = dir / "s.db";
+  auto run = [&](std::vector<std::string> extra, const std::string& log) {
+    std::vector<std::string> args = {MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return WaitExit(Spawn(args, dir / log), 30);
+  };
+  REQUIRE(run({}, "1.log") == 0);
+  // More samples and another stack: the plan is not the stored one.
+  std::ofstream(dir / "s.yaml") << head << "search: {algorithm: random, num_samples: 6, seed: 1}\n"
+                                << "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}],\n"
+                                << "            b: [{local: {window_size: 8}}]}\n";
+  CHECK(run({}, "2.log") == 2);
+  const std::string refused = Slurp(dir / "2.log");
+  CHECK_MESSAGE(refused.find("the sweep file changed since the study was created (search, stacks differ)") !=
+                    std::string::npos,
+                refused);
+  CHECK(AllTrials(db, "edited").size() == 4);  // nothing was added
+  CHECK(run({"--extend"}, "3.log") == 0);
+  const auto rows = AllTrials(db, "edited");
+  CHECK(rows.size() == 7);  // a: 6 samples; b searches nothing: one trial
+  for (const auto& r : rows) CHECK(r.status == "done");
+  // From now on the new plan is the study's: running it again is a no-op, resume too.
+  CHECK(run({}, "4.log") == 0);
+  CHECK(WaitExit(Spawn({MASKTUNE_BINARY, "resume", "edited", "--db", db, "--workers", "1"}), 30) == 0);
+  CHECK(AllTrials(db, "edited").size() == 7);
+}
+
 TEST_CASE("refused peers are told why, and the coordinator logs every kind of refused handshake") {
   testing::TempDir dir;
   REQUIRE(security::WriteKeyDir(dir / "keys").ok());
