@@ -333,11 +333,11 @@ Result<bool> Store::RecordFailure(int64_t trial, int64_t attempt, const std::str
   return sqlite3_changes(conn_->db) > 0;
 }
 
-Result<int64_t> Store::Requeue(int64_t study, const std::string& worker) {
-  Stmt s(*conn_,
-         worker.empty()
-             ? "UPDATE trials SET status = 'queued', worker = NULL WHERE study_id = ? AND status = 'running'"
-             : "UPDATE trials SET status = 'queued', worker = NULL WHERE study_id = ? AND status = 'running' AND worker = ?");
+Result<int64_t> Store::Requeue(int64_t study, const std::string& worker, bool refund_attempt) {
+  const std::string set = refund_attempt ? "UPDATE trials SET status = 'queued', worker = NULL, attempts = MAX(attempts - 1, 0)"
+                                         : "UPDATE trials SET status = 'queued', worker = NULL";
+  Stmt s(*conn_, worker.empty() ? set + " WHERE study_id = ? AND status = 'running'"
+                                : set + " WHERE study_id = ? AND status = 'running' AND worker = ?");
   s.Bind(1, study);
   if (!worker.empty()) s.Bind(2, worker);
   if (s.Step() != SQLITE_DONE) return Error("requeue");

@@ -120,7 +120,9 @@ class Store {
   Result<bool> RecordFailure(int64_t trial, int64_t attempt, const std::string& error,
                              int64_t max_failures);
   // Running trials of `worker` (or of the whole study: worker "") go back to the queue.
-  Result<int64_t> Requeue(int64_t study, const std::string& worker);
+  // With `refund_attempt` their attempt is not counted (the stop was ours,
+  // not the trial's: SIGINT/SIGTERM), so max_failures is not used up.
+  Result<int64_t> Requeue(int64_t study, const std::string& worker, bool refund_attempt = false);
   Status TouchWorker(int64_t study, const std::string& worker, const std::string& info_json);
 
   Result<Progress> GetProgress(int64_t study);
