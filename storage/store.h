@@ -71,7 +71,7 @@ struct TrialRow {
   int64_t attempts = 0;
   std::string worker, error;
   std::optional<double> objective;
-  Metrics metrics;
+  Metrics metrics;  // a NaN metric is stored as NULL and read back as NaN
   double started = 0, finished = 0;  // unix seconds, 0 if not yet
 };
 
@@ -89,7 +89,10 @@ class Store {
   // file is created, the schema is not migrated and the journal mode is not
   // changed, so it works on a file in a read-only folder. Files of an older
   // schema version are read as they are (no fingerprint, no leases). Every
-  // writing call on it fails with an error naming the file.
+  // writing call on it fails with an error naming the file. A WAL file that
+  // was closed cleanly (no -wal beside it) in a folder we may not write is
+  // opened immutable: SQLite cannot make its -shm there, and nobody can be
+  // writing it without a -wal.
   static Result<Store> OpenReadOnly(const std::string& path);
 
   Store(Store&&) noexcept = default;
