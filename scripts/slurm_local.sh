@@ -121,13 +121,19 @@ SchedulerType=sched/backfill
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
-# Records a daemon this call started: the oldest process of that name (none
-# ran before, the lock keeps other starts out, and a daemon's helpers are
-# younger than it).
+# Records a daemon this call started, by the pid file it writes once it has
+# detached ($base/NAME.pid, removed before the start): the process that
+# started it may still be there, under the same name, for a moment.
 started=()
 note_started() {
-  local pid
-  pid=$(pgrep -x -o "$1" || true)
+  local pid=""
+  for _ in $(seq 1 100); do
+    pid=$(cat "$base/$1.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]; then break; fi
+    pid=""
+    sleep 0.05
+  done
+  [ -n "$pid" ] || pid=$(pgrep -x -o "$1" || true)  # no pid file after 5 s: the oldest
   if [ -n "$pid" ]; then echo "$1 $pid" >>"$record"; fi
   started+=("$1")
 }
@@ -140,14 +146,17 @@ if ! pgrep -x munged >/dev/null; then
   fi
   chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key
   chown -R "$user" /etc/munge /var/run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
-  munged --force 9>&- || { echo "slurm_local: munged does not start here" >&2; exit 3; }
+  rm -f "$base/munged.pid"
+  munged --force --pid-file="$base/munged.pid" 9>&- || { echo "slurm_local: munged does not start here" >&2; exit 3; }
   note_started munged
 fi
 if ! pgrep -x slurmctld >/dev/null; then
+  rm -f "$base/slurmctld.pid"
   slurmctld -f "$SLURM_CONF" 9>&- || { echo "slurm_local: slurmctld does not start" >&2; exit 3; }
   note_started slurmctld
 fi
 if ! pgrep -x slurmd >/dev/null; then
+  rm -f "$base/slurmd.pid"
   slurmd -f "$SLURM_CONF" 9>&- || { echo "slurm_local: slurmd does not start" >&2; exit 3; }
   note_started slurmd
 fi
