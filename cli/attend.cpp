@@ -1,9 +1,12 @@
 // masktune attend: one masker stack on attention tensors from a file.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -23,47 +26,146 @@ struct AttendOptions {
   int layer = 0;
   std::string out;
   int repeat = 0;
-  double scaling = std::nan("");
+  double scaling = 1.0;
+  bool scaling_given = false;  // --scaling was on the command line
   int64_t seed = -1;  // >= 0: the seed of every masker that draws
   std::string device;  // cpu | cuda; empty: cuda when a GPU is present
 };
 
+// The most a --maskers @FILE may hold: masker lists are a few hundred bytes.
+constexpr uintmax_t kMaxMaskerFileBytes = 16u << 20;
+
+// One line on stderr: control characters that names or values from the input
+// may carry (a tensor named "q\nx") are escaped.
 int Fail(const std::string& message) {
-  std::fprintf(stderr, "masktune attend: %s\n", message.c_str());
+  std::string line;
+  for (unsigned char c : message) {
+    if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      line += buf;
+    } else {
+      line += static_cast<char>(c);
+    }
+  }
+  std::fprintf(stderr, "masktune attend: %s\n", line.c_str());
   return kExitBadInput;
 }
 
-// The masker list text: inline JSON, @FILE, or the `case` metadata of the input.
-Result<std::string> MaskerText(const AttendOptions& o, const SafetensorsFile& file) {
-  if (!o.maskers.empty() && o.maskers[0] == '@') {
-    const std::string path = o.maskers.substr(1);
-    std::ifstream f(path);
-    if (!f) return Status::Error("--maskers: cannot open '" + path + "'");
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-  }
-  if (!o.maskers.empty()) return o.maskers;
+// The input's `case` metadata as JSON: null when there is none.
+Result<nlohmann::json> CaseMetadata(const AttendOptions& o, const SafetensorsFile& file) {
   auto it = file.metadata().find("case");
-  if (it == file.metadata().end())
-    return Status::Error("--maskers is required: " + o.input + " carries no case metadata");
+  if (it == file.metadata().end()) return nlohmann::json();
+  const std::string where = o.input + ": case metadata: ";
+  if (Status s = CheckJsonText(it->second, ""); !s.ok()) return s.WithContext(where);
+  nlohmann::json j;
   try {
-    return nlohmann::json::parse(it->second).at("maskers").dump();
+    j = nlohmann::json::parse(it->second);
   } catch (const std::exception& e) {
-    return Status::Error(o.input + ": case metadata has no masker list: " + e.what());
+    return Status::Error(where + "not valid JSON: " + e.what());
   }
+  if (!j.is_object()) return Status::Error(where + "not a JSON object");
+  return j;
 }
 
-// --scaling, else the case metadata's scaling, else 1 / sqrt(head_dim).
-double Scaling(const AttendOptions& o, const SafetensorsFile& file, int64_t head_dim) {
-  if (!std::isnan(o.scaling)) return o.scaling;
-  auto it = file.metadata().find("case");
-  if (it != file.metadata().end()) {
-    auto j = nlohmann::json::parse(it->second, nullptr, false);
-    if (j.is_object() && j.contains("scaling") && j["scaling"].is_number())
-      return j["scaling"].get<double>();
+// The masker list text: inline JSON, @FILE, or the `case` metadata of the input.
+Result<std::string> MaskerText(const AttendOptions& o, const nlohmann::json& meta) {
+  if (!o.maskers.empty() && o.maskers[0] == '@') {
+    const std::string path = o.maskers.substr(1);
+    // A regular file of bounded size: a folder, /dev/zero or a pipe is refused at once.
+    std::error_code ec;
+    const auto st = std::filesystem::status(path, ec);
+    if (ec || !std::filesystem::exists(st))
+      return Status::Error("--maskers: cannot open '" + path + "'");
+    if (std::filesystem::is_directory(st))
+      return Status::Error("--maskers: '" + path + "' is a folder, not a JSON file");
+    if (!std::filesystem::is_regular_file(st))
+      return Status::Error("--maskers: '" + path + "' is not a regular file (a device or pipe)");
+    const uintmax_t size = std::filesystem::file_size(path, ec);
+    if (ec || size > kMaxMaskerFileBytes)
+      return Status::Error("--maskers: '" + path + "' is larger than the 16 MiB a masker list may "
+                           "be");
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return Status::Error("--maskers: cannot open '" + path + "'");
+    std::string text(size, '\0');
+    f.read(text.data(), static_cast<std::streamsize>(size));
+    text.resize(static_cast<size_t>(f.gcount()));
+    return text;
   }
-  return 1.0 / std::sqrt(static_cast<double>(head_dim));
+  if (!o.maskers.empty()) return o.maskers;
+  if (meta.is_null())
+    return Status::Error("--maskers is required: " + o.input + " carries no case metadata");
+  if (!meta.contains("maskers"))
+    return Status::Error(o.input + ": case metadata has no masker list ('maskers')");
+  return meta["maskers"].dump();
+}
+
+// --scaling, else the case metadata's scaling, else 1 / sqrt(head_dim). Any
+// finite value within float range: 0 and negative scalings are defined by the
+// formula s_j = scaling * <q, k_j> + attention_mask_j.
+Result<float> Scaling(const AttendOptions& o, const nlohmann::json& meta, int64_t head_dim) {
+  auto check = [](double x, const std::string& what) -> Result<float> {
+    if (!std::isfinite(x) || std::fabs(x) > std::numeric_limits<float>::max()) {
+      const std::string found = std::isnan(x)   ? "nan"
+                                : std::isinf(x) ? (x > 0 ? "inf" : "-inf")
+                                                : nlohmann::json(x).dump();
+      return Status::Error(what + ": expected a finite number within float range, found " + found);
+    }
+    return static_cast<float>(x);
+  };
+  if (o.scaling_given) return check(o.scaling, "--scaling");
+  if (meta.is_object() && meta.contains("scaling")) {
+    const std::string what = o.input + ": case metadata: field 'scaling'";
+    if (!meta["scaling"].is_number())
+      return Status::Error(what + ": expected a number, found " + meta["scaling"].dump());
+    return check(meta["scaling"].get<double>(), what);
+  }
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+}
+
+// Beyond what the attention code can index (int64 entries, int32 keys), or a
+// dense mask for --out that would not fit in this machine's memory.
+Status CheckMaskSize(const AttentionInputs& in, bool dense) {
+  const MaskShape m = in.mask_shape();
+  int64_t rows = 0, entries = 0;
+  const std::string shape = "(" + std::to_string(m.batch) + ", " + std::to_string(m.heads) +
+                            ", " + std::to_string(m.queries) + ", " + std::to_string(m.keys) + ")";
+  if (m.keys > std::numeric_limits<int32_t>::max())
+    return Status::Error("mask " + shape + ": more keys than 2^31 - 1");
+  if (__builtin_mul_overflow(m.batch, m.heads, &rows) ||
+      __builtin_mul_overflow(rows, m.queries, &rows) ||
+      __builtin_mul_overflow(rows, m.keys, &entries) || entries > (int64_t{1} << 61))
+    return Status::Error("mask " + shape + ": more entries than a 64-bit count holds");
+  const double bytes = 4.0 * static_cast<double>(entries);
+  const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  if (dense && memory > 0 && bytes > memory) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, ": %.1f GiB as a dense mask (--out), more than this machine's "
+                  "%.1f GiB of memory", bytes / (1 << 30), memory / (1 << 30));
+    return Status::Error("mask " + shape + buf);
+  }
+  return Status::Ok();
+}
+
+// OK when attention's outputs and the error between them are finite. Scores
+// were checked before; what is left to overflow is the weighted sum of v.
+Status CheckOutputs(const AttentionInputs& in, const Tensor& out, const Tensor& dense,
+                    double error) {
+  for (const auto& [t, name] : {std::pair{&dense, "dense attention"}, {&out, "masked attention"}}) {
+    if (Status s = CheckFinite(*t, "out"); !s.ok()) {
+      float vmax = 0.0f;
+      for (float x : in.values->vec()) vmax = std::max(vmax, std::fabs(x));
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(vmax));
+      return Status::Error(std::string(name) + " output overflows: " + s.message() +
+                           "; tensor 'v' holds values up to " + buf +
+                           (t == &out ? ", weighed by 1/p of the mask's kept keys" : ""));
+    }
+  }
+  if (!std::isfinite(error))
+    return Status::Error("the error is undefined: dense attention's output is all zeros while "
+                         "the masked output is not");
+  return Status::Ok();
 }
 
 int RunAttend(const AttendOptions& o) {
@@ -79,10 +181,17 @@ int RunAttend(const AttendOptions& o) {
   }
   if (file.Has("attention_mask")) in.attention_mask = file.Get("attention_mask").value();
   in.layer = o.layer;
-  in.scaling = static_cast<float>(Scaling(o, file, in.queries->dim(3)));
+  auto meta = CaseMetadata(o, file);
+  if (!meta.ok()) return Fail(meta.status().message());
+  auto scaling = Scaling(o, meta.value(), in.queries->dim(3));
+  if (!scaling.ok()) return Fail(scaling.status().message());
+  in.scaling = scaling.value();
   if (Status s = CheckAttentionInputs(in); !s.ok()) return Fail(o.input + ": " + s.message());
+  if (Status s = CheckScoreRange(in); !s.ok()) return Fail(o.input + ": " + s.message());
+  if (Status s = CheckMaskSize(in, !o.out.empty()); !s.ok())
+    return Fail(o.input + ": " + s.message());
 
-  auto text = MaskerText(o, file);
+  auto text = MaskerText(o, meta.value());
   if (!text.ok()) return Fail(text.status().message());
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   const std::string base_dir = std::filesystem::path(o.input).parent_path().string();
@@ -121,9 +230,13 @@ int RunAttend(const AttendOptions& o) {
   const Tensor& out = out_or.value();
   const Tensor& dense = dense_or.value();
 
+  const double error = RelativeL2Error(out, dense);
+  if (Status s = CheckOutputs(in, out, dense, error); !s.ok())
+    return Fail(o.input + ": " + s.message());
+
   nlohmann::json line;
   line["density"] = mask->Density();
-  line["error"] = RelativeL2Error(out, dense);
+  line["error"] = error;
   line["device"] = device;
   if (o.repeat > 0) {
     // Each mask timing starts from a fresh layer state, as a first call does.
@@ -173,11 +286,21 @@ Action AddAttendCommand(CLI::App& app) {
                   "masks are built on the CPU")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--scaling", opts->scaling,
-                  "score scaling (default: the case metadata's, else 1/sqrt(head_dim))");
+                  "score scaling: a finite number (0 and negatives allowed; nan, inf and\n"
+                  "values beyond float range are errors); default: the case metadata's,\n"
+                  "else 1/sqrt(head_dim)")
+      ->each([opts](const std::string&) { opts->scaling_given = true; });
   cmd->footer(
       "Example:\n  masktune attend --input ../shared/golden/oracle_topk_s0.safetensors \\\n"
       "    --maskers '[{\"type\":\"sink\",\"sink_size\":4},{\"type\":\"oracle_top_k\","
       "\"heavy_size\":0.1}]'\n"
+      "Input limits (each an error, exit 2): --input must be a regular safetensors file\n"
+      "(not a folder or device) whose header length fits the file (at most 100 MiB) and\n"
+      "whose tensors, F32/F16/BF16, tile its data section without overlap or gap; JSON\n"
+      "(--maskers, the header, case metadata) nests at most 64 levels, holds no number\n"
+      "beyond double range (1e999) and no repeated key; a --maskers @FILE is at most\n"
+      "16 MiB; q, k, v must be finite and every score scaling * <q, k> + attention_mask\n"
+      "within float range (\"scores overflow\"), as must the outputs.\n"
       "Exit codes: 0 success, 2 bad input (one line on stderr).");
   return [opts] { return RunAttend(*opts); };
 }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "engine/cpu_kernels.h"
@@ -266,6 +268,79 @@ double RelativeL2Error(const Tensor& out, const Tensor& ref) {
   }
   if (den == 0.0) return num == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
   return std::sqrt(num / den);
+}
+
+Status CheckScoreRange(const AttentionInputs& in) {
+  const double limit = 0.99 * std::numeric_limits<float>::max();
+  const int64_t B = in.batch(), H = in.heads(), Q = in.num_queries(), N = in.num_keys();
+  const int64_t D = in.head_dim(), g = in.group(), Hkv = in.kv_heads();
+  const double scale = std::fabs(static_cast<double>(in.scaling));
+  auto norm = [D](const float* x) {
+    double s = 0.0;
+    for (int64_t d = 0; d < D; ++d) s += static_cast<double>(x[d]) * x[d];
+    return std::sqrt(s);
+  };
+  auto max_abs = [](const float* x, int64_t n) {
+    double m = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+      if (std::isfinite(x[i])) m = std::max(m, std::fabs(static_cast<double>(x[i])));
+    return m;
+  };
+  // sum_d |q_d k_d| <= |q| |k| bounds every partial sum of every dot product.
+  double qn = 0.0, kn = 0.0, mm = 0.0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Q; ++i) qn = std::max(qn, norm(in.query(b, h, i)));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t j = 0; j < N; ++j) kn = std::max(kn, norm(in.key(b, h, j)));
+  if (in.attention_mask) mm = max_abs(in.attention_mask->data(), in.attention_mask->size());
+  if (qn * kn * std::max(1.0, scale) + mm < limit) return Status::Ok();
+
+  // The bound failed: check each score in double.
+  auto fmt = [](double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g", x);
+    return std::string(buf);
+  };
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Q; ++i) {
+        const float* q = in.query(b, h, i);
+        const float* m = in.mask_row(b, i);
+        for (int64_t j = 0; j < N; ++j) {
+          const float* k = in.key(b, h / g, j);
+          double dot = 0.0, mag = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            const double x = static_cast<double>(q[d]) * k[d];
+            dot += x;
+            mag += std::fabs(x);
+          }
+          const double mj = m ? m[j] : 0.0;
+          const double s = in.scaling * dot + (std::isfinite(mj) ? mj : 0.0);
+          const bool unscaled = mag >= limit, scaled = mag * scale >= limit;
+          const bool total = std::isfinite(mj) && std::fabs(s) >= limit;
+          if (!unscaled && !scaled && !total) continue;
+          const std::string at = " at q[" + std::to_string(b) + ", " + std::to_string(h) + ", " +
+                                 std::to_string(i) + "] and k[" + std::to_string(b) + ", " +
+                                 std::to_string(h / g) + ", " + std::to_string(j) + "]";
+          std::string what;
+          if (unscaled) {
+            what = "<q, k> reaches " + fmt(mag);
+          } else if (scaled) {
+            what = "scaling * <q, k> reaches " + fmt(mag * scale) + " (scaling " +
+                   fmt(in.scaling) + ")";
+          } else {
+            what = "scaling * <q, k> + attention_mask reaches " + fmt(s) + " (attention_mask " +
+                   fmt(mj) + ")";
+          }
+          return Status::Error("scores overflow: " + what + at + ", beyond the float range (" +
+                               fmt(std::numeric_limits<float>::max()) + "); tensor 'q' holds " +
+                               "values up to " + fmt(max_abs(in.queries->data(), in.queries->size())) +
+                               ", tensor 'k' up to " + fmt(max_abs(in.keys->data(), in.keys->size())));
+        }
+      }
+  return Status::Ok();
 }
 
 }  // namespace masktune

@@ -34,4 +34,12 @@ Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask,
 // ||out - ref||_2 / ||ref||_2 over the whole tensor (0 when both are zero).
 double RelativeL2Error(const Tensor& out, const Tensor& ref);
 
+// OK when every score s_j = scaling * <q, k_j> + attention_mask_j, and every
+// partial sum of the dot product, stays within 99% of the float range, so
+// that finite inputs give finite scores; else "scores overflow: ..." naming
+// the row, the key and the tensors. A bound on the norms settles ordinary
+// inputs in one pass over q and k; only when it fails is each score checked.
+// Inputs must pass CheckAttentionInputs.
+Status CheckScoreRange(const AttentionInputs& in);
+
 }  // namespace masktune

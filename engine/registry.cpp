@@ -1,8 +1,14 @@
 #include "engine/registry.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "engine/maskers/maskers.h"
 
@@ -64,10 +70,16 @@ nlohmann::json FieldValueToJson(const FieldValue& value) {
 
 Result<FieldValue> FieldValueFromJson(const nlohmann::json& v) {
   if (v.is_boolean()) return FieldValue(v.get<bool>());
+  // get<int64_t> would wrap 2^63 and above into negatives.
+  if (v.is_number_unsigned() &&
+      v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    return Status::Error("integer " + v.dump() + " is beyond the 64-bit range");
   if (v.is_number_integer()) return FieldValue(v.get<int64_t>());
   if (v.is_number_float()) return FieldValue(v.get<double>());
   if (v.is_string()) return FieldValue(v.get<std::string>());
-  return Status::Error("expected a number, bool or string, found " + v.dump());
+  std::string found = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (found.size() > 100) found = found.substr(0, 100) + "...";
+  return Status::Error("expected a number, bool or string, found " + found);
 }
 
 double MaskerConfig::Float(const std::string& f) const {
@@ -77,10 +89,15 @@ double MaskerConfig::Float(const std::string& f) const {
 }
 
 int64_t MaskerConfig::Size(const std::string& f, int64_t keys) const {
+  // Sizes past 2^52 keys all mean "more than the keys" (a mask has at most
+  // 2^31 - 1); capping them keeps maskers' sums (w + queries) from overflowing,
+  // and the cast below defined (1e20 * keys is beyond int64).
+  constexpr int64_t kCap = int64_t{1} << 52;
   const FieldValue& v = values.at(f);
-  if (auto* i = std::get_if<int64_t>(&v)) return *i;
+  if (auto* i = std::get_if<int64_t>(&v)) return std::min(*i, kCap);
   // Python's int(x * keys): the product in double, truncated toward zero.
-  return static_cast<int64_t>(std::get<double>(v) * static_cast<double>(keys));
+  const double x = std::get<double>(v) * static_cast<double>(keys);
+  return x >= static_cast<double>(kCap) ? kCap : static_cast<int64_t>(x);
 }
 
 const FieldSpec* MaskerSchema::Find(const std::string& field) const {
@@ -218,30 +235,223 @@ Result<MaskerConfig> MaskerRegistry::Validate(const std::string& type,
   return config;
 }
 
+namespace {
+
+// Decodes the body of a JSON string (escapes included) well enough to compare
+// keys: \uXXXX and surrogate pairs become UTF-8; anything malformed is kept
+// as written (the parser reports it).
+std::string DecodeJsonString(std::string_view raw) {
+  std::string out;
+  auto put = [&out](uint32_t cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  };
+  auto hex4 = [&raw](size_t at, uint32_t& cp) {
+    if (at + 4 > raw.size()) return false;
+    cp = 0;
+    for (size_t k = at; k < at + 4; ++k) {
+      const char c = raw[k];
+      const int d = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+      if (d < 0) return false;
+      cp = cp * 16 + static_cast<uint32_t>(d);
+    }
+    return true;
+  };
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] != '\\' || i + 1 >= raw.size()) {
+      out += raw[i];
+      continue;
+    }
+    const char e = raw[++i];
+    switch (e) {
+      case 'n': out += '\n'; break;
+      case 't': out += '\t'; break;
+      case 'r': out += '\r'; break;
+      case 'b': out += '\b'; break;
+      case 'f': out += '\f'; break;
+      case 'u': {
+        uint32_t cp = 0, lo = 0;
+        if (!hex4(i + 1, cp)) {
+          out += "\\u";
+          break;
+        }
+        i += 4;
+        if (cp >= 0xD800 && cp < 0xDC00 && i + 2 < raw.size() && raw[i + 1] == '\\' &&
+            raw[i + 2] == 'u' && hex4(i + 3, lo) && lo >= 0xDC00 && lo < 0xE000) {
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          i += 6;
+        }
+        put(cp);
+        break;
+      }
+      default: out += e;  // \" \\ \/ (and anything else, which the parser rejects)
+    }
+  }
+  return out;
+}
+
+// A key as it appears in an error: control characters escaped, at most 64 bytes.
+std::string PrintableKey(const std::string& key) {
+  std::string out;
+  for (unsigned char c : key.substr(0, 64)) {
+    if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return key.size() > 64 ? out + "..." : out;
+}
+
+}  // namespace
+
+Status CheckJsonText(std::string_view text, const std::string& root) {
+  struct Level {
+    bool object = false;
+    bool expect_key = false;  // objects: the next string is a key
+    bool has_key = false;
+    int64_t index = 0;        // arrays: the element being read
+    std::string key;          // objects: the key of the value being read
+    std::set<std::string> keys;
+  };
+  std::vector<Level> stack;
+  size_t line = 1, line_start = 0;
+  auto path = [&]() {
+    std::string p = root;
+    size_t shown = 0;
+    for (const Level& l : stack) {
+      if (++shown > 8) {  // a path 64 levels deep says no more than its first steps
+        p += "...";
+        break;
+      }
+      if (!l.object) {
+        p += '[';
+        p += std::to_string(l.index);
+        p += ']';
+      } else if (l.has_key) {
+        if (!p.empty()) p += '.';
+        p += PrintableKey(l.key);
+      }
+    }
+    return p.empty() ? std::string("top level") : p;
+  };
+  auto place = [&](size_t at) {
+    return " (line " + std::to_string(line) + ", column " + std::to_string(at - line_start + 1) +
+           ")";
+  };
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const char c = text[i];
+    if (c == '"') {
+      size_t j = i + 1;
+      while (j < n && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+      if (j >= n) return Status::Ok();  // unterminated: the parser says where
+      if (!stack.empty() && stack.back().object && stack.back().expect_key) {
+        Level& top = stack.back();
+        std::string key = DecodeJsonString(text.substr(i + 1, j - i - 1));
+        if (!top.keys.insert(key).second) {
+          top.has_key = false;  // the path names the object holding the key
+          return Status::Error(path() + ": duplicate key '" + PrintableKey(key) + "'" + place(i));
+        }
+        top.key = std::move(key);
+        top.has_key = true;
+        top.expect_key = false;
+      }
+      i = j + 1;
+      continue;
+    }
+    if (c == '{' || c == '[') {
+      if (stack.size() >= static_cast<size_t>(kMaxJsonDepth))
+        return Status::Error(path() + ": nested deeper than " + std::to_string(kMaxJsonDepth) +
+                             " levels" + place(i));
+      Level l;
+      l.object = c == '{';
+      l.expect_key = l.object;
+      stack.push_back(std::move(l));
+    } else if (c == '}' || c == ']') {
+      if (!stack.empty()) stack.pop_back();
+    } else if (c == ',') {
+      if (!stack.empty()) {
+        Level& top = stack.back();
+        if (top.object) {
+          top.expect_key = true;
+          top.has_key = false;
+        } else {
+          ++top.index;
+        }
+      }
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t j = i;
+      while (j < n && std::strchr("+-0123456789.eE", text[j]) != nullptr && text[j] != '\0') ++j;
+      const std::string token(text.substr(i, j - i));
+      if (std::isinf(std::strtod(token.c_str(), nullptr))) {
+        return Status::Error(path() + ": number " + token.substr(0, 64) +
+                             (token.size() > 64 ? "..." : "") +
+                             " is beyond the range of a double" + place(i));
+      }
+      i = j;
+      continue;
+    } else if (c == '\n') {
+      ++line;
+      line_start = i + 1;
+    }
+    ++i;
+  }
+  return Status::Ok();
+}
+
 Result<std::vector<MaskerConfig>> MaskerRegistry::ParseJsonList(const std::string& json_text,
                                                                 const std::string& base_dir) const {
   using json = nlohmann::json;
+  if (Status s = CheckJsonText(json_text, "maskers"); !s.ok())
+    return s.WithContext("masker list: ");
   json list;
   try {
     list = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     return Status::Error(std::string("masker list is not valid JSON: ") + e.what());
   }
   if (!list.is_array()) return Status::Error("masker list must be a JSON array of objects");
+  // A value as an error shows it: one line, at most 100 characters.
+  auto shown = [](const json& v) {
+    std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+    return s.size() > 100 ? s.substr(0, 100) + "..." : s;
+  };
   std::vector<MaskerConfig> out;
   for (size_t i = 0; i < list.size(); ++i) {
     const json& item = list[i];
     std::string where = "maskers[" + std::to_string(i) + "]";
-    if (!item.is_object()) return Status::Error(where + ": expected an object, found " + item.dump());
-    if (!item.contains("type") || !item["type"].is_string())
-      return Status::Error(where + ": missing string field 'type'");
+    if (!item.is_object()) return Status::Error(where + ": expected an object, found " + shown(item));
+    if (!item.contains("type")) return Status::Error(where + ": missing string field 'type'");
+    if (!item["type"].is_string())
+      return Status::Error(where + ": field 'type': expected a string, found " +
+                           shown(item["type"]));
     const std::string type = item["type"].get<std::string>();
-    where += " (" + type + "): ";
+    where += " (" + PrintableKey(type) + "): ";
     std::map<std::string, FieldValue> given;
     for (auto& [key, val] : item.items()) {
       if (key == "type") continue;
       auto value = FieldValueFromJson(val);
-      if (!value.ok()) return value.status().WithContext(where + "field '" + key + "': ");
+      if (!value.ok())
+        return value.status().WithContext(where + "field '" + PrintableKey(key) + "': ");
       given[key] = std::move(value).value();
     }
     auto config = Validate(type, given, base_dir);

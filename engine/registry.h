@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/mask.h"
@@ -47,8 +48,20 @@ class MaskerRegistry {
 
 // A field value as JSON and back; the int/float distinction survives (1.0 stays a float).
 nlohmann::json FieldValueToJson(const FieldValue& value);
-// Fails on arrays, objects and null.
+// Fails on arrays, objects, null and integers beyond int64.
 Result<FieldValue> FieldValueFromJson(const nlohmann::json& value);
+
+// How deep JSON that masktune reads from users may nest (masker lists, safetensors
+// headers, case metadata). Deeper text is refused before parsing: nlohmann's
+// serializer recurses, and a value nested 100,000 deep overflows the stack.
+inline constexpr int kMaxJsonDepth = 64;
+
+// Checks JSON text before it is parsed: nesting deeper than kMaxJsonDepth, a
+// number beyond the range of a double (1e999) and a key repeated in one object
+// are errors naming the place as `root` plus the path to it ("maskers[0].heavy_size:
+// number 1e999 is beyond the range of a double (line 1, column 30)"). Any other
+// syntax error is left to the parser.
+Status CheckJsonText(std::string_view text, const std::string& root);
 
 // OK when `value` fits `spec` (type and range); else "field 'name': expected
 // ..., found ..." (the caller prefixes the masker and place).

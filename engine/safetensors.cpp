@@ -1,9 +1,15 @@
 #include "engine/safetensors.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <nlohmann/json.hpp>
+
+#include "engine/registry.h"
 
 namespace masktune {
 namespace {
@@ -63,31 +69,54 @@ float BFloat16ToFloat(uint16_t h) {
 
 Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
   const std::string where = path + ": ";
+  // Only a regular file has a size to check before reading: a folder, a device
+  // (/dev/zero, /dev/urandom: endless) or a pipe is refused at once.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    return Status::Error(where + "cannot open file (" + std::strerror(errno) + ")");
+  if (S_ISDIR(st.st_mode)) return Status::Error(where + "is a folder, not a safetensors file");
+  if (!S_ISREG(st.st_mode)) {
+    return Status::Error(where + "is not a regular file (a device, pipe or socket); expected a "
+                                 "safetensors file");
+  }
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::Error(where + "cannot open file (" + std::strerror(errno) + ")");
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
-                                   std::istreambuf_iterator<char>());
-  if (bytes.size() < 8) {
-    return Status::Error(where + "truncated: " + std::to_string(bytes.size()) +
+  if (file_size < 8) {
+    return Status::Error(where + "truncated: " + std::to_string(file_size) +
                          " bytes, too short for the 8-byte header length");
   }
-  const uint64_t header_len = ReadLe64(bytes.data());
-  if (header_len > kMaxHeaderBytes || header_len > bytes.size() - 8) {
+  unsigned char len_bytes[8];
+  if (!in.read(reinterpret_cast<char*>(len_bytes), 8))
+    return Status::Error(where + "read failed at the header length");
+  const uint64_t header_len = ReadLe64(len_bytes);
+  // Checked against the file's size before anything is allocated.
+  if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
     return Status::Error(where + "truncated or not safetensors: header length " +
                          std::to_string(header_len) + " exceeds the " +
-                         std::to_string(bytes.size() - 8) + " bytes after it");
+                         std::to_string(file_size - 8) + " bytes after it" +
+                         (header_len > kMaxHeaderBytes ? " (or the 100 MiB limit)" : ""));
   }
+  std::string text(header_len, '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(header_len)))
+    return Status::Error(where + "truncated while reading the header (the file shrank?)");
+  if (Status s = CheckJsonText(text, ""); !s.ok()) return s.WithContext(where + "header: ");
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<long>(header_len));
-  } catch (const json::parse_error& e) {
+    header = json::parse(text);
+  } catch (const json::exception& e) {
     return Status::Error(where + "header is not valid JSON: " + e.what());
   }
   if (!header.is_object()) return Status::Error(where + "header is not a JSON object");
 
-  const unsigned char* data = bytes.data() + 8 + header_len;
-  const uint64_t data_len = bytes.size() - 8 - header_len;
-  const uint64_t data_len_limit = data_len + 1;  // element counts above this cannot fit
+  const uint64_t data_start = 8 + header_len;
+  const uint64_t data_len = file_size - data_start;
+  struct Entry {
+    std::string name, dtype;
+    Shape shape;
+    uint64_t count, begin, end;
+  };
+  std::vector<Entry> entries;
   SafetensorsFile file;
   file.path_ = path;
   for (auto& [name, entry] : header.items()) {
@@ -116,13 +145,17 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
     const json& jo = entry["data_offsets"];
     if (!js.is_array()) return Status::Error(tw + "shape is not a list");
     Shape shape;
-    uint64_t count = 1;
+    uint64_t count = 1, nonzero = 1;
     for (const json& d : js) {
       if (!d.is_number_unsigned()) return Status::Error(tw + "shape holds a non-integer or negative");
       const uint64_t dim = d.get<uint64_t>();
-      // A shape larger than the file cannot be backed by it (and must not overflow).
-      if (dim != 0 && count > data_len_limit / dim)
-        return Status::Error(tw + "shape " + js.dump() + " is larger than the file");
+      // A shape larger than the file cannot be backed by it (and must not overflow);
+      // dimensions beside a 0 are held to the file's size too.
+      if (dim != 0 && nonzero > data_len / dim) {
+        return Status::Error(tw + "shape " + js.dump() + " is larger than the file (" +
+                             std::to_string(data_len) + " bytes of data)");
+      }
+      if (dim != 0) nonzero *= dim;
       count *= dim;
       shape.push_back(static_cast<int64_t>(dim));
     }
@@ -135,24 +168,71 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
       return Status::Error(tw + "header does not match the data: shape " + ShapeToString(shape) +
                            " of " + dtype + " needs " + std::to_string(count * elem) +
                            " bytes, data_offsets span " +
-                           std::to_string(end >= begin ? end - begin : 0));
+                           std::to_string(end >= begin ? end - begin : 0) +
+                           (end < begin ? " (end before begin)" : ""));
     }
     if (end > data_len) {
       return Status::Error(tw + "truncated: data ends at byte " + std::to_string(end) +
                            " of the data section, which has " + std::to_string(data_len));
     }
-    std::vector<float> values(count);
-    const unsigned char* src = data + begin;
-    if (dtype == "F32") {
-      std::memcpy(values.data(), src, count * 4);
-    } else {
-      const bool half = dtype == "F16";
-      for (uint64_t i = 0; i < count; ++i) {
-        const uint16_t h = static_cast<uint16_t>(src[2 * i] | (src[2 * i + 1] << 8));
-        values[i] = half ? HalfToFloat(h) : BFloat16ToFloat(h);
-      }
+    entries.push_back({name, dtype, std::move(shape), count, begin, end});
+  }
+  // As the format requires: the tensors tile the data section, without overlaps or gaps.
+  std::vector<const Entry*> order;
+  for (const Entry& e : entries) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t covered = 0;
+  const Entry* last = nullptr;
+  for (const Entry* e : order) {
+    const std::string tw = where + "tensor '" + e->name + "': ";
+    if (e->begin < covered) {
+      return Status::Error(tw + "data_offsets [" + std::to_string(e->begin) + ", " +
+                           std::to_string(e->end) + "] overlap those of tensor '" + last->name +
+                           "' [" + std::to_string(last->begin) + ", " + std::to_string(last->end) +
+                           "]");
     }
-    file.tensors_.emplace(name, Tensor(std::move(shape), std::move(values)));
+    if (e->begin > covered) {
+      return Status::Error(tw + "data_offsets start at byte " + std::to_string(e->begin) +
+                           ": bytes " + std::to_string(covered) + " to " +
+                           std::to_string(e->begin) + " of the data section belong to no tensor");
+    }
+    covered = e->end;
+    last = e;
+  }
+  if (covered != data_len) {
+    return Status::Error(where + "the data section has " + std::to_string(data_len) +
+                         " bytes but its tensors cover " + std::to_string(covered) +
+                         " (trailing bytes, or not safetensors)");
+  }
+
+  std::vector<unsigned char> raw;
+  try {
+    for (const Entry& e : entries) {
+      const std::string tw = where + "tensor '" + e.name + "': ";
+      std::vector<float> values(e.count);
+      in.seekg(static_cast<std::streamoff>(data_start + e.begin));
+      if (e.dtype == "F32") {
+        if (e.count > 0 && !in.read(reinterpret_cast<char*>(values.data()),
+                                    static_cast<std::streamsize>(e.count * 4)))
+          return Status::Error(tw + "truncated while reading (the file shrank?)");
+      } else {
+        raw.resize(e.count * 2);
+        if (e.count > 0 &&
+            !in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(e.count * 2)))
+          return Status::Error(tw + "truncated while reading (the file shrank?)");
+        const bool half = e.dtype == "F16";
+        for (uint64_t i = 0; i < e.count; ++i) {
+          const uint16_t h = static_cast<uint16_t>(raw[2 * i] | (raw[2 * i + 1] << 8));
+          values[i] = half ? HalfToFloat(h) : BFloat16ToFloat(h);
+        }
+      }
+      file.tensors_.emplace(e.name, Tensor(e.shape, std::move(values)));
+    }
+  } catch (const std::bad_alloc&) {
+    return Status::Error(where + "not enough memory to read its " + std::to_string(data_len) +
+                         " bytes of tensors");
   }
   return file;
 }
