@@ -8,16 +8,18 @@
 namespace masktune::cli {
 namespace {
 
-int RunValidate(const std::string& path) {
+int RunValidate(const std::string& path, int64_t max_trials) {
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  auto sweep = configs::LoadSweep(path, registry);
+  configs::ParseOptions options;
+  options.max_trials = max_trials;
+  auto sweep = configs::LoadSweep(path, registry, options);
   if (!sweep.ok()) {
     std::fprintf(stderr, "%s\n", sweep.status().message().c_str());
     return kExitBadInput;
   }
   const configs::SweepConfig& c = sweep.value();
   const auto plans = search::PlanSweep(c);
-  int64_t total = 0;
+  int64_t total = 0;  // at most max_trials: LoadSweep checked the cap
   for (const auto& p : plans) total += p.trials;
   std::printf("study %s: %zu stack%s, %lld trials (algorithm %s, num_samples %lld, seed %lld)\n",
               c.study.c_str(), plans.size(), plans.size() == 1 ? "" : "s",
@@ -34,8 +36,9 @@ int RunValidate(const std::string& path) {
   }
   std::printf("objective %s\nstorage %s\n", objective.c_str(), c.storage.c_str());
   for (const auto& p : plans) {
-    std::printf("stack %s: %zu masker%s, %lld trials\n", p.stack->name.c_str(),
+    std::printf("stack %s: %zu masker%s%s, %lld trials\n", p.stack->name.c_str(),
                 p.stack->maskers.size(), p.stack->maskers.size() == 1 ? "" : "s",
+                p.stack->maskers.empty() ? " (dense attention)" : "",
                 static_cast<long long>(p.trials));
     for (const auto& m : p.stack->maskers) {
       std::string fixed;
@@ -53,12 +56,19 @@ int RunValidate(const std::string& path) {
 
 Action AddValidateCommand(CLI::App& app) {
   auto path = std::make_shared<std::string>();
+  auto max_trials = std::make_shared<int64_t>(configs::kDefaultMaxTrials);
   CLI::App* cmd = app.add_subcommand(
       "validate", "Check a sweep file against the masker schemas and print its plan: the stacks,\n"
-                  "their searched fields and how many trials each will run.");
+                  "their searched fields and how many trials each will run. Side files (channel\n"
+                  "lists, weights, projections, the model) must exist and parse.");
   cmd->add_option("FILE", *path, "the sweep file (YAML)")->required();
-  cmd->footer("Exit codes: 0 valid, 2 invalid (errors read FILE:LINE:COLUMN: message).");
-  return [path] { return RunValidate(*path); };
+  cmd->add_option("--max-trials", *max_trials,
+                  "refuse plans of more trials than this, every stack together (default " +
+                      std::to_string(configs::kDefaultMaxTrials) + ")")
+      ->check(CLI::Range(int64_t{1}, INT64_MAX));
+  cmd->footer("Exit codes: 0 valid, 2 invalid (every error on its own line: FILE:LINE:COLUMN: "
+              "message).");
+  return [path, max_trials] { return RunValidate(*path, *max_trials); };
 }
 
 }  // namespace masktune::cli

@@ -4,9 +4,13 @@
 // go, the benchmark a trial runs, the objective, the search algorithm, and
 // the masker stacks to tune with a search space per field (../shared/
 // DESIGN.md, "Sweep file"). Parsing validates everything against the masker
-// schemas before anything is created; every error reads
-// `FILE:LINE:COLUMN: message` and names the field, what was expected and
-// what was found. Thread-safety: plain values.
+// schemas before anything is created: side files (masker path fields,
+// benchmark.model) must exist and parse, and the plan must stay under a trial
+// cap. Every error reads `FILE:LINE:COLUMN: message` and names the field, what
+// was expected and what was found; all of a file's errors are reported, one
+// per line, in file order. Relative paths resolve against the sweep file's
+// folder and are stored absolute, so a study resumes from any folder.
+// Thread-safety: plain values.
 #pragma once
 
 #include <map>
@@ -49,7 +53,7 @@ struct MaskerEntry {
 
 struct StackSpec {
   std::string name;
-  std::vector<MaskerEntry> maskers;
+  std::vector<MaskerEntry> maskers;  // empty (`name: []`): dense attention, a baseline
   Location where;
 };
 
@@ -104,9 +108,9 @@ struct ResourcesSpec {
 };
 
 struct SweepConfig {
-  std::string path;  // the file it was read from
+  std::string path;  // the file it was read from, absolute
   std::string study;
-  std::string storage = "masktune.db";  // relative to the sweep file's folder
+  std::string storage = "masktune.db";  // written relative to the sweep file's folder; held absolute
   BenchmarkSpec benchmark;
   ObjectiveSpec objective;
   SearchSpec search;
@@ -115,12 +119,50 @@ struct SweepConfig {
   int64_t workers = 0;  // 0: the core count
 };
 
-// Parses and validates `text` as read from `path` (used in messages and to
-// resolve relative paths). The first error found is returned.
+// Plans of more trials than this (every stack together) are refused unless
+// the caller raises the cap (`--max-trials N`).
+inline constexpr int64_t kDefaultMaxTrials = 1000000;
+
+struct ParseOptions {
+  // The most trials the plan may hold, every stack together (CheckTrialCap).
+  int64_t max_trials = kDefaultMaxTrials;
+  // Side files are checked at parse time: masker path fields (exists, a
+  // regular readable file, and a cheap parse: a JSON object for
+  // sorted_channel_file, a consistent safetensors header for hat_weight_file
+  // and projections_file), benchmark.model (GGUF magic), benchmark.data.folder.
+  // Off only for re-reading a stored study's sweep to query its results.
+  bool check_files = true;
+};
+
+// Parses and validates `text` as read from `path` (used in messages; its
+// folder, made absolute, resolves relative paths). Every error found is
+// returned, one `FILE:LINE:COLUMN: message` per line in file order (at most
+// 100, then a line saying how many more).
 Result<SweepConfig> ParseSweep(const std::string& text, const std::string& path,
-                               const MaskerRegistry& registry);
+                               const MaskerRegistry& registry, const ParseOptions& options = {});
 // Reads the file, then ParseSweep.
-Result<SweepConfig> LoadSweep(const std::string& path, const MaskerRegistry& registry);
+Result<SweepConfig> LoadSweep(const std::string& path, const MaskerRegistry& registry,
+                              const ParseOptions& options = {});
+
+// Trials the search plans for `stack`: the grid_search sizes crossed, times
+// num_samples (tpe: num_samples). A stack that searches nothing (a dense
+// baseline `name: []`, or constants only) runs one trial under every
+// algorithm: more would repeat the same measurement. Saturates at INT64_MAX;
+// `exact`, when given, receives the exact count in decimal.
+int64_t StackTrials(const StackSpec& stack, const SearchSpec& search, std::string* exact = nullptr);
+
+// OK when the plan's trials, every stack together, are at most `max_trials`;
+// else `FILE:LINE:COLUMN: ...` at the largest stack, naming the count, the
+// stacks' counts and the --max-trials flag. ParseSweep applies it.
+Status CheckTrialCap(const SweepConfig& sweep, int64_t max_trials);
+
+// The parts of a sweep that define its plan, as canonical JSON text (sorted
+// keys): the benchmark spec (without prefill_cache), the objective, the
+// search (algorithm, num_samples, seed, n_startup_trials) and the stacks in
+// file order with every masker field's value or space (paths absolute). Equal
+// texts plan the same trials; study, storage, resources, workers,
+// max_concurrent_trials and max_failures do not change it.
+std::string PlanFingerprintText(const SweepConfig& sweep);
 
 // Objective names the reference defines.
 bool IsReferenceObjective(const std::string& name);

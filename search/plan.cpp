@@ -1,6 +1,7 @@
 #include "search/plan.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "engine/random.h"
 
@@ -23,13 +24,16 @@ std::vector<StackPlan> PlanSweep(const configs::SweepConfig& sweep) {
       for (const auto& [field, space] : m.fields) {
         if (!space.searched()) continue;
         plan.params.push_back({prefix + "." + field, i, field, &space});
-        if (space.kind == ParamSpace::Kind::kGridSearch)
-          plan.grid_points *= static_cast<int64_t>(space.values.size());
+        if (space.kind == ParamSpace::Kind::kGridSearch) {
+          const auto n = static_cast<int64_t>(space.values.size());
+          plan.grid_points = plan.grid_points > INT64_MAX / n ? INT64_MAX : plan.grid_points * n;
+        }
       }
     }
     // TPE treats grid_search fields as categorical: num_samples trials in all.
-    plan.trials = sweep.search.algorithm == "tpe" ? sweep.search.num_samples
-                                                  : plan.grid_points * sweep.search.num_samples;
+    // A stack that searches nothing runs once. Overflow saturates; ParseSweep
+    // refuses such plans (configs::CheckTrialCap).
+    plan.trials = configs::StackTrials(stack, sweep.search);
     plans.push_back(std::move(plan));
   }
   return plans;

@@ -30,8 +30,10 @@ struct StackPlan {
   const configs::StackSpec* stack = nullptr;
   size_t index = 0;  // the stack's place in the sweep: the generator's stream
   std::vector<SearchedParam> params;
-  int64_t grid_points = 1;  // product of the grid_search sizes
-  int64_t trials = 0;       // grid_points x num_samples (tpe: num_samples)
+  int64_t grid_points = 1;  // product of the grid_search sizes (saturates at INT64_MAX)
+  // grid_points x num_samples (tpe: num_samples); 1 for a stack that searches
+  // nothing (a dense baseline []): configs::StackTrials, saturating.
+  int64_t trials = 0;
 };
 
 std::vector<StackPlan> PlanSweep(const configs::SweepConfig& sweep);
