@@ -293,7 +293,7 @@ Action AddAttendCommand(CLI::App& app) {
   cmd->footer(
       "Example:\n  masktune attend --input ../shared/golden/oracle_topk_s0.safetensors \\\n"
       "    --maskers '[{\"type\":\"sink\",\"sink_size\":4},{\"type\":\"oracle_top_k\","
-      "\"heavy_size\":0.1}]'\n"
+      "\"heavy_size\":0.1}]'\n\n"
       "Input limits (each an error, exit 2): --input must be a regular safetensors file\n"
       "(not a folder or device) whose header length fits the file (at most 100 MiB) and\n"
       "whose tensors, F32/F16/BF16, tile its data section without overlap or gap; JSON\n"

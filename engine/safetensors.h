@@ -5,7 +5,12 @@
 // the raw little-endian data. F32, F16 and BF16 tensors are read as float32;
 // tensors are written as F32. Every malformed file is an error that names the
 // file and, where it applies, the tensor: a truncated file, a header that does
-// not describe the data, an unsupported dtype.
+// not describe the data, an unsupported dtype. Hostile files fail fast: only a
+// regular file is read (not a folder, device or pipe), its header length is
+// checked against its size before anything is allocated, the header JSON goes
+// through CheckJsonText (nesting, 1e999, repeated keys: engine/registry.h),
+// shapes are held to the file's size, and the tensors must tile the data
+// section without overlap, gap or trailing bytes, as the format requires.
 #pragma once
 
 #include <map>
@@ -20,7 +25,8 @@ namespace masktune {
 
 class SafetensorsFile {
  public:
-  // Reads the whole file. Fails on any inconsistency; never returns partial data.
+  // Reads the whole file, tensor by tensor. Fails on any inconsistency; never
+  // returns partial data.
   static Result<SafetensorsFile> Read(const std::string& path);
 
   const std::string& path() const { return path_; }
