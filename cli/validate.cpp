@@ -58,16 +58,18 @@ Action AddValidateCommand(CLI::App& app) {
   auto path = std::make_shared<std::string>();
   auto max_trials = std::make_shared<int64_t>(configs::kDefaultMaxTrials);
   CLI::App* cmd = app.add_subcommand(
-      "validate", "Check a sweep file against the masker schemas and print its plan: the stacks,\n"
-                  "their searched fields and how many trials each will run. Side files (channel\n"
-                  "lists, weights, projections, the model) must exist and parse.");
+      "validate",
+      "Check a sweep file against the masker schemas and print its plan: the stacks,\n"
+      "their searched fields and how many trials each will run. Side files (channel\n"
+      "lists, weights, projections, the model) must exist and parse.");
   cmd->add_option("FILE", *path, "the sweep file (YAML)")->required();
   cmd->add_option("--max-trials", *max_trials,
                   "refuse plans of more trials than this, every stack together (default " +
                       std::to_string(configs::kDefaultMaxTrials) + ")")
       ->check(CLI::Range(int64_t{1}, INT64_MAX));
-  cmd->footer("Exit codes: 0 valid, 2 invalid (every error on its own line: FILE:LINE:COLUMN: "
-              "message).");
+  cmd->footer(
+      "Exit codes: 0 valid, 2 invalid (every error on its own line: FILE:LINE:COLUMN: "
+      "message).");
   return [path, max_trials] { return RunValidate(*path, *max_trials); };
 }
 

@@ -1,7 +1,5 @@
 #include "configs/sweep.h"
 
-#include "engine/benchmarks/ruler_tasks.h"
-
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
@@ -14,6 +12,8 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "engine/benchmarks/ruler_tasks.h"
 
 namespace masktune::configs {
 namespace {
@@ -28,9 +28,9 @@ struct SweepError {
   std::string message;
 };
 
-constexpr size_t kMaxReported = 100;   // errors listed; the rest are counted
-constexpr size_t kMaxQuoted = 80;      // characters of user text quoted in a message
-constexpr size_t kMaxMessage = 1000;   // characters of one message
+constexpr size_t kMaxReported = 100;  // errors listed; the rest are counted
+constexpr size_t kMaxQuoted = 80;     // characters of user text quoted in a message
+constexpr size_t kMaxMessage = 1000;  // characters of one message
 
 // User text in a message: long scalars (50,000 characters) are cut.
 std::string Clip(const std::string& s, size_t max = kMaxQuoted) {
@@ -74,8 +74,8 @@ enum class SideFormat { kAny, kJsonObject, kSafetensors };
 SideFormat FormatOf(const std::string& field) {
   static const std::map<std::string, SideFormat> kFormats = {
       {"sorted_channel_file", SideFormat::kJsonObject},  // double_sparsity_top_k
-      {"hat_weight_file", SideFormat::kSafetensors},      // hash_attention_top_k
-      {"projections_file", SideFormat::kSafetensors},     // magic_pig
+      {"hat_weight_file", SideFormat::kSafetensors},     // hash_attention_top_k
+      {"projections_file", SideFormat::kSafetensors},    // magic_pig
   };
   auto it = kFormats.find(field);
   return it == kFormats.end() ? SideFormat::kAny : it->second;
@@ -110,7 +110,8 @@ std::string CheckSideFile(const std::string& path, SideFormat format) {
     const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
     if (j.is_discarded()) return "'" + path + "' is not valid JSON";
     if (!j.is_object())
-      return "'" + path + "' is not a JSON object (the Double Sparsity channel format: "
+      return "'" + path +
+             "' is not a JSON object (the Double Sparsity channel format: "
              "{\"model.layers.L.self_attn.qk_proj\": [[channel, ...], ...]})";
     return "";
   }
@@ -125,13 +126,15 @@ std::string CheckSideFile(const std::string& path, SideFormat format) {
       return what + "a header of " + std::to_string(n) + " bytes in a file of " +
              std::to_string(size) + " bytes";
     std::string header(static_cast<size_t>(n), '\0');
-    if (!f.read(header.data(), static_cast<std::streamsize>(n))) return what + "cannot read the header";
+    if (!f.read(header.data(), static_cast<std::streamsize>(n)))
+      return what + "cannot read the header";
     const nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return what + "the header is not a JSON object";
     const uint64_t data = size - 8 - n;
     for (const auto& [name, t] : j.items()) {
       if (name == "__metadata__") continue;
-      const auto* offsets = t.is_object() && t.contains("data_offsets") ? &t["data_offsets"] : nullptr;
+      const auto* offsets =
+          t.is_object() && t.contains("data_offsets") ? &t["data_offsets"] : nullptr;
       if (!offsets || !offsets->is_array() || offsets->size() != 2 ||
           !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned() ||
           (*offsets)[0].get<uint64_t>() > (*offsets)[1].get<uint64_t>() ||
@@ -170,7 +173,9 @@ class BigCount {
       carry = v / kBase;
     }
   }
-  bool FitsInt64() const { return Saturated() < INT64_MAX || ToString() == std::to_string(INT64_MAX); }
+  bool FitsInt64() const {
+    return Saturated() < INT64_MAX || ToString() == std::to_string(INT64_MAX);
+  }
   // The value, or INT64_MAX when it does not fit.
   int64_t Saturated() const {
     unsigned __int128 v = 0;
@@ -289,7 +294,7 @@ class Parser {
   StackSpec ParseStack(const std::string& name, const YAML::Node& n) const;
   ParamSpace ParseSpace(const YAML::Node& n, const FieldSpec& spec, const std::string& where) const;
 
-  std::string path_;      // as given: in messages
+  std::string path_;  // as given: in messages
   const MaskerRegistry& registry_;
   ParseOptions options_;
   std::string abs_path_;  // absolute: SweepConfig::path
@@ -345,7 +350,8 @@ FieldValue Parser::Scalar(const YAML::Node& n, const std::string& where) const {
       // Overflow (1e309) and underflow to 0 or to a subnormal (1e-320) alike.
       if (errno == ERANGE || end != s.c_str() + s.size() || !std::isfinite(x) ||
           (x != 0 && std::fabs(x) < DBL_MIN))
-        Fail(n, w + "number " + Clip(s) + " is out of range (floats are doubles: magnitudes "
+        Fail(n, w + "number " + Clip(s) +
+                    " is out of range (floats are doubles: magnitudes "
                     "from 2.2e-308 to 1.8e308, or 0)");
       return x;
     }
@@ -389,7 +395,8 @@ void Parser::ParseBenchmark(const YAML::Node& n, BenchmarkSpec& b) const {
   CheckKeys(n, "benchmark", {"name", "data", "sleep_ms"});
   if (b.name == "noop") {
     if (n["data"]) Report(n["data"], "benchmark.data: the noop benchmark takes no data");
-    if (n["sleep_ms"]) Try([&] { b.sleep_ms = Int(n["sleep_ms"], "benchmark.sleep_ms", 0, 3600000); });
+    if (n["sleep_ms"])
+      Try([&] { b.sleep_ms = Int(n["sleep_ms"], "benchmark.sleep_ms", 0, 3600000); });
     return;
   }
   if (n["sleep_ms"]) Report(n["sleep_ms"], "benchmark.sleep_ms: only the noop benchmark sleeps");
@@ -436,55 +443,65 @@ void Parser::ParseRuler(const YAML::Node& n, RulerSpec& r) const {
   CheckKeys(n, "benchmark", {"name", "model", "tasks", "context_tokens", "samples", "seed",
                              "setup", "max_new_tokens", "dense_layers", "prefill_cache"});
   const std::string w = "benchmark.";
-  if (n["model"]) Try([&] {
-    r.model = Resolve(String(n["model"], w + "model"));
-    if (!options_.check_files) return;
-    std::ifstream f;
-    if (std::string e = CheckReadable(r.model, f); !e.empty()) Fail(n["model"], w + "model: " + e);
-    char magic[4] = {};
-    if (!f.read(magic, 4) || std::string(magic, 4) != "GGUF")
-      Fail(n["model"], w + "model: '" + r.model + "' is not a GGUF file (no GGUF magic)");
-  });
-  if (n["tasks"]) Try([&] {
-    const YAML::Node t = n["tasks"];
-    if (!t.IsSequence() || t.size() == 0) Fail(t, w + "tasks: expected a list of task names");
-    r.tasks.clear();
-    const auto& known = ruler::TaskNames();
-    for (size_t i = 0; i < t.size(); ++i) {
-      const std::string where = w + "tasks[" + std::to_string(i) + "]";
-      Try([&] {
-        const std::string name = String(t[i], where);
-        if (std::find(known.begin(), known.end(), name) == known.end()) {
-          std::string list;
-          for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-          Fail(t[i], where + ": unknown task '" + Clip(name) + "' (expected one of: " + list + ")");
-        }
-        if (std::find(r.tasks.begin(), r.tasks.end(), name) != r.tasks.end())
-          Fail(t[i], where + ": '" + name + "' is listed twice");
-        r.tasks.push_back(name);
-      });
-    }
-  });
+  if (n["model"])
+    Try([&] {
+      r.model = Resolve(String(n["model"], w + "model"));
+      if (!options_.check_files) return;
+      std::ifstream f;
+      if (std::string e = CheckReadable(r.model, f); !e.empty())
+        Fail(n["model"], w + "model: " + e);
+      char magic[4] = {};
+      if (!f.read(magic, 4) || std::string(magic, 4) != "GGUF")
+        Fail(n["model"], w + "model: '" + r.model + "' is not a GGUF file (no GGUF magic)");
+    });
+  if (n["tasks"])
+    Try([&] {
+      const YAML::Node t = n["tasks"];
+      if (!t.IsSequence() || t.size() == 0) Fail(t, w + "tasks: expected a list of task names");
+      r.tasks.clear();
+      const auto& known = ruler::TaskNames();
+      for (size_t i = 0; i < t.size(); ++i) {
+        const std::string where = w + "tasks[" + std::to_string(i) + "]";
+        Try([&] {
+          const std::string name = String(t[i], where);
+          if (std::find(known.begin(), known.end(), name) == known.end()) {
+            std::string list;
+            for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+            Fail(t[i],
+                 where + ": unknown task '" + Clip(name) + "' (expected one of: " + list + ")");
+          }
+          if (std::find(r.tasks.begin(), r.tasks.end(), name) != r.tasks.end())
+            Fail(t[i], where + ": '" + name + "' is listed twice");
+          r.tasks.push_back(name);
+        });
+      }
+    });
   if (n["context_tokens"])
     Try([&] { r.context_tokens = Int(n["context_tokens"], w + "context_tokens", 64, 1 << 20); });
   if (n["samples"]) Try([&] { r.samples = Int(n["samples"], w + "samples", 1, 100000); });
   if (n["seed"]) Try([&] { r.seed = Int(n["seed"], w + "seed", 0, INT64_MAX); });
   if (n["max_new_tokens"])
     Try([&] { r.max_new_tokens = Int(n["max_new_tokens"], w + "max_new_tokens", 1, 4096); });
-  if (n["setup"]) Try([&] {
-    r.setup = String(n["setup"], w + "setup");
-    if (r.setup != "A" && r.setup != "B")
-      Fail(n["setup"], w + "setup: expected A (whole prompt dense, decoding sparse) or B (context "
-                           "dense, question and decoding sparse), found '" + Clip(r.setup) + "'");
-  });
-  if (n["dense_layers"]) Try([&] {
-    const YAML::Node d = n["dense_layers"];
-    if (!d.IsSequence()) Fail(d, w + "dense_layers: expected a list of layer indices");
-    for (size_t i = 0; i < d.size(); ++i)
-      Try([&] {
-        r.dense_layers.push_back(Int(d[i], w + "dense_layers[" + std::to_string(i) + "]", 0, 100000));
-      });
-  });
+  if (n["setup"])
+    Try([&] {
+      r.setup = String(n["setup"], w + "setup");
+      if (r.setup != "A" && r.setup != "B")
+        Fail(n["setup"],
+             w +
+                 "setup: expected A (whole prompt dense, decoding sparse) or B (context "
+                 "dense, question and decoding sparse), found '" +
+                 Clip(r.setup) + "'");
+    });
+  if (n["dense_layers"])
+    Try([&] {
+      const YAML::Node d = n["dense_layers"];
+      if (!d.IsSequence()) Fail(d, w + "dense_layers: expected a list of layer indices");
+      for (size_t i = 0; i < d.size(); ++i)
+        Try([&] {
+          r.dense_layers.push_back(
+              Int(d[i], w + "dense_layers[" + std::to_string(i) + "]", 0, 100000));
+        });
+    });
   if (n["prefill_cache"])
     Try([&] { r.prefill_cache = Resolve(String(n["prefill_cache"], w + "prefill_cache")); });
 }
@@ -505,8 +522,10 @@ void Parser::ParseObjective(const YAML::Node& n, const BenchmarkSpec* benchmark,
                             ObjectiveSpec& o) const {
   if (n.IsScalar()) {
     if (!IsReferenceObjective(n.Scalar()))
-      Fail(n, "objective: expected default, sparsity_5, sparsity_10, sparsity_15, sparsity_20, "
-              "sparsity_25 or {metric: NAME, mode: min|max}, found '" + Clip(n.Scalar()) + "'");
+      Fail(n,
+           "objective: expected default, sparsity_5, sparsity_10, sparsity_15, sparsity_20, "
+           "sparsity_25 or {metric: NAME, mode: min|max}, found '" +
+               Clip(n.Scalar()) + "'");
     o.name = n.Scalar();
     return;
   }
@@ -517,27 +536,30 @@ void Parser::ParseObjective(const YAML::Node& n, const BenchmarkSpec* benchmark,
   else
     Fail(n, "objective: expected a name, {metric: NAME, mode: min|max} or a list of those, found " +
                 Describe(n));
-  for (size_t i = 0; i < items.size(); ++i) Try([&] {
-    const std::string w = items.size() > 1 ? "objective[" + std::to_string(i) + "]" : "objective";
-    const YAML::Node item = Map(items[i], w);
-    CheckKeys(item, w, {"metric", "mode"});
-    if (!item["metric"]) Fail(item, w + ": missing 'metric'");
-    const std::string metric = String(item["metric"], w + ".metric");
-    if (benchmark) {
-      const auto known = MetricsOf(*benchmark);
-      if (std::find(known.begin(), known.end(), metric) == known.end()) {
-        std::string list;
-        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-        Fail(item["metric"], w + ".metric: expected one of " + list + ", found '" + Clip(metric) + "'");
+  for (size_t i = 0; i < items.size(); ++i)
+    Try([&] {
+      const std::string w = items.size() > 1 ? "objective[" + std::to_string(i) + "]" : "objective";
+      const YAML::Node item = Map(items[i], w);
+      CheckKeys(item, w, {"metric", "mode"});
+      if (!item["metric"]) Fail(item, w + ": missing 'metric'");
+      const std::string metric = String(item["metric"], w + ".metric");
+      if (benchmark) {
+        const auto known = MetricsOf(*benchmark);
+        if (std::find(known.begin(), known.end(), metric) == known.end()) {
+          std::string list;
+          for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+          Fail(item["metric"],
+               w + ".metric: expected one of " + list + ", found '" + Clip(metric) + "'");
+        }
       }
-    }
-    std::string mode = item["mode"] ? String(item["mode"], w + ".mode") : "min";
-    if (mode != "min" && mode != "max")
-      Fail(item["mode"], w + ".mode: expected min or max, found '" + Clip(mode) + "'");
-    for (const auto& [m, unused] : o.metrics)
-      if (m == metric) Fail(item["metric"], w + ".metric: '" + Clip(metric) + "' is listed twice");
-    o.metrics.emplace_back(metric, mode == "min");
-  });
+      std::string mode = item["mode"] ? String(item["mode"], w + ".mode") : "min";
+      if (mode != "min" && mode != "max")
+        Fail(item["mode"], w + ".mode: expected min or max, found '" + Clip(mode) + "'");
+      for (const auto& [m, unused] : o.metrics)
+        if (m == metric)
+          Fail(item["metric"], w + ".metric: '" + Clip(metric) + "' is listed twice");
+      o.metrics.emplace_back(metric, mode == "min");
+    });
   o.name = o.metrics.size() == 1 ? o.metrics[0].first : "pareto";
 }
 
@@ -545,21 +567,26 @@ void Parser::ParseSearch(const YAML::Node& n, SearchSpec& s) const {
   Map(n, "search");
   CheckKeys(n, "search", {"algorithm", "num_samples", "seed", "max_concurrent_trials",
                           "n_startup_trials", "max_failures"});
-  if (n["algorithm"]) Try([&] {
-    const std::string a = String(n["algorithm"], "search.algorithm");
-    if (a != "grid" && a != "random" && a != "tpe")
-      Fail(n["algorithm"], "search.algorithm: expected grid, random or tpe, found '" + Clip(a) + "'");
-    s.algorithm = a;
-  });
+  if (n["algorithm"])
+    Try([&] {
+      const std::string a = String(n["algorithm"], "search.algorithm");
+      if (a != "grid" && a != "random" && a != "tpe")
+        Fail(n["algorithm"],
+             "search.algorithm: expected grid, random or tpe, found '" + Clip(a) + "'");
+      s.algorithm = a;
+    });
   if (n["num_samples"])
     Try([&] { s.num_samples = Int(n["num_samples"], "search.num_samples", 1, 1 << 30); });
   if (n["seed"]) Try([&] { s.seed = Int(n["seed"], "search.seed", 0, INT64_MAX); });
-  if (n["max_concurrent_trials"]) Try([&] {
-    s.max_concurrent_trials =
-        Int(n["max_concurrent_trials"], "search.max_concurrent_trials", 0, 1 << 20);
-  });
+  if (n["max_concurrent_trials"])
+    Try([&] {
+      s.max_concurrent_trials =
+          Int(n["max_concurrent_trials"], "search.max_concurrent_trials", 0, 1 << 20);
+    });
   if (n["n_startup_trials"])
-    Try([&] { s.n_startup_trials = Int(n["n_startup_trials"], "search.n_startup_trials", 1, 1 << 20); });
+    Try([&] {
+      s.n_startup_trials = Int(n["n_startup_trials"], "search.n_startup_trials", 1, 1 << 20);
+    });
   if (n["max_failures"])
     Try([&] { s.max_failures = Int(n["max_failures"], "search.max_failures", 1, 1000); });
 }
@@ -667,78 +694,84 @@ StackSpec Parser::ParseStack(const std::string& name, const YAML::Node& n) const
   const std::string ws = "attention." + name;
   // An empty list is a stack without maskers: dense attention, a baseline.
   if (!n.IsSequence())
-    Fail(n, ws + ": expected a list of maskers (- type: {field: value}; [] for dense "
-                 "attention), found " + Describe(n));
+    Fail(n, ws +
+                ": expected a list of maskers (- type: {field: value}; [] for dense "
+                "attention), found " +
+                Describe(n));
   int sampling = -1;
   std::string sampling_type;
-  for (size_t i = 0; i < n.size(); ++i) Try([&] {
-    const YAML::Node item = n[i];
-    const std::string wi = ws + "[" + std::to_string(i) + "]";
-    MaskerEntry entry;
-    entry.where = At(item);
-    // Nodes are references: assigning to a node that holds one overwrites the
-    // tree, so each is bound once.
-    const bool one_map = item.IsMap() && item.size() == 1 && item.begin()->first.IsScalar();
-    const YAML::Node type_node = one_map ? item.begin()->first : item;
-    YAML::Node fields;
-    if (item.IsScalar()) {
-      entry.type = item.Scalar();
-    } else if (one_map) {
-      entry.type = type_node.Scalar();
-      fields = item.begin()->second;
-    } else {
-      Fail(item, wi + ": expected one masker, '- type: {field: value, ...}', found " + Describe(item));
-    }
-    const MaskerSchema* schema = registry_.Find(entry.type);
-    if (!schema) {
-      std::string known;
-      for (const auto& t : registry_.Types()) known += (known.empty() ? "" : ", ") + t;
-      Fail(type_node, wi + ": unknown masker type '" + Clip(entry.type) + "' (known: " + known + ")");
-    }
-    const std::string where = wi + " (" + entry.type + "): ";
-    if (schema->sampling) {
-      if (sampling >= 0)
-        Report(item, where + "a stack holds at most one sampling masker; " + ws + "[" +
-                         std::to_string(sampling) + "] (" + sampling_type + ") is one already");
-      else {
-        sampling = static_cast<int>(i);
-        sampling_type = entry.type;
+  for (size_t i = 0; i < n.size(); ++i)
+    Try([&] {
+      const YAML::Node item = n[i];
+      const std::string wi = ws + "[" + std::to_string(i) + "]";
+      MaskerEntry entry;
+      entry.where = At(item);
+      // Nodes are references: assigning to a node that holds one overwrites the
+      // tree, so each is bound once.
+      const bool one_map = item.IsMap() && item.size() == 1 && item.begin()->first.IsScalar();
+      const YAML::Node type_node = one_map ? item.begin()->first : item;
+      YAML::Node fields;
+      if (item.IsScalar()) {
+        entry.type = item.Scalar();
+      } else if (one_map) {
+        entry.type = type_node.Scalar();
+        fields = item.begin()->second;
+      } else {
+        Fail(item,
+             wi + ": expected one masker, '- type: {field: value, ...}', found " + Describe(item));
       }
-    }
-    if (fields && !fields.IsNull() && !fields.IsMap())
-      Fail(fields, where + "expected a mapping of fields, found " + Describe(fields));
-    bool ok = true;
-    if (fields && fields.IsMap()) {
-      for (const auto& kv : fields) {
-        ok &= Try([&] {
-          const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
-          const FieldSpec* spec = schema->Find(key);
-          if (!spec) {
-            std::string list;
-            for (const auto& f : schema->fields) list += (list.empty() ? "" : ", ") + f.name;
-            Fail(kv.first, where + "unknown field " +
-                               (kv.first.IsScalar() ? "'" + Clip(key) + "'" : Describe(kv.first)) +
-                               " (" + entry.type + " has: " + (list.empty() ? "no fields" : list) +
-                               ")");
-          }
-          if (entry.fields.count(key)) Fail(kv.first, where + "field '" + key + "' is given twice");
-          entry.fields[key] = ParseSpace(kv.second, *spec, where);
-        });
+      const MaskerSchema* schema = registry_.Find(entry.type);
+      if (!schema) {
+        std::string known;
+        for (const auto& t : registry_.Types()) known += (known.empty() ? "" : ", ") + t;
+        Fail(type_node,
+             wi + ": unknown masker type '" + Clip(entry.type) + "' (known: " + known + ")");
       }
-    }
-    for (const FieldSpec& spec : schema->fields) {
-      if (entry.fields.count(spec.name)) continue;
-      if (!spec.default_value) {
-        if (ok) Report(item, where + "missing required field '" + spec.name + "'");
-        continue;
+      const std::string where = wi + " (" + entry.type + "): ";
+      if (schema->sampling) {
+        if (sampling >= 0)
+          Report(item, where + "a stack holds at most one sampling masker; " + ws + "[" +
+                           std::to_string(sampling) + "] (" + sampling_type + ") is one already");
+        else {
+          sampling = static_cast<int>(i);
+          sampling_type = entry.type;
+        }
       }
-      ParamSpace def;
-      def.values.push_back(*spec.default_value);
-      def.where = entry.where;
-      entry.fields[spec.name] = def;
-    }
-    stack.maskers.push_back(std::move(entry));
-  });
+      if (fields && !fields.IsNull() && !fields.IsMap())
+        Fail(fields, where + "expected a mapping of fields, found " + Describe(fields));
+      bool ok = true;
+      if (fields && fields.IsMap()) {
+        for (const auto& kv : fields) {
+          ok &= Try([&] {
+            const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+            const FieldSpec* spec = schema->Find(key);
+            if (!spec) {
+              std::string list;
+              for (const auto& f : schema->fields) list += (list.empty() ? "" : ", ") + f.name;
+              Fail(kv.first,
+                   where + "unknown field " +
+                       (kv.first.IsScalar() ? "'" + Clip(key) + "'" : Describe(kv.first)) + " (" +
+                       entry.type + " has: " + (list.empty() ? "no fields" : list) + ")");
+            }
+            if (entry.fields.count(key))
+              Fail(kv.first, where + "field '" + key + "' is given twice");
+            entry.fields[key] = ParseSpace(kv.second, *spec, where);
+          });
+        }
+      }
+      for (const FieldSpec& spec : schema->fields) {
+        if (entry.fields.count(spec.name)) continue;
+        if (!spec.default_value) {
+          if (ok) Report(item, where + "missing required field '" + spec.name + "'");
+          continue;
+        }
+        ParamSpace def;
+        def.values.push_back(*spec.default_value);
+        def.where = entry.where;
+        entry.fields[spec.name] = def;
+      }
+      stack.maskers.push_back(std::move(entry));
+    });
   return stack;
 }
 
@@ -765,28 +798,36 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
   c.storage = Resolve(c.storage);
   bool benchmark_ok = false;
   if (!root["benchmark"])
-    Report(root, "missing 'benchmark' ({name: attention_error}, {name: ruler_niah} or {name: noop})");
+    Report(root,
+           "missing 'benchmark' ({name: attention_error}, {name: ruler_niah} or {name: noop})");
   else {
     const size_t before = errors_.size();
-    benchmark_ok = Try([&] { ParseBenchmark(root["benchmark"], c.benchmark); }) &&
-                   errors_.size() == before;
+    benchmark_ok =
+        Try([&] { ParseBenchmark(root["benchmark"], c.benchmark); }) && errors_.size() == before;
   }
   c.objective.name = "default";
   if (root["objective"])
-    Try([&] { ParseObjective(root["objective"], benchmark_ok ? &c.benchmark : nullptr, c.objective); });
-  if (root["search"]) Try([&] { ParseSearch(root["search"], c.search); });
-  if (root["resources"]) Try([&] {
-    const YAML::Node r = Map(root["resources"], "resources");
-    CheckKeys(r, "resources", {"gpus_per_trial", "cpus_per_trial"});
-    if (r["gpus_per_trial"]) Try([&] {
-      const double g = Number(r["gpus_per_trial"], "resources.gpus_per_trial");
-      if (g < 0 || g > 64)
-        Fail(r["gpus_per_trial"], "resources.gpus_per_trial: expected a number in [0, 64]");
-      c.resources.gpus_per_trial = g;
+    Try([&] {
+      ParseObjective(root["objective"], benchmark_ok ? &c.benchmark : nullptr, c.objective);
     });
-    if (r["cpus_per_trial"])
-      Try([&] { c.resources.cpus_per_trial = Int(r["cpus_per_trial"], "resources.cpus_per_trial", 1, 1024); });
-  });
+  if (root["search"]) Try([&] { ParseSearch(root["search"], c.search); });
+  if (root["resources"])
+    Try([&] {
+      const YAML::Node r = Map(root["resources"], "resources");
+      CheckKeys(r, "resources", {"gpus_per_trial", "cpus_per_trial"});
+      if (r["gpus_per_trial"])
+        Try([&] {
+          const double g = Number(r["gpus_per_trial"], "resources.gpus_per_trial");
+          if (g < 0 || g > 64)
+            Fail(r["gpus_per_trial"], "resources.gpus_per_trial: expected a number in [0, 64]");
+          c.resources.gpus_per_trial = g;
+        });
+      if (r["cpus_per_trial"])
+        Try([&] {
+          c.resources.cpus_per_trial =
+              Int(r["cpus_per_trial"], "resources.cpus_per_trial", 1, 1024);
+        });
+    });
   if (root["workers"]) Try([&] { c.workers = Int(root["workers"], "workers", 0, 4096); });
   if (!root["attention"]) {
     Report(root, "missing 'attention' (the masker stacks to tune)");
@@ -795,15 +836,17 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
       const YAML::Node att = Map(root["attention"], "attention");
       if (att.size() == 0) Fail(att, "attention: no stacks");
       std::set<std::string> names;
-      for (const auto& kv : att) Try([&] {
-        const std::string name = kv.first.IsScalar() ? kv.first.Scalar() : "";
-        if (!IsName(name))
-          Fail(kv.first, "attention: stack name " +
-                             (kv.first.IsScalar() ? "'" + Clip(name) + "'" : Describe(kv.first)) +
-                             " must be letters, digits, '_', '-', '.'");
-        if (!names.insert(name).second) Fail(kv.first, "attention: stack '" + name + "' is given twice");
-        c.stacks.push_back(ParseStack(name, kv.second));
-      });
+      for (const auto& kv : att)
+        Try([&] {
+          const std::string name = kv.first.IsScalar() ? kv.first.Scalar() : "";
+          if (!IsName(name))
+            Fail(kv.first, "attention: stack name " +
+                               (kv.first.IsScalar() ? "'" + Clip(name) + "'" : Describe(kv.first)) +
+                               " must be letters, digits, '_', '-', '.'");
+          if (!names.insert(name).second)
+            Fail(kv.first, "attention: stack '" + name + "' is given twice");
+          c.stacks.push_back(ParseStack(name, kv.second));
+        });
     });
   }
   if (c.search.algorithm == "grid") {
@@ -813,9 +856,10 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
           if (space.searched() && space.kind != ParamSpace::Kind::kGridSearch &&
               space.kind != ParamSpace::Kind::kChoice)
             errors_.emplace_back(space.where, "attention." + s.name + " (" + m.type + "): field '" +
-                                                field + "': search.algorithm grid enumerates "
-                                                "grid_search and choice only, found " +
-                                                SpaceName(space.kind) + " (use random or tpe)");
+                                                  field +
+                                                  "': search.algorithm grid enumerates "
+                                                  "grid_search and choice only, found " +
+                                                  SpaceName(space.kind) + " (use random or tpe)");
   }
   // The cap needs the whole plan: only for a file without other errors.
   if (errors_.empty()) {
@@ -947,11 +991,12 @@ Status CheckTrialCap(const SweepConfig& sweep, int64_t max_trials) {
   }
   // A plan whose count does not fit in 64 bits is over every cap.
   if ((total.FitsInt64() && total.Saturated() <= max_trials) || !largest) return Status::Ok();
-  return Status::Error(largest->where.ToString() + ": attention." + largest->name + ": the plan has " +
-                       total.ToString() + " trials (" + Clip(per_stack, 400) +
-                       "), more than the cap of " + std::to_string(max_trials) +
-                       "; shrink the grid_search lists or search.num_samples, or raise the cap with "
-                       "--max-trials N");
+  return Status::Error(
+      largest->where.ToString() + ": attention." + largest->name + ": the plan has " +
+      total.ToString() + " trials (" + Clip(per_stack, 400) + "), more than the cap of " +
+      std::to_string(max_trials) +
+      "; shrink the grid_search lists or search.num_samples, or raise the cap with "
+      "--max-trials N");
 }
 
 namespace {
@@ -996,10 +1041,8 @@ std::string PlanFingerprintText(const SweepConfig& sweep) {
     }
     stacks.push_back({{"name", stack.name}, {"maskers", maskers}});
   }
-  return nlohmann::json{{"benchmark", benchmark},
-                        {"objective", objective},
-                        {"search", search},
-                        {"stacks", stacks}}
+  return nlohmann::json{
+      {"benchmark", benchmark}, {"objective", objective}, {"search", search}, {"stacks", stacks}}
       .dump();
 }
 

@@ -110,7 +110,8 @@ struct ResourcesSpec {
 struct SweepConfig {
   std::string path;  // the file it was read from, absolute
   std::string study;
-  std::string storage = "masktune.db";  // written relative to the sweep file's folder; held absolute
+  std::string storage =
+      "masktune.db";  // written relative to the sweep file's folder; held absolute
   BenchmarkSpec benchmark;
   ObjectiveSpec objective;
   SearchSpec search;

@@ -193,7 +193,9 @@ Run Masktune(const std::string& cwd, const std::string& args) {
   return r;
 }
 
-size_t Lines(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
+size_t Lines(const std::string& s) {
+  return static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
+}
 
 // The current folder for one scope.
 struct InFolder {
@@ -204,7 +206,8 @@ struct InFolder {
 
 std::string Examples() { return (fs::path(MASKTUNE_SOURCE_DIR) / "configs" / "examples").string(); }
 
-TEST_CASE("out-of-range numbers are FILE:LINE:COLUMN errors with exit code 2, not internal errors") {
+TEST_CASE(
+    "out-of-range numbers are FILE:LINE:COLUMN errors with exit code 2, not internal errors") {
   const std::string yaml = R"(study: s
 benchmark: {name: noop, sleep_ms: -99999999999999999999}
 search: {seed: 99999999999999999999}
@@ -218,25 +221,31 @@ attention:
   c:
     - quest_top_k: {heavy_size: {grid_search: [8, 1e309]}, page_size: 8}
 )";
-  const std::string ints = " is out of range (integers are 64-bit: from -9223372036854775808 to "
-                           "9223372036854775807)";
-  const std::string floats = " is out of range (floats are doubles: magnitudes from 2.2e-308 to "
-                             "1.8e308, or 0)";
+  const std::string ints =
+      " is out of range (integers are 64-bit: from -9223372036854775808 to "
+      "9223372036854775807)";
+  const std::string floats =
+      " is out of range (floats are doubles: magnitudes from 2.2e-308 to "
+      "1.8e308, or 0)";
   const std::string expected =
       "sweep.yaml:2:35: benchmark.sleep_ms: integer -99999999999999999999" + ints + "\n" +
       "sweep.yaml:3:16: search.seed: integer 99999999999999999999" + ints + "\n" +
       "sweep.yaml:4:29: resources.gpus_per_trial: number 1e400" + floats + "\n" +
       "sweep.yaml:7:51: attention.a[0] (oracle_top_k): field 'heavy_size': uniform upper bound: "
-      "number 1e309" + floats + "\n" +
+      "number 1e309" +
+      floats + "\n" +
       "sweep.yaml:9:34: attention.b[0] (oracle_top_k): field 'heavy_size': number -1e309" + floats +
-      "\n" + "sweep.yaml:10:29: attention.b[1] (oracle_top_p): field 'top_p': number 1e-320" + floats +
-      "\n" + "sweep.yaml:12:51: attention.c[0] (quest_top_k): field 'heavy_size': grid_search: "
-      "number 1e309" + floats;
+      "\n" + "sweep.yaml:10:29: attention.b[1] (oracle_top_p): field 'top_p': number 1e-320" +
+      floats + "\n" +
+      "sweep.yaml:12:51: attention.c[0] (quest_top_k): field 'heavy_size': grid_search: "
+      "number 1e309" +
+      floats;
   CHECK(Error(yaml) == expected);
   // In range at the edges: the largest double, the smallest normal one, zero written small.
-  CHECK(Error("study: s\nbenchmark: {name: noop}\nresources: {gpus_per_trial: 0e-999}\n"
-              "attention:\n  a:\n    - oracle_top_k: {heavy_size: {uniform: [2.3e-308, 1.7e308]}}\n")
-            .find("heavy_size") != std::string::npos);  // out of the field's range, not of double's
+  CHECK(
+      Error("study: s\nbenchmark: {name: noop}\nresources: {gpus_per_trial: 0e-999}\n"
+            "attention:\n  a:\n    - oracle_top_k: {heavy_size: {uniform: [2.3e-308, 1.7e308]}}\n")
+          .find("heavy_size") != std::string::npos);  // out of the field's range, not of double's
   CHECK(Error("study: s\nbenchmark: {name: noop}\nresources: {gpus_per_trial: 0e-999}\n"
               "attention:\n  a:\n    - oracle_top_p: {top_p: {uniform: [2.3e-308, 0.5]}}\n") == "");
 
@@ -257,51 +266,56 @@ TEST_CASE("long scalars and 200,000-digit numbers are read without recursion: no
   testing::TempDir dir;
   const std::string head = "study: s\nbenchmark: {name: noop}\nattention:\n  a:\n";
   // A 50,000-digit fraction is a fine float (0.111...).
-  std::ofstream(dir / "fraction.yaml") << head << "    - oracle_top_k: {heavy_size: 0."
-                                       << std::string(50000, '1') << "}\n";
+  std::ofstream(dir / "fraction.yaml")
+      << head << "    - oracle_top_k: {heavy_size: 0." << std::string(50000, '1') << "}\n";
   const Run fraction = Masktune(dir.path.string(), "validate fraction.yaml");
   CAPTURE(fraction.output.substr(0, 300));
   CHECK(fraction.code == 0);
   CHECK(fraction.output.find("oracle_top_k: heavy_size 0.111111") != std::string::npos);
   // A 200,000-digit integer is out of range, quoted clipped.
-  std::ofstream(dir / "digits.yaml") << head << "    - sink: {sink_size: " << std::string(200000, '7')
-                                     << "}\n";
+  std::ofstream(dir / "digits.yaml")
+      << head << "    - sink: {sink_size: " << std::string(200000, '7') << "}\n";
   const Run digits = Masktune(dir.path.string(), "validate digits.yaml");
   CHECK(digits.code == 2);
   CHECK(digits.output == "digits.yaml:5:25: attention.a[0] (sink): field 'sink_size': integer " +
-                             std::string(80, '7') + "... (200000 characters) is out of range "
+                             std::string(80, '7') +
+                             "... (200000 characters) is out of range "
                              "(integers are 64-bit: from -9223372036854775808 to "
                              "9223372036854775807)\n");
   // A 200,000-digit float whose value overflows.
-  std::ofstream(dir / "float.yaml") << head << "    - oracle_top_k: {heavy_size: " << std::string(200000, '3')
-                                    << ".5}\n";
+  std::ofstream(dir / "float.yaml")
+      << head << "    - oracle_top_k: {heavy_size: " << std::string(200000, '3') << ".5}\n";
   const Run big = Masktune(dir.path.string(), "validate float.yaml");
   CHECK(big.code == 2);
-  CHECK(big.output.find("float.yaml:5:34: attention.a[0] (oracle_top_k): field 'heavy_size': number "
-                        "3333") != std::string::npos);
+  CHECK(
+      big.output.find("float.yaml:5:34: attention.a[0] (oracle_top_k): field 'heavy_size': number "
+                      "3333") != std::string::npos);
   // 50,000 characters of text where a name or a size goes: quoted clipped.
-  std::ofstream(dir / "text.yaml") << "study: my " << std::string(50000, 'x') << "\nbenchmark: {name: noop}\n"
-                                   << "attention:\n  a:\n    - sink: {sink_size: " << std::string(50000, 'y')
-                                   << "}\n";
+  std::ofstream(dir / "text.yaml")
+      << "study: my " << std::string(50000, 'x') << "\nbenchmark: {name: noop}\n"
+      << "attention:\n  a:\n    - sink: {sink_size: " << std::string(50000, 'y') << "}\n";
   const Run text = Masktune(dir.path.string(), "validate text.yaml");
   CHECK(text.code == 2);
   CHECK(text.output ==
         "text.yaml:1:8: study: expected a name of letters, digits, '_', '-' and '.', found 'my " +
             std::string(77, 'x') + "... (50003 characters)'\n" +
             "text.yaml:5:25: attention.a[0] (sink): field 'sink_size': expected a size (integer "
-            "count or float fraction of the keys), found \"" + std::string(80, 'y') +
-            "... (50000 characters)\"\n");
+            "count or float fraction of the keys), found \"" +
+            std::string(80, 'y') + "... (50000 characters)\"\n");
 }
 
 // A grid of 10^`powers` trials: `powers` maskers with 10 values each.
 std::string Grid(int powers) {
-  std::string yaml = "study: g\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\nattention:\n  big:\n";
+  std::string yaml =
+      "study: g\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\nattention:\n  big:\n";
   for (int i = 0; i < powers; ++i)
     yaml += "    - sink: {sink_size: {grid_search: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}\n";
   return yaml + "  small:\n    - sink: {sink_size: {grid_search: [1, 2]}}\n";
 }
 
-TEST_CASE("trial counts are overflow-checked and plans over the cap are refused, --max-trials raises it") {
+TEST_CASE(
+    "trial counts are overflow-checked and plans over the cap are refused, --max-trials raises "
+    "it") {
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   ParseOptions uncapped;
   uncapped.max_trials = INT64_MAX;
@@ -333,7 +347,8 @@ TEST_CASE("trial counts are overflow-checked and plans over the cap are refused,
   lower.max_trials = 99;
   auto cut = ParseSweep(Grid(2), "g.yaml", registry, lower);
   REQUIRE(!cut.ok());
-  CHECK(cut.status().message().find("the plan has 102 trials (big 100, small 2), more than the cap of 99") !=
+  CHECK(cut.status().message().find(
+            "the plan has 102 trials (big 100, small 2), more than the cap of 99") !=
         std::string::npos);
   CHECK(CheckTrialCap(ten.value(), 10000000002).ok());
   CHECK_FALSE(CheckTrialCap(ten.value(), 10000000001).ok());
@@ -349,7 +364,8 @@ TEST_CASE("trial counts are overflow-checked and plans over the cap are refused,
   CAPTURE(raised.output);
   CHECK(raised.code == 0);
   CHECK(raised.output.find("study g: 2 stacks, 10000000002 trials") != std::string::npos);
-  const Run huge = Masktune(dir.path.string(), "validate g20.yaml --max-trials 9223372036854775807");
+  const Run huge =
+      Masktune(dir.path.string(), "validate g20.yaml --max-trials 9223372036854775807");
   CHECK(huge.code == 2);
   CHECK(huge.output.find("100000000000000000002 trials") != std::string::npos);
   const Run run = Masktune(dir.path.string(), "run g10.yaml --workers 1");
@@ -374,7 +390,8 @@ TEST_CASE("side files are checked when the sweep is parsed: exists, a readable f
   }
   {
     std::ofstream f(dir / "offsets.safetensors", std::ios::binary);
-    const std::string header = R"({"layer0.projections":{"dtype":"F32","shape":[1],"data_offsets":[0,400]}})";
+    const std::string header =
+        R"({"layer0.projections":{"dtype":"F32","shape":[1],"data_offsets":[0,400]}})";
     const uint64_t n = header.size();
     f.write(reinterpret_cast<const char*>(&n), 8);
     f << header << "1234";
@@ -399,16 +416,27 @@ TEST_CASE("side files are checked when the sweep is parsed: exists, a readable f
   for (std::string line; std::getline(ss, line);) lines.push_back(line);
   CAPTURE(r.status().message());
   REQUIRE(lines.size() == 8);
-  CHECK(lines[0] == w + "8:67: attention.bad[0] (double_sparsity_top_k): field "
-                        "'sorted_channel_file': no such file '" + d + "missing.json'");
-  CHECK(lines[1] == w + "9:67: attention.bad[1] (double_sparsity_top_k): field "
-                        "'sorted_channel_file': '" + d + "folder.json' is a folder, not a file");
-  CHECK(lines[2] == w + "10:67: attention.bad[2] (double_sparsity_top_k): field "
-                        "'sorted_channel_file': '" + d + "garbage.json' is not valid JSON");
-  CHECK(lines[3].rfind(w + "11:67: attention.bad[3] (double_sparsity_top_k): field "
-                           "'sorted_channel_file': '" + d + "list.json' is not a JSON object", 0) == 0);
-  CHECK(lines[4] == w + "12:91: attention.bad[4] (double_sparsity_top_k): field "
-                        "'sorted_channel_file': grid_search: no such file '" + d + "gone.json'");
+  CHECK(lines[0] == w +
+                        "8:67: attention.bad[0] (double_sparsity_top_k): field "
+                        "'sorted_channel_file': no such file '" +
+                        d + "missing.json'");
+  CHECK(lines[1] == w +
+                        "9:67: attention.bad[1] (double_sparsity_top_k): field "
+                        "'sorted_channel_file': '" +
+                        d + "folder.json' is a folder, not a file");
+  CHECK(lines[2] == w +
+                        "10:67: attention.bad[2] (double_sparsity_top_k): field "
+                        "'sorted_channel_file': '" +
+                        d + "garbage.json' is not valid JSON");
+  CHECK(lines[3].rfind(w +
+                           "11:67: attention.bad[3] (double_sparsity_top_k): field "
+                           "'sorted_channel_file': '" +
+                           d + "list.json' is not a JSON object",
+                       0) == 0);
+  CHECK(lines[4] == w +
+                        "12:91: attention.bad[4] (double_sparsity_top_k): field "
+                        "'sorted_channel_file': grid_search: no such file '" +
+                        d + "gone.json'");
   CHECK(lines[5] == w + "14:57: attention.p1[0] (magic_pig): field 'projections_file': '" + d +
                         "short.safetensors' is not a safetensors file: shorter than its 8-byte "
                         "header length");
@@ -419,8 +447,10 @@ TEST_CASE("side files are checked when the sweep is parsed: exists, a readable f
                         "offsets.safetensors' is not a safetensors file: tensor "
                         "'layer0.projections' does not lie inside the file");
   // The model of ruler_niah, by its magic.
-  auto model = ParseSweep("study: s\nbenchmark: {name: ruler_niah, model: model.gguf}\n"
-                          "attention: {a: [causal]}\n", (dir.path / "m.yaml").string(), registry);
+  auto model = ParseSweep(
+      "study: s\nbenchmark: {name: ruler_niah, model: model.gguf}\n"
+      "attention: {a: [causal]}\n",
+      (dir.path / "m.yaml").string(), registry);
   REQUIRE(!model.ok());
   CHECK(model.status().message() == d + "m.yaml:2:38: benchmark.model: '" + d +
                                         "model.gguf' is not a GGUF file (no GGUF magic)");
@@ -431,24 +461,31 @@ TEST_CASE("side files are checked when the sweep is parsed: exists, a readable f
 
   // `run` refuses it before any trial: no database, exit 2 (it used to fail
   // every trial max_failures times and exit 0).
-  std::ofstream(dir / "run.yaml") << "study: r\nstorage: r.db\nbenchmark: {name: attention_error, data: "
-                                     "{synthetic: {keys: 64, heads: 4, kv_heads: 4, head_dim: 64, "
-                                     "samples: 1}}}\nattention:\n  a:\n" + ds + "missing.json}\n";
+  std::ofstream(dir / "run.yaml")
+      << "study: r\nstorage: r.db\nbenchmark: {name: attention_error, data: "
+         "{synthetic: {keys: 64, heads: 4, kv_heads: 4, head_dim: 64, "
+         "samples: 1}}}\nattention:\n  a:\n" +
+             ds + "missing.json}\n";
   const Run run = Masktune(dir.path.string(), "run run.yaml --workers 1");
   CHECK(run.code == 2);
-  CHECK(run.output == "run.yaml:6:67: attention.a[0] (double_sparsity_top_k): field "
-                      "'sorted_channel_file': no such file '" + d + "missing.json'\n");
+  CHECK(run.output ==
+        "run.yaml:6:67: attention.a[0] (double_sparsity_top_k): field "
+        "'sorted_channel_file': no such file '" +
+            d + "missing.json'\n");
   CHECK_FALSE(fs::exists(dir.path / "r.db"));
 }
 
-TEST_CASE("paths resolve against the sweep file's folder, stored absolute: resume works from any folder") {
+TEST_CASE(
+    "paths resolve against the sweep file's folder, stored absolute: resume works from any "
+    "folder") {
   testing::TempDir dir;
   fs::create_directories(dir.path / "sub");
   fs::create_directories(dir.path / "x");
   fs::create_directories(dir.path / "y");
   fs::copy_file(Examples() + "/data/double_sparsity.channels.json", dir / "sub/ch.json");
   const std::string yaml =
-      "study: moved\nstorage: r.db\nbenchmark: {name: attention_error, data: {synthetic: {keys: 256, "
+      "study: moved\nstorage: r.db\nbenchmark: {name: attention_error, data: {synthetic: {keys: "
+      "256, "
       "heads: 4, kv_heads: 4, head_dim: 64, samples: 1, seed: 2}}}\n"
       "search: {algorithm: grid}\nattention:\n  ds:\n"
       "    - double_sparsity_top_k: {heavy_size: {grid_search: [16, 32, 64]}, "
@@ -479,7 +516,8 @@ TEST_CASE("paths resolve against the sweep file's folder, stored absolute: resum
     CHECK(row.value()->sweep_path == sub + "/s.yaml");
   }
   // Resumed from folder y: the stored sweep is re-read with its stored path.
-  const Run resume = Masktune((dir.path / "y").string(), "resume moved --db ../sub/r.db --workers 1");
+  const Run resume =
+      Masktune((dir.path / "y").string(), "resume moved --db ../sub/r.db --workers 1");
   CAPTURE(resume.output);
   CHECK(resume.code == 0);
   auto store = storage::Store::Open(sub + "/r.db");
@@ -495,10 +533,11 @@ TEST_CASE("paths resolve against the sweep file's folder, stored absolute: resum
 
 TEST_CASE("validate reports every error of the file, each on its own line, in file order") {
   testing::TempDir dir;
-  std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nsearh: {}\n"
-                                     "search: {algorithm: grids, num_samples: 0}\nattention:\n  a:\n"
-                                     "    - sink: {sink_size: -1}\n    - sinc\n"
-                                     "    - local: {window_size: 4, windw: 2}\n  b: [oracle_top_p]\n";
+  std::ofstream(dir / "bad.yaml")
+      << "study: s\nbenchmark: {name: noop}\nsearh: {}\n"
+         "search: {algorithm: grids, num_samples: 0}\nattention:\n  a:\n"
+         "    - sink: {sink_size: -1}\n    - sinc\n"
+         "    - local: {window_size: 4, windw: 2}\n  b: [oracle_top_p]\n";
   const Run r = Masktune(dir.path.string(), "validate bad.yaml");
   CAPTURE(r.output);
   CHECK(r.code == 2);
@@ -507,15 +546,20 @@ TEST_CASE("validate reports every error of the file, each on its own line, in fi
   std::vector<std::string> lines;
   for (std::string line; std::getline(ss, line);) lines.push_back(line);
   REQUIRE(lines.size() == 7);
-  CHECK(lines[0] == "bad.yaml:3:1: unknown key 'searh' (expected one of: attention, benchmark, "
-                    "objective, resources, search, storage, study, workers)");
+  CHECK(lines[0] ==
+        "bad.yaml:3:1: unknown key 'searh' (expected one of: attention, benchmark, "
+        "objective, resources, search, storage, study, workers)");
   CHECK(lines[1] == "bad.yaml:4:21: search.algorithm: expected grid, random or tpe, found 'grids'");
-  CHECK(lines[2] == "bad.yaml:4:41: search.num_samples: expected an integer in [1, 1073741824], found 0");
-  CHECK(lines[3] == "bad.yaml:7:25: attention.a[0] (sink): field 'sink_size': expected an integer "
-                    "count > 0, found -1");
-  CHECK(lines[4].rfind("bad.yaml:8:7: attention.a[1]: unknown masker type 'sinc' (known: ", 0) == 0);
-  CHECK(lines[5] == "bad.yaml:9:31: attention.a[2] (local): unknown field 'windw' (local has: "
-                    "window_size)");
+  CHECK(lines[2] ==
+        "bad.yaml:4:41: search.num_samples: expected an integer in [1, 1073741824], found 0");
+  CHECK(lines[3] ==
+        "bad.yaml:7:25: attention.a[0] (sink): field 'sink_size': expected an integer "
+        "count > 0, found -1");
+  CHECK(lines[4].rfind("bad.yaml:8:7: attention.a[1]: unknown masker type 'sinc' (known: ", 0) ==
+        0);
+  CHECK(lines[5] ==
+        "bad.yaml:9:31: attention.a[2] (local): unknown field 'windw' (local has: "
+        "window_size)");
   CHECK(lines[6] == "bad.yaml:10:7: attention.b[0] (oracle_top_p): missing required field 'top_p'");
   // ParseSweep's Result holds the same lines.
   auto parsed = LoadSweep(dir / "bad.yaml", MaskerRegistry::WithBuiltins());
@@ -523,7 +567,8 @@ TEST_CASE("validate reports every error of the file, each on its own line, in fi
   CHECK(Lines(parsed.status().message()) == 6);
 }
 
-TEST_CASE("the shipped examples need nothing outside configs/examples and validate from any folder") {
+TEST_CASE(
+    "the shipped examples need nothing outside configs/examples and validate from any folder") {
   testing::TempDir elsewhere;
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   int n = 0;
@@ -553,14 +598,16 @@ TEST_CASE("the shipped examples need nothing outside configs/examples and valida
   CHECK(n >= 10);
 }
 
-TEST_CASE("a dense baseline: an empty masker list is dense attention, one trial under every algorithm") {
+TEST_CASE(
+    "a dense baseline: an empty masker list is dense attention, one trial under every algorithm") {
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   for (const char* algorithm : {"grid", "random", "tpe"}) {
     CAPTURE(algorithm);
-    const std::string yaml = std::string("study: d\nbenchmark: {name: noop}\nsearch: {algorithm: ") +
-                             algorithm + ", num_samples: 5}\nattention:\n  dense: []\n"
-                             "  fixed: [{sink: {sink_size: 4}}]\n"
-                             "  topk: [{oracle_top_k: {heavy_size: {grid_search: [0.1, 0.2]}}}]\n";
+    const std::string yaml =
+        std::string("study: d\nbenchmark: {name: noop}\nsearch: {algorithm: ") + algorithm +
+        ", num_samples: 5}\nattention:\n  dense: []\n"
+        "  fixed: [{sink: {sink_size: 4}}]\n"
+        "  topk: [{oracle_top_k: {heavy_size: {grid_search: [0.1, 0.2]}}}]\n";
     auto r = ParseSweep(yaml, "d.yaml", registry);
     REQUIRE_MESSAGE(r.ok(), r.status().message());
     REQUIRE(r->stacks.size() == 3);
@@ -569,7 +616,8 @@ TEST_CASE("a dense baseline: an empty masker list is dense attention, one trial 
     CHECK(plans[0].trials == 1);  // nothing searched: one trial
     CHECK(plans[1].trials == 1);
     CHECK(plans[2].trials == (std::string(algorithm) == "tpe" ? 5 : 10));
-    auto configs = search::Materialize(registry, plans[0], search::SampleBasic(r.value(), plans[0], 0));
+    auto configs =
+        search::Materialize(registry, plans[0], search::SampleBasic(r.value(), plans[0], 0));
     REQUIRE(configs.ok());
     CHECK(configs->empty());
     CHECK(MaskerStack::Build(registry, configs.value()).ok());
@@ -580,12 +628,13 @@ TEST_CASE("a dense baseline: an empty masker list is dense attention, one trial 
 
   // End to end on real attention: the dense stack's one trial is done, error 0.
   testing::TempDir dir;
-  std::ofstream(dir / "d.yaml") << "study: d\nstorage: d.db\nbenchmark: {name: attention_error, data: "
-                                   "{synthetic: {keys: 256, heads: 4, kv_heads: 2, head_dim: 16, "
-                                   "samples: 1}}}\nobjective: {metric: error, mode: min}\n"
-                                   "search: {algorithm: random, num_samples: 3, seed: 1}\n"
-                                   "attention:\n  dense: []\n"
-                                   "  topk: [{oracle_top_k: {heavy_size: {uniform: [0.05, 0.2]}}}]\n";
+  std::ofstream(dir / "d.yaml")
+      << "study: d\nstorage: d.db\nbenchmark: {name: attention_error, data: "
+         "{synthetic: {keys: 256, heads: 4, kv_heads: 2, head_dim: 16, "
+         "samples: 1}}}\nobjective: {metric: error, mode: min}\n"
+         "search: {algorithm: random, num_samples: 3, seed: 1}\n"
+         "attention:\n  dense: []\n"
+         "  topk: [{oracle_top_k: {heavy_size: {uniform: [0.05, 0.2]}}}]\n";
   const Run v = Masktune(dir.path.string(), "validate d.yaml");
   CHECK(v.output.find("stack dense: 0 maskers (dense attention), 1 trials") != std::string::npos);
   const Run run = Masktune(dir.path.string(), "run d.yaml --workers 1");
@@ -618,7 +667,8 @@ TEST_CASE("PlanFingerprintText: the plan's parts, not the study's name, storage 
   const std::string base = std::string(kGood);
   const std::string fp = text(base);
   CHECK(nlohmann::json::parse(fp)["search"] ==
-        nlohmann::json{{"algorithm", "random"}, {"num_samples", 4}, {"seed", 9}, {"n_startup_trials", 10}});
+        nlohmann::json{
+            {"algorithm", "random"}, {"num_samples", 4}, {"seed", 9}, {"n_startup_trials", 10}});
   CHECK(nlohmann::json::parse(fp)["stacks"][0]["maskers"][2]["fields"]["heavy_size"] ==
         nlohmann::json{{"kind", "uniform"}, {"lo", 0.01}, {"hi", 0.2}});
   auto edit = [&](const std::string& from, const std::string& to) {
@@ -639,8 +689,9 @@ TEST_CASE("PlanFingerprintText: the plan's parts, not the study's name, storage 
 }
 
 TEST_CASE("fuzz: mutated example sweeps never crash or hang validate (scripts/fuzz_sweep.py)") {
-  const std::string cmd = std::string("python3 ") + MASKTUNE_SOURCE_DIR + "/scripts/fuzz_sweep.py --count 60 --seed 7 --binary " +
-                          MASKTUNE_BINARY + " 2>&1";
+  const std::string cmd = std::string("python3 ") + MASKTUNE_SOURCE_DIR +
+                          "/scripts/fuzz_sweep.py --count 60 --seed 7 --binary " + MASKTUNE_BINARY +
+                          " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
   std::string output;
