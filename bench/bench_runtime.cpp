@@ -34,17 +34,22 @@ int main(int argc, char** argv) {
   const std::string yaml = "study: bench\nbenchmark: {name: noop}\nsearch: {algorithm: random, num_samples: " +
                            std::to_string(trials) + ", seed: 1}\n"
                            "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
+  auto fail = [](const Status& s) {
+    std::fprintf(stderr, "bench_runtime: %s\n", s.message().c_str());
+    return 1;
+  };
   auto sweep = configs::ParseSweep(yaml, (dir / "b.yaml").string(), registry);
-  if (!sweep.ok()) return 1;
+  if (!sweep.ok()) return fail(sweep.status());
   auto store = storage::Store::Open((dir / "b.db").string());
-  if (!store.ok()) return 1;
+  if (!store.ok()) return fail(store.status());
   auto t0 = std::chrono::steady_clock::now();
   auto study = PrepareStudy(store.value(), sweep.value(), yaml);
-  if (!study.ok()) return 1;
+  if (!study.ok()) return fail(study.status());
   const double queue_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   CoordinatorOptions copt;
   copt.bind = "tcp://127.0.0.1:*";
+  copt.linger_intervals = 0;  // its workers are in-process and got DONE: no late peer to wait for
   LocalRun local;
   local.workers = workers;
   local.threads_per_worker = 1;
@@ -52,10 +57,7 @@ int main(int argc, char** argv) {
   zmq::context_t context;
   auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry, copt, local);
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!stats.ok()) {
-    std::fprintf(stderr, "%s\n", stats.status().message().c_str());
-    return 1;
-  }
+  if (!stats.ok()) return fail(stats.status());
   std::printf("queued %lld trials in %.3f s\n", static_cast<long long>(trials), queue_s);
   std::printf("%lld noop trials, %d workers over tcp: %.3f s = %.0f trials/s (every result in SQLite, WAL)\n",
               static_cast<long long>(stats->results), workers, run_s, stats->results / run_s);
@@ -64,8 +66,11 @@ int main(int argc, char** argv) {
   const std::string yaml2 = "study: writes\nbenchmark: {name: noop}\nsearch: {num_samples: 6000}\n"
                             "attention: {a: [{sink: {sink_size: {randint: [1, 100]}}}]}\n";
   auto sweep2 = configs::ParseSweep(yaml2, (dir / "w.yaml").string(), registry);
+  if (!sweep2.ok()) return fail(sweep2.status());
   auto store2 = storage::Store::Open((dir / "w.db").string());
+  if (!store2.ok()) return fail(store2.status());
   auto study2 = PrepareStudy(store2.value(), sweep2.value(), yaml2);
+  if (!study2.ok()) return fail(study2.status());
   const Metrics m = {{"density", 0.1}, {"error", 0.2}, {"recall", 0.9}};
   for (int batch : {1, 100}) {
     const int n = 3000;

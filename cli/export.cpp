@@ -165,7 +165,7 @@ int RunExport(const ExportOptions& o) {
     return kExitBadInput;
   }
   auto opened = OpenStudy("export", o.study, o.db);
-  if (!opened) return kExitBadInput;
+  if (!opened) return opened.code;
   const configs::SweepConfig& sweep = opened->sweep;
   std::error_code ec;
   fs::create_directories(o.out, ec);

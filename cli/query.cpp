@@ -26,44 +26,7 @@ struct Query {
   bool csv = false;
 };
 
-struct Opened {
-  storage::Store store;
-  storage::StudyRow study;
-  configs::SweepConfig sweep;
-};
-
-// Open's answer: the study, or the exit code of a failure already reported
-// in one line on stderr: kExitBadInput for no such database or study,
-// kExitFailure for a storage error (unreadable, corrupt, not a masktune file).
-struct OpenedOrExit {
-  std::optional<Opened> opened;
-  int code = kExitOk;
-  explicit operator bool() const { return opened.has_value(); }
-  Opened* operator->() { return &*opened; }
-};
-
-// Opens the database read-only (nothing is created, migrated or written, so
-// a file in a read-only folder can be read) and the study, re-reading its
-// sweep from the database.
-OpenedOrExit Open(const std::string& command, const Query& q) {
-  auto fail = [&](const std::string& m, int code) {
-    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), m.c_str());
-    return OpenedOrExit{std::nullopt, code};
-  };
-  if (!std::filesystem::exists(q.db)) return fail(q.db + ": no such database", kExitBadInput);
-  auto store = storage::Store::OpenReadOnly(q.db);
-  if (!store.ok()) return fail(store.status().message(), kExitFailure);
-  auto row = store->FindStudy(q.study);
-  if (!row.ok()) return fail(row.status().message(), kExitFailure);
-  if (!row.value()) return fail("no study '" + q.study + "' in " + q.db, kExitBadInput);
-  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path,
-                                   MaskerRegistry::WithBuiltins());
-  if (!sweep.ok())
-    return fail(q.db + ": study '" + q.study + "': its stored sweep no longer parses: " +
-                    sweep.status().message(),
-                kExitBadInput);
-  return OpenedOrExit{Opened{std::move(store).value(), *row.value(), std::move(sweep).value()}};
-}
+OpenedOrExit Open(const std::string& command, const Query& q) { return OpenStudy(command, q.study, q.db); }
 
 std::string CsvField(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
@@ -79,7 +42,7 @@ void AddStudyOptions(CLI::App* cmd, Query& q) {
 
 int RunBest(Query& q) {
   auto o = Open("best", q);
-  if (!o) return kExitBadInput;
+  if (!o) return o.code;
   if (!q.objective.empty()) {
     // Rank under another objective: recomputed from the stored metrics, per stack.
     auto rows = o->store.Trials(o->study.id, "done");
@@ -107,7 +70,7 @@ int RunBest(Query& q) {
 // double), so a trial's parameters can be reused as stored.
 int RunTrials(Query& q, bool wide) {
   auto o = Open("trials", q);
-  if (!o) return kExitBadInput;
+  if (!o) return o.code;
   if (!q.status.empty() && q.status != "queued" && q.status != "running" && q.status != "done" &&
       q.status != "failed") {
     std::fprintf(stderr, "masktune trials: --status: expected queued, running, done or failed\n");
@@ -226,12 +189,6 @@ int ReportCheck(const std::string& command, storage::Store& store, const std::st
   return kExitFailure;
 }
 
-// A lease whose holder ran on this host and whose process no longer exists.
-bool GoneFromThisHost(const storage::Lease& lease) {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0 || lease.host != host || lease.pid <= 0) return false;
-  return ::kill(static_cast<pid_t>(lease.pid), 0) != 0 && errno == ESRCH;
-}
 
 // The counts, and who runs the study: "finished"; "running", held by a live
 // coordinator's lease; or "interrupted", running in the file but with no live
@@ -250,7 +207,7 @@ int RunStatus(Query& q, bool check) {
   std::string state = "finished", detail;
   if (o->study.status != "finished") {
     const std::string resume = "resume with `masktune resume " + q.study + " --db " + q.db + "`";
-    if (const auto& l = lease.value(); l && GoneFromThisHost(*l)) {  // killed before its lease ran out
+    if (const auto& l = lease.value(); l && storage::HolderGoneFromThisHost(*l)) {  // killed before its lease ran out
       state = "interrupted";
       detail = "no live coordinator: " + l->holder + " (pid " + std::to_string(l->pid) +
                " on this host) is gone; " + resume;
@@ -347,14 +304,22 @@ Action AddCheckCommand(CLI::App& app) {
 }
 
 // Export lives in cli/export.cpp; it opens studies through this.
-std::optional<OpenedStudy> OpenStudy(const std::string& command, const std::string& study,
-                                     const std::string& db) {
-  Query q;
-  q.study = study;
-  q.db = db;
-  auto o = Open(command, q);
-  if (!o) return std::nullopt;
-  return OpenedStudy{std::move(o->store), std::move(o->study), std::move(o->sweep)};
+OpenedOrExit OpenStudy(const std::string& command, const std::string& study, const std::string& db) {
+  auto fail = [&](const std::string& m, int code) {
+    std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), m.c_str());
+    return OpenedOrExit{std::nullopt, code};
+  };
+  if (!std::filesystem::exists(db)) return fail(db + ": no such database", kExitBadInput);
+  auto store = storage::Store::OpenReadOnly(db);
+  if (!store.ok()) return fail(store.status().message(), kExitFailure);
+  auto row = store->FindStudy(study);
+  if (!row.ok()) return fail(row.status().message(), kExitFailure);
+  if (!row.value()) return fail("no study '" + study + "' in " + db, kExitBadInput);
+  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path, MaskerRegistry::WithBuiltins());
+  if (!sweep.ok())
+    return fail(db + ": study '" + study + "': its stored sweep no longer parses: " + sweep.status().message(),
+                kExitBadInput);
+  return OpenedOrExit{OpenedStudy{std::move(store).value(), *row.value(), std::move(sweep).value()}};
 }
 
 }  // namespace masktune::cli

@@ -18,9 +18,20 @@ struct OpenedStudy {
   configs::SweepConfig sweep;
 };
 
-// Opens `db` and the study named `study` (cli/query.cpp, Open). On failure it
-// prints one line "masktune COMMAND: ..." on stderr and returns nullopt (bad input).
-std::optional<OpenedStudy> OpenStudy(const std::string& command, const std::string& study,
-                                     const std::string& db);
+// OpenStudy's answer: the study, or the exit code of a failure already
+// reported in one line on stderr: kExitBadInput for no such database or
+// study (or a stored sweep that no longer parses), kExitFailure for a
+// storage error (unreadable, corrupt, not a masktune file).
+struct OpenedOrExit {
+  std::optional<OpenedStudy> opened;
+  int code = 0;
+  explicit operator bool() const { return opened.has_value(); }
+  OpenedStudy* operator->() { return &*opened; }
+};
+
+// Opens `db` read-only (nothing is created, migrated or written, so a file in
+// a read-only folder can be read) and the study named `study`, re-reading its
+// sweep from the database.
+OpenedOrExit OpenStudy(const std::string& command, const std::string& study, const std::string& db);
 
 }  // namespace masktune::cli

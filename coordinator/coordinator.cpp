@@ -23,22 +23,12 @@ double UnixNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::string HostName() {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) return "localhost";
-  return host;
-}
 
 // A lease outlives a few missed renewals (one per heartbeat), and never less than 5 s.
 double LeaseSeconds(int64_t heartbeat_interval_ms) {
   return std::max(5.0, 10.0 * static_cast<double>(heartbeat_interval_ms) / 1000.0);
 }
 
-// A holder on this host whose process is gone (a coordinator killed with -9).
-bool DeadOnThisHost(const storage::Lease& lease) {
-  return lease.host == HostName() && lease.pid > 0 && ::kill(static_cast<pid_t>(lease.pid), 0) != 0 &&
-         errno == ESRCH;
-}
 
 std::string Describe(const storage::Lease& l) {
   char until[64];
@@ -482,7 +472,7 @@ class Coordinator {
 
 storage::Lease ThisProcessLease(int64_t heartbeat_interval_ms) {
   storage::Lease l;
-  l.host = HostName();
+  l.host = storage::ThisHost();
   l.pid = ::getpid();
   l.holder = l.host + ":" + std::to_string(l.pid);
   l.expires = UnixNow() + LeaseSeconds(heartbeat_interval_ms);
@@ -547,7 +537,7 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
   if (!options.lease.holder.empty()) {
     auto holder = store.AcquireLease(study, options.lease);
     if (!holder.ok()) return fail(holder.status());
-    if (holder.value() && DeadOnThisHost(*holder.value())) {  // killed: its lease is ours to take
+    if (holder.value() && storage::HolderGoneFromThisHost(*holder.value())) {  // killed: its lease is ours to take
       Status released = store.ReleaseLease(study, holder.value()->holder);
       if (!released.ok()) return fail(released);
       holder = store.AcquireLease(study, options.lease);

@@ -1,5 +1,10 @@
 #include "storage/store.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -555,6 +560,17 @@ Result<std::vector<std::string>> Store::Check() {
     }
   }
   return problems;
+}
+
+std::string ThisHost() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) return "localhost";
+  return host;
+}
+
+bool HolderGoneFromThisHost(const Lease& lease) {
+  if (lease.host != ThisHost() || lease.pid <= 0) return false;
+  return ::kill(static_cast<pid_t>(lease.pid), 0) != 0 && errno == ESRCH;
 }
 
 }  // namespace masktune::storage

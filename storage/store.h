@@ -62,6 +62,12 @@ struct Lease {
   double expires = 0;  // unix seconds
 };
 
+// This machine's host name, as leases record it.
+std::string ThisHost();
+// A lease whose holder ran on this host and whose process no longer exists
+// (a coordinator killed with -9 before its lease ran out).
+bool HolderGoneFromThisHost(const Lease& lease);
+
 struct TrialRow {
   int64_t id = 0;
   std::string stack;

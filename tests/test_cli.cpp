@@ -283,7 +283,7 @@ TEST_CASE("every subcommand answers --help") {
   CHECK(attend.code == 0);
   CHECK(attend.output.find("--maskers") != std::string::npos);
   CHECK(attend.output.find("Exit codes") != std::string::npos);
-  for (const char* sub : {"run", "resume", "coordinator", "worker", "best", "trials", "status", "export",
+  for (const char* sub : {"run", "resume", "coordinator", "worker", "best", "trials", "status", "check", "export",
                           "attend", "keys", "keys new", "launch"}) {
     CAPTURE(sub);
     const Run help = Masktune(std::string(sub) + " --help");

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -235,13 +236,17 @@ TEST_CASE("a worker that goes silent mid-trial loses it to another worker") {
 
 TEST_CASE("a failing trial is retried, then stored as failed with its error") {
   testing::TempDir dir;
-  // A channel file that does not exist: every attempt fails when the stack is built.
+  // The channel file exists when the sweep is validated, then vanishes (a
+  // cluster's shared folder gone): every attempt fails when the stack is built.
+  const std::string channels = dir / "channels.json";
+  std::ofstream(channels) << "{}";
   const std::string yaml = "study: fails\nbenchmark: {name: attention_error, data: {synthetic: "
                            "{keys: 64, heads: 2, kv_heads: 1, head_dim: 8, samples: 1}}}\n"
                            "search: {algorithm: random, num_samples: 2, max_failures: 2}\n"
-                           "attention: {a: [{double_sparsity_top_k: {heavy_size: 8, "
-                           "sorted_channel_file: missing.json}}]}\n";
+                           "attention: {a: [{double_sparsity_top_k: {heavy_size: {randint: [4, 16]}, "
+                           "sorted_channel_file: " + channels + "}}]}\n";
   const auto sweep = Sweep(yaml);
+  std::filesystem::remove(channels);
   auto store = storage::Store::Open(dir / "x.db");
   REQUIRE(store.ok());
   auto study = PrepareStudy(store.value(), sweep, yaml);
@@ -254,7 +259,7 @@ TEST_CASE("a failing trial is retried, then stored as failed with its error") {
   for (const auto& r : rows.value()) {
     CHECK(r.status == "failed");
     CHECK(r.attempts == 2);
-    CHECK(r.error.find("missing.json': cannot open file") != std::string::npos);
+    CHECK_MESSAGE(r.error.find("channels.json': cannot open file") != std::string::npos, r.error);
   }
 }
 

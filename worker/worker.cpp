@@ -328,6 +328,10 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       } else if (std::holds_alternative<protocol::Rejoin>(m)) {
         // The coordinator does not know us (it restarted, or gave us up while
         // we were paused): introduce ourselves once the trial in flight is over.
+        // REJOINs answering what we sent before our READY arrive before its
+        // WELCOME (one connection keeps order): while a READY is that fresh,
+        // they are already answered.
+        if (!welcomed && !ready_pending && now - ready_sent < protocol::kHeartbeatLiveness * interval) continue;
         welcomed = false;
         running_trial = running_attempt = 0;
         if (!ready_pending) log("the coordinator does not know us: joining again");
