@@ -25,6 +25,7 @@ struct LaunchOptions {
   std::string file, db, keys, coordinator, partition, account, time = "04:00:00", out;
   std::string image = "masktune:latest", binary;
   int nodes = 1, gpus_per_node = 1, port = 5555, workers = 2;
+  int64_t max_trials = configs::kDefaultMaxTrials;
   bool dry_run = false;
 };
 
@@ -93,7 +94,7 @@ std::string SlurmScript(const LaunchOptions& o, const std::string& study) {
   s << "ENDPOINT=\"tcp://${COORDINATOR_HOST}:" << o.port << "\"\n";
   s << "srun --nodes=1 --ntasks=1 --nodelist=\"$COORDINATOR_HOST\" --overlap --gpus=0 \\\n"
        "  \"$MASKTUNE\" coordinator \"$SWEEP\" --bind \"tcp://0.0.0.0:"
-    << o.port << "\" --db \"$DB\" --keys \"$KEYS\" &\n";
+    << o.port << "\" --db \"$DB\" --keys \"$KEYS\" --max-trials " << o.max_trials << " &\n";
   s << "COORDINATOR_PID=$!\n";
   s << "# One worker per GPU (per node when there are none), each seeing its own GPU.\n";
   s << "srun --nodes=" << o.nodes << " --ntasks-per-node=" << per_node << " --overlap"
@@ -135,7 +136,8 @@ std::string K8sManifests(const LaunchOptions& o, const std::string& study,
     << "  template:\n    metadata:\n      labels:\n        app: " << name << "-coordinator\n"
     << "    spec:\n      containers:\n      - name: coordinator\n        image: " << o.image << "\n"
     << "        command: [\"masktune\", \"coordinator\", \"/sweep/sweep.yaml\", \"--bind\", \"tcp://0.0.0.0:"
-    << o.port << "\", \"--db\", \"/data/" << study << ".db\", \"--keys\", \"/keys\"]\n"
+    << o.port << "\", \"--db\", \"/data/" << study << ".db\", \"--keys\", \"/keys\", \"--max-trials\", \""
+    << o.max_trials << "\"]\n"
     << "        ports:\n        - containerPort: " << o.port << "\n"
     << "        volumeMounts:\n        - {name: keys, mountPath: /keys, readOnly: true}\n"
     << "        - {name: sweep, mountPath: /sweep, readOnly: true}\n"
@@ -182,10 +184,14 @@ Action AddLaunchCommand(CLI::App& app) {
   cmd->add_option("--image", o->image, "container image with masktune (k8s)");
   cmd->add_option("--out", o->out, "write the script/manifests here (default: beside the database)");
   cmd->add_flag("--dry-run", o->dry_run, "print what would be submitted; submit nothing");
+  cmd->add_option("--max-trials", o->max_trials, "refuse plans of more trials than this (default 1000000)")
+      ->check(CLI::PositiveNumber);
   cmd->footer("Exit codes: 0 submitted (or printed), 2 bad input, 1 the scheduler refused.");
   return [o, kind] {
     const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-    auto sweep = configs::LoadSweep(o->file, registry);
+    configs::ParseOptions parse;
+    parse.max_trials = o->max_trials;
+    auto sweep = configs::LoadSweep(o->file, registry, parse);
     if (!sweep.ok()) return LaunchFail(sweep.status().message());
     std::ifstream f(o->file);
     std::stringstream text;

@@ -5,6 +5,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
@@ -315,7 +316,12 @@ OpenedOrExit OpenStudy(const std::string& command, const std::string& study, con
   auto row = store->FindStudy(study);
   if (!row.ok()) return fail(row.status().message(), kExitFailure);
   if (!row.value()) return fail("no study '" + study + "' in " + db, kExitBadInput);
-  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path, MaskerRegistry::WithBuiltins());
+  // Read to show results: a side file deleted since, or a plan over today's cap, must not hide them.
+  configs::ParseOptions parse;
+  parse.max_trials = std::numeric_limits<int64_t>::max();
+  parse.check_files = false;
+  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path, MaskerRegistry::WithBuiltins(),
+                                   parse);
   if (!sweep.ok())
     return fail(db + ": study '" + study + "': its stored sweep no longer parses: " + sweep.status().message(),
                 kExitBadInput);

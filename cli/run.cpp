@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -38,6 +39,7 @@ struct RunOptions {
   std::string keys;       // CURVE key folder (masktune keys new)
   bool insecure = false;  // plain tcp, on purpose
   bool extend = false;    // an existing study takes the edited sweep file's plan
+  int64_t max_trials = configs::kDefaultMaxTrials;  // resume: none (the plan was accepted once)
   int workers = 0;
   int64_t heartbeat_ms = 1000;
 };
@@ -89,7 +91,9 @@ Status CheckSecurity(const std::string& endpoint, const std::string& keys, bool 
 int RunStudy(const std::string& command, const std::string& sweep_path,
              const std::string& sweep_text, RunOptions o) {
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  auto sweep = configs::ParseSweep(sweep_text, sweep_path, registry);
+  configs::ParseOptions parse;
+  parse.max_trials = o.max_trials;
+  auto sweep = configs::ParseSweep(sweep_text, sweep_path, registry, parse);
   if (!sweep.ok()) {
     std::fprintf(stderr, "%s\n", sweep.status().message().c_str());
     return kExitBadInput;
@@ -107,7 +111,7 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   {
     auto existing = store->FindStudy(sweep->study);
     if (existing.ok() && existing.value()) {
-      if (Status same = CheckSamePlan(existing.value()->fingerprint, PlanFingerprint(sweep.value()));
+      if (Status same = CheckSamePlan(existing.value()->fingerprint, configs::PlanFingerprintText(sweep.value()));
           !same.ok() && !o.extend)
         return Fail(command, db + ": study '" + sweep->study + "': " + same.message());
     }
@@ -160,6 +164,13 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   return PrintBest(store.value(), study.value(), sweep.value(), "");
 }
 
+void AddMaxTrialsFlag(CLI::App* cmd, int64_t& max_trials) {
+  cmd->add_option("--max-trials", max_trials,
+                  "refuse plans of more trials than this (default 1000000; the count is checked for "
+                  "overflow)")
+      ->check(CLI::PositiveNumber);
+}
+
 void AddExtendFlag(CLI::App* cmd, bool& extend) {
   cmd->add_flag("--extend", extend,
                 "the study exists and the sweep file changed (benchmark, objective, search or stacks): "
@@ -187,6 +198,7 @@ Action AddRunCommand(CLI::App& app) {
   cmd->add_option("--db", o->db, "SQLite database (default: the file's storage)");
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
   AddExtendFlag(cmd, o->extend);
+  AddMaxTrialsFlag(cmd, o->max_trials);
   cmd->footer(kRunFooter);
   return [o] {
     std::ifstream f(o->file);
@@ -206,6 +218,7 @@ Action AddCoordinatorCommand(CLI::App& app) {
   AddSecurityFlags(cmd, o->keys, o->insecure,
                    "CURVE key folder (masktune keys new): coordinator.key, authorized_workers");
   AddExtendFlag(cmd, o->extend);
+  AddMaxTrialsFlag(cmd, o->max_trials);
   cmd->footer(kRunFooter);
   return [o] {
     if (Status s = CheckSecurity(o->bind, o->keys, o->insecure); !s.ok())
@@ -293,6 +306,7 @@ Action AddResumeCommand(CLI::App& app) {
     if (!row.ok()) return storage_error(row.status());
     if (!row.value()) return Fail("resume", "no study '" + *study + "' in " + o->db);
     const std::string path = row.value()->sweep_path, text = row.value()->sweep_text;
+    o->max_trials = std::numeric_limits<int64_t>::max();  // its plan was accepted when it was created
     return RunStudy("resume", path, text, *o);
   };
 }

@@ -479,28 +479,6 @@ storage::Lease ThisProcessLease(int64_t heartbeat_interval_ms) {
   return l;
 }
 
-std::string PlanFingerprint(const configs::SweepConfig& sweep) {
-  json objective = {{"name", sweep.objective.name}, {"metrics", json::array()}};
-  for (const auto& [m, minimise] : sweep.objective.metrics)
-    objective["metrics"].push_back({m, minimise ? "min" : "max"});
-  json search = {{"algorithm", sweep.search.algorithm},
-                 {"num_samples", sweep.search.num_samples},
-                 {"seed", sweep.search.seed},
-                 {"n_startup_trials", sweep.search.n_startup_trials}};
-  json stacks = json::array();
-  for (const configs::StackSpec& s : sweep.stacks) {
-    json maskers = json::array();
-    for (const configs::MaskerEntry& m : s.maskers) {
-      json fields = json::object();
-      for (const auto& [f, space] : m.fields) fields[f] = space.ToString();
-      maskers.push_back({{"type", m.type}, {"fields", fields}});
-    }
-    stacks.push_back({{"name", s.name}, {"maskers", maskers}});
-  }
-  return json{{"benchmark", sweep.benchmark.ToJson()}, {"objective", objective}, {"search", search}, {"stacks", stacks}}
-      .dump();
-}
-
 Status CheckSamePlan(const std::string& stored, const std::string& fresh) {
   if (stored.empty() || stored == fresh) return Status::Ok();
   const json a = json::parse(stored, nullptr, false), b = json::parse(fresh, nullptr, false);
@@ -517,7 +495,7 @@ Status CheckSamePlan(const std::string& stored, const std::string& fresh) {
 
 Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
                              const std::string& sweep_text, const PrepareOptions& options) {
-  const std::string fingerprint = PlanFingerprint(sweep);
+  const std::string fingerprint = configs::PlanFingerprintText(sweep);
   MT_RETURN_IF_ERROR(store.Begin());
   // Anything that returns early below must not leave the transaction open.
   auto fail = [&](Status s) {

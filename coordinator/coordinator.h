@@ -63,11 +63,9 @@ struct CoordinatorStats {
 // Who runs a coordinator, for the study's lease: "HOST:PID".
 storage::Lease ThisProcessLease(int64_t heartbeat_interval_ms);
 
-// The plan's identity, stored with the study: the benchmark, the objective,
-// the search and every stack's space, as canonical JSON (one key per part).
-std::string PlanFingerprint(const configs::SweepConfig& sweep);
 // An error naming each part that differs between the stored and the new
-// plan; OK when they match or the study predates fingerprints ("").
+// plan fingerprint (configs::PlanFingerprintText: canonical JSON with one
+// key per part); OK when they match or the study predates fingerprints ("").
 Status CheckSamePlan(const std::string& stored, const std::string& fresh);
 
 struct PrepareOptions {

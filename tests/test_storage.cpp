@@ -134,7 +134,7 @@ TEST_CASE("storage: a corrupt metrics table is an error naming the file, never s
   fs::copy_file(db, dir / "good.db");
   const int64_t root = CorruptRootPage(db, "metrics");
   // Every reading command fails with exit 1 and says which file and what.
-  for (const std::string cmd : {"trials c --db " + db, "trials c --csv --db " + db, "best c --db " + db,
+  for (const std::string& cmd : {"trials c --db " + db, "trials c --csv --db " + db, "best c --db " + db,
                                 "export c --format json --out " + dir / "out" + " --db " + db}) {
     CAPTURE(cmd);
     const Run r = Masktune(cmd);
