@@ -1,5 +1,6 @@
-// Test helpers for real processes: spawn the masktune binary, wait for its
-// exit, find a free port, poll a study's database while it runs.
+// Test helpers for real processes: run a command line and capture what it
+// prints, spawn the masktune binary, wait for its exit, find a free port,
+// poll a study's database while it runs.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -11,7 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -23,6 +26,43 @@
 extern char** environ;
 
 namespace masktune::testing {
+
+// What a command line printed (stdout and stderr together) and its exit
+// code (128 + n when signal n ended it).
+struct Run {
+  int code = -1;
+  std::string output;
+};
+
+// Runs `command` with /bin/sh, as a user types it ("cd DIR && ...").
+inline Run Shell(const std::string& command) {
+  Run r;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+// The masktune binary with `args` (shell words), in folder `cwd` when given,
+// killed after `timeout_s` seconds when given (an endless read then fails the
+// test instead of hanging it).
+inline Run Masktune(const std::string& args, const std::string& cwd = "", int timeout_s = 0) {
+  std::string command = cwd.empty() ? "" : "cd '" + cwd + "' && ";
+  if (timeout_s > 0) command += "timeout -s KILL " + std::to_string(timeout_s) + " ";
+  return Shell(command + MASKTUNE_BINARY + " " + args);
+}
+
+// Bad input as the CLI promises it: exit 2 and one line naming `part`.
+inline void CheckBadInput(const Run& r, const std::string& part) {
+  CAPTURE(r.output);
+  CHECK(r.code == 2);
+  CHECK(r.output.find(part) != std::string::npos);
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
 
 // Starts `args`; stdout and stderr go to `log` (default: nowhere).
 inline pid_t Spawn(const std::vector<std::string>& args, const std::string& log = "/dev/null") {

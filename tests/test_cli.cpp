@@ -14,40 +14,20 @@
 #include "engine/safetensors.h"
 #include "engine/cuda/cuda_attention.h"
 #include "tests/helpers.h"
+#include "tests/process_helpers.h"
 
 namespace masktune {
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Run Masktune(const std::string& args) {
-  Run r;
-  const std::string cmd = std::string(MASKTUNE_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using testing::CheckBadInput;
+using testing::Masktune;
+using testing::Run;
 
 std::string Golden(const std::string& name) {
   const char* env = std::getenv("MASKTUNE_GOLDEN_DIR");
   return std::string(env ? env : MASKTUNE_GOLDEN_DIR) + "/" + name;
 }
 
-// One line on stderr, exit 2, naming `part`.
-void CheckBadInput(const Run& r, const std::string& part) {
-  CAPTURE(r.output);
-  CHECK(r.code == 2);
-  CHECK(r.output.find(part) != std::string::npos);
-  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
-}
 
 TEST_CASE("attend prints density and error, and writes mask and out") {
   testing::TempDir dir;

@@ -384,16 +384,6 @@ namespace {
 
 using namespace masktune::testing;
 
-// Runs a shell command; its stdout (and stderr) and exit code.
-std::pair<int, std::string> Shell(const std::string& command) {
-  std::string out;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (!p) return {-1, ""};
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  const int rc = pclose(p);
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
-}
 
 const std::string kSlurmLocal = std::string(MASKTUNE_SOURCE_DIR) + "/scripts/slurm_local.sh";
 
@@ -410,7 +400,7 @@ struct LocalSlurm {
   }
   ~LocalSlurm() {
     for (int job : jobs) Shell("scancel " + std::to_string(job));
-    std::fputs(Shell(kSlurmLocal + " stop " + owner).second.c_str(), stderr);
+    std::fputs(Shell(kSlurmLocal + " stop " + owner).output.c_str(), stderr);
   }
 };
 
@@ -436,7 +426,7 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
   };
   auto gone = [](int job) {
     for (int i = 0; i < 200; ++i) {
-      if (Shell("squeue -h -j " + std::to_string(job)).second.find(std::to_string(job)) ==
+      if (Shell("squeue -h -j " + std::to_string(job)).output.find(std::to_string(job)) ==
           std::string::npos)
         return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -461,7 +451,7 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
   const int job = launch("b.yaml");
   REQUIRE(WaitFor(dir / "b.db", "slurm_b", DoneAtLeast(4)));
-  REQUIRE(Shell("scancel " + std::to_string(job)).first == 0);
+  REQUIRE(Shell("scancel " + std::to_string(job)).code == 0);
   REQUIRE(gone(job));
   std::map<int64_t, std::string> before;  // finished trials and their workers
   for (const auto& r : AllTrials(dir / "b.db", "slurm_b"))
@@ -504,7 +494,7 @@ TEST_CASE("SLURM: slurm_local.sh stop ends only the daemons its start recorded, 
   for (int owner : {owner_a, owner_b})
     REQUIRE(Shell("sed -E 's/^.*\\) //' /proc/" + std::to_string(owner) +
                   "/stat | awk '{print $20}' > " + dir / "users" + "/" + std::to_string(owner))
-                .first == 0);
+                .code == 0);
   std::ofstream(dir / "started") << "munged " << reused << "\nslurmd " << ours << "\n";
   const std::string stop = "SLURM_LOCAL=" + dir.path.string() + " " + kSlurmLocal + " stop ";
 
@@ -514,9 +504,9 @@ TEST_CASE("SLURM: slurm_local.sh stop ends only the daemons its start recorded, 
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(Running(ours));
   // The last owner leaves: what start recorded stops, and only that.
-  std::tie(rc, out) = Shell(stop + std::to_string(owner_b));
-  CHECK_MESSAGE(rc == 0, out);
-  CHECK(out == "slurm_local: stopped slurmd\n");
+  const Run last = Shell(stop + std::to_string(owner_b));
+  CHECK_MESSAGE(last.code == 0, last.output);
+  CHECK(last.output == "slurm_local: stopped slurmd\n");
   CHECK_FALSE(Running(ours));
   CHECK(Running(theirs));
   CHECK(Running(reused));

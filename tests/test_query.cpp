@@ -20,6 +20,7 @@
 #include "search/plan.h"
 #include "storage/store.h"
 #include "tests/helpers.h"
+#include "tests/process_helpers.h"
 
 namespace masktune {
 namespace {
@@ -27,25 +28,9 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-struct Ran {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// A shell command line (as tests/test_cli.cpp runs the binary), e.g. "cd DIR && BINARY ...".
-Ran Shell(const std::string& command) {
-  Ran r;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-Ran Masktune(const std::string& args) { return Shell(std::string(MASKTUNE_BINARY) + " " + args); }
+using Ran = testing::Run;
+using testing::Masktune;
+using testing::Shell;
 
 std::string Golden(const std::string& name) {
   const char* env = std::getenv("MASKTUNE_GOLDEN_DIR");

@@ -14,6 +14,7 @@
 #include "search/plan.h"
 #include "storage/store.h"
 #include "tests/helpers.h"
+#include "tests/process_helpers.h"
 
 namespace masktune::configs {
 namespace {
@@ -174,24 +175,9 @@ TEST_CASE("the shipped example sweeps are valid") {
   CHECK(n >= 4);
 }
 
-// The masktune binary run by the shell in folder `cwd`, as a user runs it:
-// stdout and stderr together, and the exit code (128 + n for a signal).
-struct Run {
-  int code = -1;
-  std::string output;
-};
-Run Masktune(const std::string& cwd, const std::string& args) {
-  Run r;
-  const std::string cmd = "cd '" + cwd + "' && " + MASKTUNE_BINARY + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
+// The masktune binary run by the shell in folder `cwd`, as a user runs it.
+using testing::Run;
+Run Masktune(const std::string& cwd, const std::string& args) { return testing::Masktune(args, cwd); }
 
 size_t Lines(const std::string& s) {
   return static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
@@ -689,19 +675,11 @@ TEST_CASE("PlanFingerprintText: the plan's parts, not the study's name, storage 
 }
 
 TEST_CASE("fuzz: mutated example sweeps never crash or hang validate (scripts/fuzz_sweep.py)") {
-  const std::string cmd = std::string("python3 ") + MASKTUNE_SOURCE_DIR +
-                          "/scripts/fuzz_sweep.py --count 60 --seed 7 --binary " + MASKTUNE_BINARY +
-                          " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) output.append(buf, n);
-  const int status = pclose(p);
+  const Run fuzz = testing::Shell(std::string("python3 ") + MASKTUNE_SOURCE_DIR +
+                                  "/scripts/fuzz_sweep.py --count 60 --seed 7 --binary " + MASKTUNE_BINARY);
+  const std::string& output = fuzz.output;
   CAPTURE(output);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(fuzz.code == 0);
   CHECK(output.find("fuzz_sweep: 60 cases, seed 7:") != std::string::npos);
 }
 
