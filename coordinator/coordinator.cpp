@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 
+#include "protocol/throttled_log.h"
 #include "search/objective.h"
 #include "search/plan.h"
 #include "search/tpe.h"
@@ -29,33 +30,11 @@ double LeaseSeconds(int64_t heartbeat_interval_ms) {
   return std::max(5.0, 10.0 * static_cast<double>(heartbeat_interval_ms) / 1000.0);
 }
 
-
 std::string Describe(const storage::Lease& l) {
   char until[64];
   std::snprintf(until, sizeof until, "%.0f s", std::max(0.0, l.expires - UnixNow()));
   return l.holder + " (host " + l.host + ", pid " + std::to_string(l.pid) + ", lease expires in " + until + ")";
 }
-
-// At most one line a second; the lines it held back are counted in the next.
-class RateLimitedLog {
- public:
-  explicit RateLimitedLog(std::function<void(const std::string&)> sink) : sink_(std::move(sink)) {}
-  void operator()(const std::string& line) {
-    const auto now = Clock::now();
-    if (now - last_ < std::chrono::seconds(1)) {
-      ++held_;
-      return;
-    }
-    sink_(held_ ? line + " (and " + std::to_string(held_) + " more like it)" : line);
-    held_ = 0;
-    last_ = now;
-  }
-
- private:
-  std::function<void(const std::string&)> sink_;
-  Clock::time_point last_{};
-  int64_t held_ = 0;
-};
 
 struct WorkerState {
   std::string name;
@@ -451,7 +430,7 @@ class Coordinator {
   zmq::socket_t router_;
   std::unique_ptr<protocol::HandshakeMonitor> monitor_;
   std::function<void(const std::string&)> log_;
-  RateLimitedLog refusal_log_, drop_log_;
+  protocol::ThrottledLog refusal_log_, drop_log_;
 
   std::map<std::string, WorkerState> workers_;  // by routing id
   CoordinatorStats stats_;

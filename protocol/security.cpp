@@ -1,5 +1,7 @@
 #include "protocol/security.h"
 
+#include "protocol/throttled_log.h"
+
 #include <sys/stat.h>
 
 #include <chrono>
@@ -148,9 +150,7 @@ Authenticator::~Authenticator() {
 }
 
 void Authenticator::Loop() {
-  using Clock = std::chrono::steady_clock;
-  Clock::time_point last_log{};
-  int64_t unlogged = 0;
+  protocol::ThrottledLog log([](const std::string& line) { std::fprintf(stderr, "masktune: %s\n", line.c_str()); });
   while (!stop_) {
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, std::chrono::milliseconds(50));
@@ -187,18 +187,7 @@ void Authenticator::Loop() {
     }
     const bool ok = reason.empty();
     (ok ? accepted_ : refused_)++;
-    if (!ok) {
-      ++unlogged;
-      const auto now = Clock::now();
-      if (now - last_log >= std::chrono::seconds(1)) {  // at most one line a second
-        std::fprintf(stderr, "masktune: refused a worker from %s: %s%s\n", address.c_str(),
-                     reason.c_str(),
-                     unlogged > 1 ? (" (" + std::to_string(unlogged - 1) + " more refused)").c_str()
-                                  : "");
-        last_log = now;
-        unlogged = 0;
-      }
-    }
+    if (!ok) log("refused a worker from " + address + ": " + reason);
     const std::string status = ok ? "200" : "400";
     const std::string text = ok ? "OK" : reason;
     socket_.send(zmq::str_buffer("1.0"), zmq::send_flags::sndmore);

@@ -16,6 +16,7 @@
 
 #include "protocol/protocol.h"
 #include "protocol/security.h"
+#include "protocol/throttled_log.h"
 #include "engine/benchmarks/benchmark.h"
 
 // Clang thread-safety annotations; no-ops elsewhere.
@@ -164,29 +165,6 @@ class TrialRunner {
   std::thread thread_;  // last: starts after the members it uses
 };
 
-// At most one line per `every`; the ones held back are counted in the next.
-class Throttled {
- public:
-  Throttled(std::function<void(const std::string&)>& sink, std::chrono::milliseconds every)
-      : sink_(sink), every_(every) {}
-  void operator()(const std::string& line) {
-    const auto now = Clock::now();
-    if (now - last_ < every_) {
-      ++held_;
-      return;
-    }
-    sink_(held_ ? line + " (and " + std::to_string(held_) + " more like it)" : line);
-    held_ = 0;
-    last_ = now;
-  }
-
- private:
-  std::function<void(const std::string&)>& sink_;
-  std::chrono::milliseconds every_;
-  Clock::time_point last_{};
-  int64_t held_ = 0;
-};
-
 std::string HostName() {
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) != 0) return "localhost";
@@ -214,8 +192,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       options.log ? options.log : [name = options.name](const std::string& line) {
         std::fprintf(stderr, "masktune worker %s: %s\n", name.c_str(), line.c_str());
       };
-  Throttled drop_log(log, std::chrono::seconds(1));
-  Throttled why_log(log, std::chrono::milliseconds(std::max<int64_t>(1000, options.welcome_timeout_ms)));
+  protocol::ThrottledLog drop_log(log);
+  protocol::ThrottledLog why_log(log, std::chrono::milliseconds(std::max<int64_t>(1000, options.welcome_timeout_ms)));
   static std::atomic<int64_t> next_pipe{0};
   const int64_t instance = next_pipe++;
   const std::string pipe = "inproc://masktune-worker-done-" + std::to_string(instance);
