@@ -14,6 +14,7 @@
 
 #include "cli/commands.h"
 #include "cli/report.h"
+#include "search/plan.h"
 #include "local/local.h"
 #include "engine/cuda/cuda_attention.h"
 #include "storage/store.h"
@@ -117,6 +118,14 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
     }
   }
   CatchStopSignals();
+  // Something on a terminal at once: queueing a large plan takes a while.
+  const bool terminal = isatty(STDOUT_FILENO);
+  ProgressPrinter progress(terminal);
+  if (terminal) {
+    int64_t planned = 0;
+    for (const auto& plan : search::PlanSweep(sweep.value())) planned += plan.trials;
+    progress.Start(planned, 0, "study " + sweep->study + ": queueing its trials in " + db);
+  }
   auto study = PrepareStudy(store.value(), sweep.value(), sweep_text, prepare);
   if (!study.ok()) {
     std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), study.status().message().c_str());
@@ -137,7 +146,6 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   copt.heartbeat_interval_ms = o.heartbeat_ms;
   copt.interrupt = &g_interrupt;
   copt.lease = prepare.lease;
-  ProgressPrinter progress(isatty(STDOUT_FILENO));
   progress.SetObjective(sweep->objective);
   if (auto p0 = store->GetProgress(study.value()); p0.ok())  // a line at once, before any trial is done
     progress.Start(p0->total, p0->done + p0->failed,
