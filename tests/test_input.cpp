@@ -372,5 +372,60 @@ TEST_CASE("attend input: scripts/fuzz_attend.py, 60 seeded cases, none crashes o
   CHECK(output.find(", 0 failed") != std::string::npos);
 }
 
+// A double_sparsity_top_k stack (2 heads of 4 dims: 2 channels each) reading `file`.
+std::string ChannelStack(const std::string& file) {
+  return R"( --maskers '[{"type":"double_sparsity_top_k","heavy_size":2,"group_factor":2,)"
+         R"("sorted_channel_file":")" + file + R"("}]')";
+}
+
+TEST_CASE("attend input: a hostile sorted_channel_file is exit 2 with one line, at once") {
+  testing::TempDir dir;
+  WriteRaw(dir / "ok.safetensors", Header().Text(), Floats(testing::RandomTensor({72}, 7).vec()));
+  const std::string input = "--input " + dir / "ok.safetensors";
+  const std::string key = R"("model.layers.0.self_attn.qk_proj")";
+  std::ofstream(dir / "good.json") << "{" << key << ":[[0,1],[2,3]]}";
+  const auto good = CheckOk(Attend(input + ChannelStack(dir / "good.json")));
+  CHECK(good["density"].get<double>() == 0.25);  // 2 of 8 keys per row
+
+  // The old code read /dev/zero until memory ran out (killed here by the timeout).
+  CheckBadInput(Attend(input + ChannelStack("/dev/zero"), 10),
+                "--maskers: maskers[0] (double_sparsity_top_k): sorted_channel_file '/dev/zero': "
+                "not a regular file (a device, pipe or socket)");
+  CheckBadInput(Attend(input + ChannelStack(dir.path.string()), 10),
+                "sorted_channel_file '" + dir.path.string() + "': is a folder, not a JSON file");
+  CheckBadInput(Attend(input + ChannelStack(dir / "none.json"), 10),
+                "sorted_channel_file '" + dir / "none.json" + "': cannot open file");
+  // Larger than the limit: refused by its size, before a byte is read (a sparse file).
+  std::ofstream(dir / "huge.json") << "{}";
+  std::filesystem::resize_file(dir / "huge.json", (uintmax_t{64} << 20) + 1);
+  CheckBadInput(Attend(input + ChannelStack(dir / "huge.json"), 10),
+                "huge.json': larger than the 64 MiB a channel file may be");
+  // The old code exited 1 (json out_of_range was not caught).
+  std::ofstream(dir / "big.json") << "{" << key << ":[[0,1e999],[2,3]]}";
+  CheckBadInput(Attend(input + ChannelStack(dir / "big.json"), 10),
+                "sorted_channel_file '" + dir / "big.json" +
+                    "': model.layers.0.self_attn.qk_proj[0][1]: number 1e999 is beyond the range "
+                    "of a double (line 1, column 41)");
+  // The old code segfaulted in v.dump() writing the error message.
+  std::ofstream(dir / "deep.json") << "{" << key << ":[[" << Deep(100000, "0") << ",1],[2,3]]}";
+  CheckBadInput(Attend(input + ChannelStack(dir / "deep.json"), 10),
+                "sorted_channel_file '" + dir / "deep.json" +
+                    "': model.layers.0.self_attn.qk_proj[0][0][0][0][0][0][0]...: nested deeper "
+                    "than 64 levels");
+  std::ofstream(dir / "dup.json") << "{" << key << ":[[0,1],[2,3]]," << key << ":[]}";
+  CheckBadInput(Attend(input + ChannelStack(dir / "dup.json"), 10),
+                "dup.json': top level: duplicate key 'model.layers.0.self_attn.qk_proj'");
+  std::ofstream(dir / "bad.json") << "{" << key << ":[[0,1],[2,3]";
+  CheckBadInput(Attend(input + ChannelStack(dir / "bad.json"), 10),
+                "sorted_channel_file '" + dir / "bad.json" + "': not valid JSON: ");
+  // A long value as a channel is shown shortened, not dumped whole.
+  std::ofstream(dir / "long.json") << "{" << key << ":[[0,\"" << std::string(1000000, 'x')
+                                   << "\"],[2,3]]}";
+  const Run lng = Attend(input + ChannelStack(dir / "long.json"), 10);
+  CheckBadInput(lng, "head 0: channel \"xxxxxxxx");
+  CHECK(lng.output.find("xxx... is not an index in [0, 4)") != std::string::npos);
+  CHECK(lng.output.size() < 400);
+}
+
 }  // namespace
 }  // namespace masktune

@@ -2,17 +2,28 @@
 // chosen offline (the Double Sparsity authors' channel files) (spec:
 // "double_sparsity_top_k").
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <string>
 
 #include "engine/maskers/common.h"
 #include "engine/maskers/maskers.h"
+#include "engine/registry.h"
 
 namespace masktune {
 namespace {
 
 using json = nlohmann::json;
+
+// The most a channel file may hold: the authors' files for a 70B model are a few MiB.
+constexpr uintmax_t kMaxChannelFileBytes = uintmax_t{64} << 20;
+
+// A value as an error shows it: one line, at most 100 characters.
+std::string Shown(const json& v) {
+  const std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  return s.size() > 100 ? s.substr(0, 100) + "..." : s;
+}
 
 class DoubleSparsityTopKMasker : public Masker {
  public:
@@ -22,18 +33,34 @@ class DoubleSparsityTopKMasker : public Masker {
   static Result<std::unique_ptr<DoubleSparsityTopKMasker>> Create(const MaskerConfig& c,
                                                                   const std::string&) {
     const std::string& path = c.Str("sorted_channel_file");
-    std::ifstream f(path);
-    if (!f) return Status::Error("sorted_channel_file '" + path + "': cannot open file");
-    std::stringstream text;
-    text << f.rdbuf();
+    const std::string where = "sorted_channel_file '" + path + "': ";
+    // A regular file of bounded size: a folder, /dev/zero or a pipe is refused at once.
+    std::error_code ec;
+    const auto st = std::filesystem::status(path, ec);
+    if (ec || !std::filesystem::exists(st)) return Status::Error(where + "cannot open file");
+    if (std::filesystem::is_directory(st))
+      return Status::Error(where + "is a folder, not a JSON file");
+    if (!std::filesystem::is_regular_file(st))
+      return Status::Error(where + "not a regular file (a device, pipe or socket)");
+    const uintmax_t size = std::filesystem::file_size(path, ec);
+    if (ec || size > kMaxChannelFileBytes)
+      return Status::Error(where + "larger than the " + std::to_string(kMaxChannelFileBytes >> 20) +
+                           " MiB a channel file may be");
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return Status::Error(where + "cannot open file");
+    std::string text(static_cast<size_t>(size), '\0');
+    f.read(text.data(), static_cast<std::streamsize>(size));
+    text.resize(static_cast<size_t>(f.gcount()));
+    // Nesting beyond 64 levels, numbers beyond double range and repeated keys,
+    // with their place, before the parser sees them.
+    if (Status s = CheckJsonText(text, ""); !s.ok()) return s.WithContext(where);
     json channels;
     try {
-      channels = json::parse(text.str());
-    } catch (const json::parse_error& e) {
-      return Status::Error("sorted_channel_file '" + path + "': not valid JSON: " + e.what());
+      channels = json::parse(text);
+    } catch (const json::exception& e) {
+      return Status::Error(where + "not valid JSON: " + e.what());
     }
-    if (!channels.is_object())
-      return Status::Error("sorted_channel_file '" + path + "': expected a JSON object");
+    if (!channels.is_object()) return Status::Error(where + "expected a JSON object");
     return std::make_unique<DoubleSparsityTopKMasker>(c, std::move(channels));
   }
 
@@ -113,7 +140,7 @@ class DoubleSparsityTopKMasker : public Masker {
       for (int64_t t = 0; t < c; ++t) {
         const json& v = list[static_cast<size_t>(t)];
         if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= D)
-          return Status::Error(where + "head " + std::to_string(h) + ": channel " + v.dump() +
+          return Status::Error(where + "head " + std::to_string(h) + ": channel " + Shown(v) +
                                " is not an index in [0, " + std::to_string(D) + ")");
         out.push_back(v.get<int32_t>());
       }
