@@ -235,7 +235,8 @@ int RunAttend(const AttendOptions& o) {
     return Fail(o.input + ": " + s.message());
 
   nlohmann::json line;
-  line["density"] = mask->Density();
+  // An empty mask (`--maskers '[]'`) is dense attention, every key attended: density 1.
+  line["density"] = mask->is_empty() ? 1.0 : mask->Density();
   line["error"] = error;
   line["device"] = device;
   if (o.repeat > 0) {

@@ -427,5 +427,17 @@ TEST_CASE("attend input: a hostile sorted_channel_file is exit 2 with one line, 
   CHECK(lng.output.size() < 400);
 }
 
+TEST_CASE("attend input: an empty masker list is dense attention, density 1 and error 0") {
+  testing::TempDir dir;
+  WriteRaw(dir / "ok.safetensors", Header().Text(), Floats(testing::RandomTensor({72}, 7).vec()));
+  // The old code printed density 0 for the empty mask of an empty stack.
+  const auto dense = CheckOk(Attend("--input " + dir / "ok.safetensors" + " --maskers '[]'"));
+  CHECK(dense["density"].get<double>() == 1.0);
+  CHECK(dense["error"].get<double>() == 0.0);
+  // A sparse stack's density is unchanged: 2 sink keys of 8.
+  const auto sink = CheckOk(Attend("--input " + dir / "ok.safetensors" + kSink));
+  CHECK(sink["density"].get<double>() == 0.25);
+}
+
 }  // namespace
 }  // namespace masktune

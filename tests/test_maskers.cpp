@@ -4,6 +4,7 @@
 #include <numeric>
 #include <random>
 
+#include "engine/benchmarks/benchmark.h"
 #include "engine/maskers/common.h"
 #include "engine/maskers/maskers.h"
 #include "engine/registry.h"
@@ -717,6 +718,40 @@ TEST_CASE("pq_top_k bad input names the field") {
   Case shorter(1, 1, 1, 1, 30, 6, 36);
   CHECK(RunError(stack, shorter.in, 0, &state) ==
         "maskers[0] (pq_top_k): this call brings 30 keys, fewer than the 40 cached for layer 0");
+}
+
+TEST_CASE("attention_error: an empty masker list is dense attention, density 1 and error 0") {
+  const nlohmann::json spec = {
+      {"name", "attention_error"},
+      {"synthetic",
+       {{"keys", 256}, {"heads", 4}, {"kv_heads", 2}, {"head_dim", 16}, {"queries", 3},
+        {"samples", 2}, {"seed", 3}}}};
+  auto bench = CreateBenchmark(spec);
+  REQUIRE_MESSAGE(bench.ok(), bench.status().message());
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto metrics = [&](const std::string& list) {
+    auto configs = registry.ParseJsonList(list, "");
+    REQUIRE_MESSAGE(configs.ok(), configs.status().message());
+    auto m = bench.value()->Run(registry, configs.value());
+    REQUIRE_MESSAGE(m.ok(), m.status().message());
+    return m.value();
+  };
+  // The old code reported density 0 for the empty mask: under sparsity_N the
+  // dense baseline (error 0, density 0) looked like the best trial.
+  Metrics dense = metrics("[]");
+  CHECK(dense["density"] == 1.0);
+  CHECK(dense["density_max"] == 1.0);
+  // Masked attention on an empty mask is the dense kernel itself: exactly 0.
+  CHECK(dense["error"] == 0.0);
+  CHECK(dense["error_max"] == 0.0);
+  CHECK(dense["recall"] == 1.0);
+  // A full mask from a masker says the same; a sparse stack is unchanged.
+  Metrics full = metrics(R"([{"type":"oracle_top_k","heavy_size":1.0}])");
+  CHECK(full["density"] == 1.0);
+  CHECK(full["error"] == 0.0);
+  Metrics sink = metrics(R"([{"type":"sink","sink_size":32}])");
+  CHECK(sink["density"] == 32.0 / 256.0);
+  CHECK(sink["error"] > 0.0);
 }
 
 }  // namespace
