@@ -20,37 +20,17 @@
 #include "engine/registry.h"
 #include "engine/safetensors.h"
 #include "tests/helpers.h"
+#include "tests/process_helpers.h"
 
 namespace masktune {
 namespace {
 
-struct Run {
-  int code = -1;        // 124: killed by the timeout
-  std::string output;  // stdout and stderr together
-};
+using testing::CheckBadInput;
+using testing::Run;
 
 // The masktune binary under `timeout`, so an endless read fails the test instead of hanging it.
-Run Attend(const std::string& args, int timeout_s = 20) {
-  Run r;
-  const std::string cmd = "timeout -s KILL " + std::to_string(timeout_s) + " " +
-                          std::string(MASKTUNE_BINARY) + " attend " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+Run Attend(const std::string& args, int timeout_s = 20) { return testing::Masktune("attend " + args, "", timeout_s); }
 
-// Exit 2, one line on stderr, naming `part`.
-void CheckBadInput(const Run& r, const std::string& part) {
-  CAPTURE(r.output);
-  CHECK(r.code == 2);
-  CHECK(r.output.find(part) != std::string::npos);
-  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
-}
 
 // Exit 0 and one JSON line with a finite error; returns it.
 nlohmann::json CheckOk(const Run& r) {
@@ -355,19 +335,12 @@ bool HavePython() { return std::system("python3 --version >/dev/null 2>&1") == 0
 TEST_CASE("attend input: scripts/fuzz_attend.py, 60 seeded cases, none crashes or hangs" *
           doctest::skip(!HavePython()) * doctest::description("python3 not found")) {
   testing::TempDir dir;
-  const std::string cmd = "python3 " + std::string(MASKTUNE_SOURCE_DIR) +
-                          "/scripts/fuzz_attend.py --count 60 --seed 12 --binary " +
-                          MASKTUNE_BINARY + " --workdir " + dir / "fuzz" + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) output.append(buf, n);
-  const int status = pclose(p);
+  const Run fuzz = testing::Shell("python3 " + std::string(MASKTUNE_SOURCE_DIR) +
+                                  "/scripts/fuzz_attend.py --count 60 --seed 12 --binary " + MASKTUNE_BINARY +
+                                  " --workdir " + dir / "fuzz");
+  const std::string& output = fuzz.output;
   CAPTURE(output);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(fuzz.code == 0);
   CHECK(output.find("fuzz_attend: 60 cases (seed 12)") != std::string::npos);
   CHECK(output.find(", 0 failed") != std::string::npos);
 }
