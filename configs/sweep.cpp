@@ -107,6 +107,8 @@ std::string CheckSideFile(const std::string& path, SideFormat format) {
     if (size > kMaxParsedJson) return "";
     std::stringstream text;
     text << f.rdbuf();
+    // The checks the masker makes when it reads the file (nesting, numbers, repeated keys).
+    if (Status checked = CheckJsonText(text.str(), ""); !checked.ok()) return "'" + path + "': " + checked.message();
     const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
     if (j.is_discarded()) return "'" + path + "' is not valid JSON";
     if (!j.is_object())
@@ -128,6 +130,7 @@ std::string CheckSideFile(const std::string& path, SideFormat format) {
     std::string header(static_cast<size_t>(n), '\0');
     if (!f.read(header.data(), static_cast<std::streamsize>(n)))
       return what + "cannot read the header";
+    if (Status checked = CheckJsonText(header, "header"); !checked.ok()) return what + checked.message();
     const nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return what + "the header is not a JSON object";
     const uint64_t data = size - 8 - n;

@@ -359,6 +359,26 @@ TEST_CASE(
   CHECK_FALSE(fs::exists(dir.path / "masktune.db"));  // no trial queued, no disk filled
 }
 
+TEST_CASE("side files get the masker's own JSON checks at parse time: nesting, 1e999, repeated keys") {
+  testing::TempDir dir;
+  const std::string yaml = "study: s\nbenchmark: {name: noop}\nattention: {a: [{double_sparsity_top_k: "
+                           "{heavy_size: 8, sorted_channel_file: c.json}}]}\n";
+  auto error = [&](const std::string& contents) {
+    std::ofstream(dir / "c.json") << contents;
+    auto r = ParseSweep(yaml, dir / "s.yaml", MaskerRegistry::WithBuiltins());
+    return r.ok() ? std::string() : r.status().message();
+  };
+  std::string deep;
+  for (int i = 0; i < 100000; ++i) deep += "{\"a\":";
+  deep += "1";
+  for (int i = 0; i < 100000; ++i) deep += "}";
+  CHECK(error(deep).find("c.json': a.a.a.a.a.a.a.a...: nested deeper than 64 levels") != std::string::npos);
+  CHECK(error(R"({"a": 1e999})").find("c.json': a: number 1e999 is beyond the range of a double") !=
+        std::string::npos);
+  CHECK(error(R"({"a": [[1]], "a": [[2]]})").find("duplicate key 'a'") != std::string::npos);
+  CHECK(error(R"({"model.layers.0.self_attn.qk_proj": [[1, 0]]})") == "");
+}
+
 TEST_CASE("side files are checked when the sweep is parsed: exists, a readable file, parses") {
   testing::TempDir dir;
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
