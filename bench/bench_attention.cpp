@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <string>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -70,13 +69,20 @@ int main(int argc, char** argv) {
   std::string only;  // run only rows whose name contains this ("dense": dense attention only)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
-    if (f == "--keys") key_counts = ParseList(argv[i + 1]);
-    else if (f == "--heads") heads = std::atoll(argv[i + 1]);
-    else if (f == "--kv-heads") kv_heads = std::atoll(argv[i + 1]);
-    else if (f == "--head-dim") head_dim = std::atoll(argv[i + 1]);
-    else if (f == "--queries") queries = std::atoll(argv[i + 1]);
-    else if (f == "--repeat") repeat = std::atoi(argv[i + 1]);
-    else if (f == "--only") only = argv[i + 1];
+    if (f == "--keys")
+      key_counts = ParseList(argv[i + 1]);
+    else if (f == "--heads")
+      heads = std::atoll(argv[i + 1]);
+    else if (f == "--kv-heads")
+      kv_heads = std::atoll(argv[i + 1]);
+    else if (f == "--head-dim")
+      head_dim = std::atoll(argv[i + 1]);
+    else if (f == "--queries")
+      queries = std::atoll(argv[i + 1]);
+    else if (f == "--repeat")
+      repeat = std::atoi(argv[i + 1]);
+    else if (f == "--only")
+      only = argv[i + 1];
     else {
       std::fprintf(stderr, "bench_attention: unknown flag %s\n", f.c_str());
       return 2;
@@ -85,9 +91,10 @@ int main(int argc, char** argv) {
   // Bandwidths are compared best against best: on a shared machine the best of
   // several runs is the figure least disturbed by neighbours.
   const Timing copy_bw = CopyBandwidth(repeat);
-  std::printf("threads %d, copy bandwidth %.2f GB/s best, %.2f GB/s median "
-              "(STREAM copy, read + write, 2 x 256 MiB)\n",
-              omp_get_max_threads(), copy_bw.best / 1e9, copy_bw.median / 1e9);
+  std::printf(
+      "threads %d, copy bandwidth %.2f GB/s best, %.2f GB/s median "
+      "(STREAM copy, read + write, 2 x 256 MiB)\n",
+      omp_get_max_threads(), copy_bw.best / 1e9, copy_bw.median / 1e9);
 
   // Side files for the learned maskers, in a temporary folder.
   const auto dir = std::filesystem::temp_directory_path() / "masktune_bench";
@@ -105,11 +112,14 @@ int main(int argc, char** argv) {
     Fill(w0, 11);
     Fill(w1, 12);
     Fill(b, 13);
-    if (!WriteSafetensors((dir / "hat.safetensors").string(),
-                          {{"layer0.query_matrix.0", &w0}, {"layer0.query_bias.0", &b},
-                           {"layer0.query_matrix.1", &w1}, {"layer0.query_bias.1", &b},
-                           {"layer0.key_matrix.0", &w0}, {"layer0.key_bias.0", &b},
-                           {"layer0.key_matrix.1", &w1}, {"layer0.key_bias.1", &b}})
+    if (!WriteSafetensors((dir / "hat.safetensors").string(), {{"layer0.query_matrix.0", &w0},
+                                                               {"layer0.query_bias.0", &b},
+                                                               {"layer0.query_matrix.1", &w1},
+                                                               {"layer0.query_bias.1", &b},
+                                                               {"layer0.key_matrix.0", &w0},
+                                                               {"layer0.key_bias.0", &b},
+                                                               {"layer0.key_matrix.1", &w1},
+                                                               {"layer0.key_bias.1", &b}})
              .ok())
       return 1;
   }
@@ -120,13 +130,22 @@ int main(int argc, char** argv) {
       {"oracle_top_k 0.1", R"([{"type":"oracle_top_k","heavy_size":0.1}])"},
       {"oracle_top_p 0.9", R"([{"type":"oracle_top_p","top_p":0.9}])"},
       {"quest_top_k 0.1 page 16", R"([{"type":"quest_top_k","heavy_size":0.1,"page_size":16}])"},
-      {"pq_top_k 0.1 sub 8 bits 8", R"([{"type":"pq_top_k","heavy_size":0.1,"pq_sub_dim":8,"pq_bits":8}])"},
-      {"double_sparsity 0.1 gf 8", R"([{"type":"double_sparsity_top_k","heavy_size":0.1,"group_factor":8,"sorted_channel_file":")" + d + R"(channels.json"}])"},
-      {"hash_attention 0.1 (cached)", R"([{"type":"hash_attention_top_k","heavy_size":0.1,"hat_bits":32,"hat_mlp_layers":2,"hat_mlp_hidden_size":32,"hat_mlp_activation":"silu","hat_weight_file":")" + d + R"(hat.safetensors"}])"},
-      {"sink+local+oracle_top_k 0.1", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"oracle_top_k","heavy_size":0.1}])"},
-      {"sink+local+adaptive_sampling", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"adaptive_sampling","base_rate_sampling":0.05,"epsilon":0.25,"delta":0.25,"init_offset":128,"local_offset":128}])"},
-      {"sink+local+magic_pig K8 L75", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"magic_pig","lsh_k":8,"lsh_l":75}])"},
-      {"sink+local+magic_pig K10 L150", R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"magic_pig","lsh_k":10,"lsh_l":150}])"},
+      {"pq_top_k 0.1 sub 8 bits 8",
+       R"([{"type":"pq_top_k","heavy_size":0.1,"pq_sub_dim":8,"pq_bits":8}])"},
+      {"double_sparsity 0.1 gf 8",
+       R"([{"type":"double_sparsity_top_k","heavy_size":0.1,"group_factor":8,"sorted_channel_file":")" +
+           d + R"(channels.json"}])"},
+      {"hash_attention 0.1 (cached)",
+       R"([{"type":"hash_attention_top_k","heavy_size":0.1,"hat_bits":32,"hat_mlp_layers":2,"hat_mlp_hidden_size":32,"hat_mlp_activation":"silu","hat_weight_file":")" +
+           d + R"(hat.safetensors"}])"},
+      {"sink+local+oracle_top_k 0.1",
+       R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"oracle_top_k","heavy_size":0.1}])"},
+      {"sink+local+adaptive_sampling",
+       R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"adaptive_sampling","base_rate_sampling":0.05,"epsilon":0.25,"delta":0.25,"init_offset":128,"local_offset":128}])"},
+      {"sink+local+magic_pig K8 L75",
+       R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"magic_pig","lsh_k":8,"lsh_l":75}])"},
+      {"sink+local+magic_pig K10 L150",
+       R"([{"type":"sink","sink_size":128},{"type":"local","window_size":128},{"type":"magic_pig","lsh_k":10,"lsh_l":150}])"},
   };
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
 
@@ -141,11 +160,12 @@ int main(int argc, char** argv) {
     in.values = &v;
     in.scaling = 1.0f / std::sqrt(static_cast<float>(head_dim));
     const double kv_bytes = 2.0 * static_cast<double>(k.size()) * sizeof(float);
-    std::printf("\n%lld queries x %lld heads x %lld kv heads x %lld keys x head_dim %lld "
-                "(K+V %.0f MiB), median of %d\n",
-                static_cast<long long>(queries), static_cast<long long>(heads),
-                static_cast<long long>(kv_heads), static_cast<long long>(n),
-                static_cast<long long>(head_dim), kv_bytes / (1 << 20), repeat);
+    std::printf(
+        "\n%lld queries x %lld heads x %lld kv heads x %lld keys x head_dim %lld "
+        "(K+V %.0f MiB), median of %d\n",
+        static_cast<long long>(queries), static_cast<long long>(heads),
+        static_cast<long long>(kv_heads), static_cast<long long>(n),
+        static_cast<long long>(head_dim), kv_bytes / (1 << 20), repeat);
     const Timing dense = TimeCalls(repeat, [&] { (void)DenseAttention(in); });
     const double dense_s = dense.median;
     std::printf("  %-30s %9.2f ms median, %.2f ms best: %.2f GB/s (K+V) = %.1f%% of copy bw\n",
@@ -163,21 +183,23 @@ int main(int argc, char** argv) {
         return 1;
       }
       // Signing every key costs seconds at 128K: MagicPIG runs there only when asked for.
-      if (name.find("magic_pig") != std::string::npos && n > 32768 && only.find("magic") == std::string::npos)
+      if (name.find("magic_pig") != std::string::npos && n > 32768 &&
+          only.find("magic") == std::string::npos)
         continue;
       StackState state;  // kept across calls: cached key-side work, as in decoding
       const auto first = std::chrono::steady_clock::now();
       auto mask = stack->ComputeMask(in, state);
-      const double first_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
+      const double first_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
       if (!mask.ok()) {
         std::fprintf(stderr, "%s: %s\n", name.c_str(), mask.status().message().c_str());
         return 1;
       }
       const double mask_s = TimeCalls(repeat, [&] { (void)stack->ComputeMask(in, state); }).median;
-      const double attn_s = TimeCalls(repeat, [&] { (void)MaskedAttention(in, mask.value()); }).median;
-      std::printf("  %-30s %9.2f %9.2f %9.2f %9.2f %9.4f", name.c_str(), mask_s * 1e3,
-                  attn_s * 1e3, (mask_s + attn_s) * 1e3, (mask_s + attn_s) / dense_s,
-                  mask->Density());
+      const double attn_s =
+          TimeCalls(repeat, [&] { (void)MaskedAttention(in, mask.value()); }).median;
+      std::printf("  %-30s %9.2f %9.2f %9.2f %9.2f %9.4f", name.c_str(), mask_s * 1e3, attn_s * 1e3,
+                  (mask_s + attn_s) * 1e3, (mask_s + attn_s) / dense_s, mask->Density());
       if (first_s > 2 * mask_s + 1e-3)  // key-side work cached by the first call
         std::printf("   first call %.0f ms = %.2f us per key", first_s * 1e3, first_s * 1e6 / n);
       std::printf("\n");

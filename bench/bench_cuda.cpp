@@ -65,11 +65,12 @@ int main(int argc, char** argv) {
   const double peak = cuda::PeakBandwidthBytesPerSecond();
   std::printf("device: %s, peak memory bandwidth %.2f TB/s\n", cuda::DeviceName().c_str(),
               peak / 1e12);
-  std::printf("decode step: 1 query x 32 heads x 8 kv heads x head_dim 128, bf16; median of %d "
-              "runs, L2 flushed before each\n\n",
-              launches);
-  std::printf("%5s %7s %6s %10s %10s %8s %7s %8s\n", "batch", "keys", "kept", "time_us",
-              "MB_read", "TB/s", "%peak", "speedup");
+  std::printf(
+      "decode step: 1 query x 32 heads x 8 kv heads x head_dim 128, bf16; median of %d "
+      "runs, L2 flushed before each\n\n",
+      launches);
+  std::printf("%5s %7s %6s %10s %10s %8s %7s %8s\n", "batch", "keys", "kept", "time_us", "MB_read",
+              "TB/s", "%peak", "speedup");
 
   const cuda::DType dtype = cuda::DType::kBF16;
   const double esize = cuda::DTypeBytes(dtype);

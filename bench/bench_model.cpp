@@ -18,9 +18,12 @@ int main(int argc, char** argv) {
   std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   int64_t context = 2048, decode = 32;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--model")) path = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--context")) context = std::stoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--decode")) decode = std::stoll(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--model"))
+      path = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--context"))
+      context = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--decode"))
+      decode = std::stoll(argv[i + 1]);
     else {
       std::fprintf(stderr, "usage: bench_model [--model FILE] [--context N] [--decode N]\n");
       return 2;
@@ -32,7 +35,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", model.status().message().c_str());
     return 1;
   }
-  auto secs = [](Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); };
+  auto secs = [](Clock::time_point a) {
+    return std::chrono::duration<double>(Clock::now() - a).count();
+  };
   const auto& c = model.value()->config();
   std::printf("%s: %lld layers, %lld heads (%lld kv), head_dim %lld; load + dequantise %.2f s\n",
               path.c_str(), (long long)c.layers, (long long)c.heads, (long long)c.kv_heads,
@@ -56,9 +61,12 @@ int main(int argc, char** argv) {
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   const std::vector<std::pair<std::string, std::string>> stacks = {
       {"dense", ""},
-      {"sink+local+oracle_top_k 0.1", R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},{"type":"oracle_top_k","heavy_size":0.1}])"},
-      {"sink+local+quest 0.1", R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},{"type":"quest_top_k","heavy_size":0.1,"page_size":16}])"},
-      {"sink+local+magic_pig K8 L75", R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},{"type":"magic_pig","lsh_k":8,"lsh_l":75}])"},
+      {"sink+local+oracle_top_k 0.1",
+       R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},{"type":"oracle_top_k","heavy_size":0.1}])"},
+      {"sink+local+quest 0.1",
+       R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},{"type":"quest_top_k","heavy_size":0.1,"page_size":16}])"},
+      {"sink+local+magic_pig K8 L75",
+       R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},{"type":"magic_pig","lsh_k":8,"lsh_l":75}])"},
   };
   std::printf("decode %lld tokens after the context, greedy:\n", (long long)decode);
   for (const auto& [name, json] : stacks) {

@@ -21,19 +21,24 @@ int main(int argc, char** argv) {
   int workers = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
-    if (f == "--trials") trials = std::atoll(argv[i + 1]);
-    else if (f == "--workers") workers = std::atoi(argv[i + 1]);
+    if (f == "--trials")
+      trials = std::atoll(argv[i + 1]);
+    else if (f == "--workers")
+      workers = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "bench_runtime: unknown flag %s\n", f.c_str());
       return 2;
     }
   }
-  const auto dir = std::filesystem::temp_directory_path() / ("masktune_bench_runtime_" + std::to_string(::getpid()));
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("masktune_bench_runtime_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  const std::string yaml = "study: bench\nbenchmark: {name: noop}\nsearch: {algorithm: random, num_samples: " +
-                           std::to_string(trials) + ", seed: 1}\n"
-                           "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
+  const std::string yaml =
+      "study: bench\nbenchmark: {name: noop}\nsearch: {algorithm: random, num_samples: " +
+      std::to_string(trials) +
+      ", seed: 1}\n"
+      "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
   auto fail = [](const Status& s) {
     std::fprintf(stderr, "bench_runtime: %s\n", s.message().c_str());
     return 1;
@@ -45,7 +50,8 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   auto study = PrepareStudy(store.value(), sweep.value(), yaml);
   if (!study.ok()) return fail(study.status());
-  const double queue_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double queue_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   CoordinatorOptions copt;
   copt.bind = "tcp://127.0.0.1:*";
@@ -55,16 +61,20 @@ int main(int argc, char** argv) {
   local.threads_per_worker = 1;
   t0 = std::chrono::steady_clock::now();
   zmq::context_t context;
-  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry, copt, local);
+  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry,
+                                   copt, local);
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!stats.ok()) return fail(stats.status());
   std::printf("queued %lld trials in %.3f s\n", static_cast<long long>(trials), queue_s);
-  std::printf("%lld noop trials, %d workers over tcp: %.3f s = %.0f trials/s (every result in SQLite, WAL)\n",
-              static_cast<long long>(stats->results), workers, run_s, stats->results / run_s);
+  std::printf(
+      "%lld noop trials, %d workers over tcp: %.3f s = %.0f trials/s (every result in SQLite, "
+      "WAL)\n",
+      static_cast<long long>(stats->results), workers, run_s, stats->results / run_s);
 
   // Raw store writes: a trial started and its result recorded, per transaction and batched.
-  const std::string yaml2 = "study: writes\nbenchmark: {name: noop}\nsearch: {num_samples: 6000}\n"
-                            "attention: {a: [{sink: {sink_size: {randint: [1, 100]}}}]}\n";
+  const std::string yaml2 =
+      "study: writes\nbenchmark: {name: noop}\nsearch: {num_samples: 6000}\n"
+      "attention: {a: [{sink: {sink_size: {randint: [1, 100]}}}]}\n";
   auto sweep2 = configs::ParseSweep(yaml2, (dir / "w.yaml").string(), registry);
   if (!sweep2.ok()) return fail(sweep2.status());
   auto store2 = storage::Store::Open((dir / "w.db").string());
@@ -84,7 +94,8 @@ int main(int argc, char** argv) {
       (void)store2->Commit();
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("SQLite: start + result of %d trials, %d per transaction: %.0f trials/s\n", n, batch, n / s);
+    std::printf("SQLite: start + result of %d trials, %d per transaction: %.0f trials/s\n", n,
+                batch, n / s);
   }
   std::filesystem::remove_all(dir);
   return 0;

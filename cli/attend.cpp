@@ -28,8 +28,8 @@ struct AttendOptions {
   int repeat = 0;
   double scaling = 1.0;
   bool scaling_given = false;  // --scaling was on the command line
-  int64_t seed = -1;  // >= 0: the seed of every masker that draws
-  std::string device;  // cpu | cuda; empty: cuda when a GPU is present
+  int64_t seed = -1;           // >= 0: the seed of every masker that draws
+  std::string device;          // cpu | cuda; empty: cuda when a GPU is present
 };
 
 // The most a --maskers @FILE may hold: masker lists are a few hundred bytes.
@@ -83,7 +83,8 @@ Result<std::string> MaskerText(const AttendOptions& o, const nlohmann::json& met
       return Status::Error("--maskers: '" + path + "' is not a regular file (a device or pipe)");
     const uintmax_t size = std::filesystem::file_size(path, ec);
     if (ec || size > kMaxMaskerFileBytes)
-      return Status::Error("--maskers: '" + path + "' is larger than the 16 MiB a masker list may "
+      return Status::Error("--maskers: '" + path +
+                           "' is larger than the 16 MiB a masker list may "
                            "be");
     std::ifstream f(path, std::ios::binary);
     if (!f) return Status::Error("--maskers: cannot open '" + path + "'");
@@ -128,8 +129,8 @@ Result<float> Scaling(const AttendOptions& o, const nlohmann::json& meta, int64_
 Status CheckMaskSize(const AttentionInputs& in, bool dense) {
   const MaskShape m = in.mask_shape();
   int64_t rows = 0, entries = 0;
-  const std::string shape = "(" + std::to_string(m.batch) + ", " + std::to_string(m.heads) +
-                            ", " + std::to_string(m.queries) + ", " + std::to_string(m.keys) + ")";
+  const std::string shape = "(" + std::to_string(m.batch) + ", " + std::to_string(m.heads) + ", " +
+                            std::to_string(m.queries) + ", " + std::to_string(m.keys) + ")";
   if (m.keys > std::numeric_limits<int32_t>::max())
     return Status::Error("mask " + shape + ": more keys than 2^31 - 1");
   if (__builtin_mul_overflow(m.batch, m.heads, &rows) ||
@@ -140,8 +141,10 @@ Status CheckMaskSize(const AttentionInputs& in, bool dense) {
   const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
   if (dense && memory > 0 && bytes > memory) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, ": %.1f GiB as a dense mask (--out), more than this machine's "
-                  "%.1f GiB of memory", bytes / (1 << 30), memory / (1 << 30));
+    std::snprintf(buf, sizeof buf,
+                  ": %.1f GiB as a dense mask (--out), more than this machine's "
+                  "%.1f GiB of memory",
+                  bytes / (1 << 30), memory / (1 << 30));
     return Status::Error("mask " + shape + buf);
   }
   return Status::Ok();
@@ -163,8 +166,9 @@ Status CheckOutputs(const AttentionInputs& in, const Tensor& out, const Tensor& 
     }
   }
   if (!std::isfinite(error))
-    return Status::Error("the error is undefined: dense attention's output is all zeros while "
-                         "the masked output is not");
+    return Status::Error(
+        "the error is undefined: dense attention's output is all zeros while "
+        "the masked output is not");
   return Status::Ok();
 }
 
@@ -242,11 +246,10 @@ int RunAttend(const AttendOptions& o) {
   if (o.repeat > 0) {
     // Each mask timing starts from a fresh layer state, as a first call does.
     line["mask_s"] = TimeCalls(o.repeat, [&] {
-      StackState fresh;
-      (void)stack->ComputeMask(in, fresh);
-    }).median;
-    line["attention_s"] =
-        TimeCalls(o.repeat, [&] { (void)masked(mask.value()); }).median;
+                       StackState fresh;
+                       (void)stack->ComputeMask(in, fresh);
+                     }).median;
+    line["attention_s"] = TimeCalls(o.repeat, [&] { (void)masked(mask.value()); }).median;
     line["dense_s"] = TimeCalls(o.repeat, [&] { (void)dense_attention(); }).median;
   }
   if (!o.out.empty()) {

@@ -116,8 +116,9 @@ json ReferenceEntry(const MaskerRegistry& registry, const std::string& stack, si
                     " has no such field, so the reference cannot express it; left out");
   }
   if (c.type == "hash_attention_top_k")
-    Note(stack, where + " hat_weight_file: the reference reads a pickle (load_hat_weights), "
-                        "masktune a safetensors file; convert it for the reference");
+    Note(stack, where +
+                    " hat_weight_file: the reference reads a pickle (load_hat_weights), "
+                    "masktune a safetensors file; convert it for the reference");
   return {{"type", ref->reference}, {"params", params}};
 }
 
@@ -140,9 +141,8 @@ std::pair<std::string, std::string> ModelAndTask(const ExportOptions& o,
   std::string model = o.model, task = o.task;
   const bool ruler = sweep.benchmark.name == "ruler_niah";
   if (model.empty()) {
-    const std::string file = sweep.benchmark.ruler.model.empty()
-                                 ? "SmolLM2-135M-Instruct.Q4_1.gguf"
-                                 : sweep.benchmark.ruler.model;
+    const std::string file = sweep.benchmark.ruler.model.empty() ? "SmolLM2-135M-Instruct.Q4_1.gguf"
+                                                                 : sweep.benchmark.ruler.model;
     model = ruler ? fs::path(file).stem().string() : "unknown";
     std::fprintf(stderr,
                  "masktune export: model: wrote '%s'; pass --model with the Hugging Face name the "
@@ -151,9 +151,11 @@ std::pair<std::string, std::string> ModelAndTask(const ExportOptions& o,
   }
   if (task.empty()) {
     task = ruler ? "ruler/" + sweep.benchmark.ruler.tasks.front() : sweep.benchmark.name;
-    std::fprintf(stderr, "masktune export: task: wrote '%s'%s; pass --task to choose\n", task.c_str(),
-                 ruler && sweep.benchmark.ruler.tasks.size() > 1 ? " (the first of the study's tasks)"
-                 : ruler ? "" : " (not a reference benchmark)");
+    std::fprintf(
+        stderr, "masktune export: task: wrote '%s'%s; pass --task to choose\n", task.c_str(),
+        ruler && sweep.benchmark.ruler.tasks.size() > 1 ? " (the first of the study's tasks)"
+        : ruler                                         ? ""
+                                                        : " (not a reference benchmark)");
   }
   return {model, task};
 }
@@ -192,7 +194,8 @@ int RunExport(const ExportOptions& o) {
       if (!best && r.status == "done") best = &r;
     }
     if (!best) {
-      std::fprintf(stderr, "masktune export: stack %s has no finished trial; skipped\n", stack.c_str());
+      std::fprintf(stderr, "masktune export: stack %s has no finished trial; skipped\n",
+                   stack.c_str());
       continue;
     }
     auto params = search::ParamsFromJson(best->params);
@@ -279,16 +282,18 @@ int RunExport(const ExportOptions& o) {
 Action AddExportCommand(CLI::App& app) {
   auto o = std::make_shared<ExportOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "export", "Write each stack's best configuration, one file per stack, loadable as written:\n"
-                "json (the masker list `masktune attend --maskers @FILE` reads) or sah (the\n"
-                "reference's run_config_dir.py file: model, task, masker_name, sparse_config).");
+      "export",
+      "Write each stack's best configuration, one file per stack, loadable as written:\n"
+      "json (the masker list `masktune attend --maskers @FILE` reads) or sah (the\n"
+      "reference's run_config_dir.py file: model, task, masker_name, sparse_config).");
   cmd->add_option("STUDY", o->study, "the study's name")->required();
   cmd->add_option("--db", o->db, "SQLite database")->required();
   cmd->add_option("--format", o->format, "json or sah")->required();
   cmd->add_option("--out", o->out, "output folder")->required();
   cmd->add_option("--model", o->model,
                   "sah: the Hugging Face model the reference loads (default: from the study)");
-  cmd->add_option("--task", o->task, "sah: the reference's benchmark task, e.g. ruler/niah_single_1");
+  cmd->add_option("--task", o->task,
+                  "sah: the reference's benchmark task, e.g. ruler/niah_single_1");
   cmd->footer(
       "json: OUT/STACK.json is a masker list with every field, side-file paths absolute;\n"
       "OUT/STACK.meta.json holds the study, trial, objective, metrics and parameters.\n"

@@ -15,8 +15,8 @@
 
 #include "cli/commands.h"
 #include "configs/sweep.h"
-#include "protocol/security.h"
 #include "engine/registry.h"
+#include "protocol/security.h"
 
 namespace masktune::cli {
 namespace {
@@ -74,8 +74,9 @@ std::string SlurmScript(const LaunchOptions& o, const std::string& study) {
   if (!o.account.empty()) s << "#SBATCH --account=" << o.account << "\n";
   s << "#SBATCH --time=" << o.time << "\n";
   // The job's log sits beside the database, not wherever sbatch was run.
-  s << "#SBATCH --output=" << (std::filesystem::path(o.db).parent_path() /
-                               ("masktune-" + study + "-%j.out")).string() << "\n";
+  s << "#SBATCH --output="
+    << (std::filesystem::path(o.db).parent_path() / ("masktune-" + study + "-%j.out")).string()
+    << "\n";
   s << "# Written by masktune launch slurm. Submitting it again after a preemption or\n"
        "# a time limit resumes the study: finished trials are kept.\n";
   s << "set -euo pipefail\n";
@@ -100,7 +101,8 @@ std::string SlurmScript(const LaunchOptions& o, const std::string& study) {
   s << "srun --nodes=" << o.nodes << " --ntasks-per-node=" << per_node << " --overlap"
     << (o.gpus_per_node > 0 ? " --gpus-per-task=1" : "") << " \\\n"
     << "  bash -c 'export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-$SLURM_LOCALID}; "
-       "exec \"$0\" worker --connect \"$1\" --keys \"$2\" --name \"$(hostname)-$SLURM_LOCALID\"' \\\n"
+       "exec \"$0\" worker --connect \"$1\" --keys \"$2\" --name \"$(hostname)-$SLURM_LOCALID\"' "
+       "\\\n"
        "  \"$MASKTUNE\" \"$ENDPOINT\" \"$KEYS\" &\n";
   s << "WORKERS_PID=$!\n";
   s << "wait \"$COORDINATOR_PID\"   # the coordinator exits once every trial is settled\n";
@@ -122,22 +124,28 @@ std::string K8sManifests(const LaunchOptions& o, const std::string& study,
   s << "# Written by masktune launch k8s: apply with kubectl apply -f FILE\n";
   s << "apiVersion: v1\nkind: Secret\nmetadata:\n  name: " << name << "-keys\ntype: Opaque\n"
     << "stringData:\n"
-    << "  coordinator.key: |\n" << indent("public = " + coordinator.public_key + "\nsecret = " + coordinator.secret_key, 4)
-    << "  coordinator.pub: |\n" << indent("public = " + coordinator.public_key, 4)
-    << "  worker.key: |\n" << indent("public = " + worker.public_key + "\nsecret = " + worker.secret_key, 4)
-    << "  authorized_workers: |\n" << indent(allowed, 4);
+    << "  coordinator.key: |\n"
+    << indent("public = " + coordinator.public_key + "\nsecret = " + coordinator.secret_key, 4)
+    << "  coordinator.pub: |\n"
+    << indent("public = " + coordinator.public_key, 4) << "  worker.key: |\n"
+    << indent("public = " + worker.public_key + "\nsecret = " + worker.secret_key, 4)
+    << "  authorized_workers: |\n"
+    << indent(allowed, 4);
   s << "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: " << name << "-sweep\ndata:\n"
-    << "  sweep.yaml: |\n" << indent(sweep_text, 4);
+    << "  sweep.yaml: |\n"
+    << indent(sweep_text, 4);
   s << "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: " << name << "-coordinator\n"
     << "spec:\n  selector:\n    app: " << name << "-coordinator\n  ports:\n  - port: " << o.port
     << "\n    targetPort: " << o.port << "\n";
   s << "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: " << name << "-coordinator\n"
-    << "spec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: " << name << "-coordinator\n"
+    << "spec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: " << name
+    << "-coordinator\n"
     << "  template:\n    metadata:\n      labels:\n        app: " << name << "-coordinator\n"
     << "    spec:\n      containers:\n      - name: coordinator\n        image: " << o.image << "\n"
-    << "        command: [\"masktune\", \"coordinator\", \"/sweep/sweep.yaml\", \"--bind\", \"tcp://0.0.0.0:"
-    << o.port << "\", \"--db\", \"/data/" << study << ".db\", \"--keys\", \"/keys\", \"--max-trials\", \""
-    << o.max_trials << "\"]\n"
+    << "        command: [\"masktune\", \"coordinator\", \"/sweep/sweep.yaml\", \"--bind\", "
+       "\"tcp://0.0.0.0:"
+    << o.port << "\", \"--db\", \"/data/" << study
+    << ".db\", \"--keys\", \"/keys\", \"--max-trials\", \"" << o.max_trials << "\"]\n"
     << "        ports:\n        - containerPort: " << o.port << "\n"
     << "        volumeMounts:\n        - {name: keys, mountPath: /keys, readOnly: true}\n"
     << "        - {name: sweep, mountPath: /sweep, readOnly: true}\n"
@@ -145,14 +153,16 @@ std::string K8sManifests(const LaunchOptions& o, const std::string& study,
     << "      volumes:\n      - name: keys\n        secret: {secretName: " << name
     << "-keys, defaultMode: 0400}\n"
     << "      - name: sweep\n        configMap: {name: " << name << "-sweep}\n"
-    << "      - name: data\n        emptyDir: {}   # replace with a PersistentVolumeClaim to resume across restarts\n";
+    << "      - name: data\n        emptyDir: {}   # replace with a PersistentVolumeClaim to "
+       "resume across restarts\n";
   s << "---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: " << name << "-workers\n"
     << "spec:\n  parallelism: " << o.workers << "\n  completions: " << o.workers
     << "\n  backoffLimit: 100\n  template:\n    spec:\n      restartPolicy: OnFailure\n"
     << "      containers:\n      - name: worker\n        image: " << o.image << "\n"
     << "        command: [\"masktune\", \"worker\", \"--connect\", \"tcp://" << name
     << "-coordinator:" << o.port << "\", \"--keys\", \"/keys\"]\n"
-    << "        resources:\n          limits:\n            nvidia.com/gpu: " << std::max(0, o.gpus_per_node) << "\n"
+    << "        resources:\n          limits:\n            nvidia.com/gpu: "
+    << std::max(0, o.gpus_per_node) << "\n"
     << "        volumeMounts:\n        - {name: keys, mountPath: /keys, readOnly: true}\n"
     << "      volumes:\n      - name: keys\n        secret: {secretName: " << name
     << "-keys, defaultMode: 0400}\n";
@@ -163,14 +173,20 @@ Action AddLaunchCommand(CLI::App& app) {
   auto o = std::make_shared<LaunchOptions>();
   auto kind = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
-      "launch", "Start a sweep on a cluster: the scheduler (SLURM or Kubernetes) starts the\n"
-                "workers, masktune's coordinator runs the study; CURVE keys secure every link.");
-  cmd->add_option("SCHEDULER", *kind, "slurm or k8s")->required()->check(CLI::IsMember({"slurm", "k8s"}));
+      "launch",
+      "Start a sweep on a cluster: the scheduler (SLURM or Kubernetes) starts the\n"
+      "workers, masktune's coordinator runs the study; CURVE keys secure every link.");
+  cmd->add_option("SCHEDULER", *kind, "slurm or k8s")
+      ->required()
+      ->check(CLI::IsMember({"slurm", "k8s"}));
   cmd->add_option("FILE", o->file, "the sweep file (YAML)")->required();
-  cmd->add_option("--keys", o->keys, "CURVE key folder (default: KEYS next to the database; created)");
-  cmd->add_option("--db", o->db, "SQLite database on a shared filesystem (default: the file's storage)");
+  cmd->add_option("--keys", o->keys,
+                  "CURVE key folder (default: KEYS next to the database; created)");
+  cmd->add_option("--db", o->db,
+                  "SQLite database on a shared filesystem (default: the file's storage)");
   cmd->add_option("--nodes", o->nodes, "nodes (slurm)")->check(CLI::PositiveNumber);
-  cmd->add_option("--gpus-per-node", o->gpus_per_node, "GPUs per node, one worker each (0: one CPU worker per node)")
+  cmd->add_option("--gpus-per-node", o->gpus_per_node,
+                  "GPUs per node, one worker each (0: one CPU worker per node)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--partition", o->partition, "SLURM partition");
   cmd->add_option("--account", o->account, "SLURM account");
@@ -182,9 +198,11 @@ Action AddLaunchCommand(CLI::App& app) {
                   "worker pods (k8s); workers per node on CPU nodes (slurm, --gpus-per-node 0)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--image", o->image, "container image with masktune (k8s)");
-  cmd->add_option("--out", o->out, "write the script/manifests here (default: beside the database)");
+  cmd->add_option("--out", o->out,
+                  "write the script/manifests here (default: beside the database)");
   cmd->add_flag("--dry-run", o->dry_run, "print what would be submitted; submit nothing");
-  cmd->add_option("--max-trials", o->max_trials, "refuse plans of more trials than this (default 1000000)")
+  cmd->add_option("--max-trials", o->max_trials,
+                  "refuse plans of more trials than this (default 1000000)")
       ->check(CLI::PositiveNumber);
   cmd->footer("Exit codes: 0 submitted (or printed), 2 bad input, 1 the scheduler refused.");
   return [o, kind] {
@@ -211,16 +229,17 @@ Action AddLaunchCommand(CLI::App& app) {
       if (!client.ok()) return LaunchFail(client.status().message());
       std::string allowed;
       for (const auto& k : server->allowed) allowed += k + "\n";
-      const std::string yaml = K8sManifests(*o, sweep->study, text.str(), server->coordinator,
-                                            client->worker, allowed);
+      const std::string yaml =
+          K8sManifests(*o, sweep->study, text.str(), server->coordinator, client->worker, allowed);
       if (!o->out.empty()) std::ofstream(o->out) << yaml;
       std::printf("%s", yaml.c_str());
       return kExitOk;
     }
     const std::string script = SlurmScript(*o, sweep->study);
-    const std::string path = o->out.empty()
-        ? (std::filesystem::path(o->db).parent_path() / ("masktune-" + sweep->study + ".sbatch")).string()
-        : o->out;
+    const std::string path = o->out.empty() ? (std::filesystem::path(o->db).parent_path() /
+                                               ("masktune-" + sweep->study + ".sbatch"))
+                                                  .string()
+                                            : o->out;
     std::ofstream(path) << script;
     if (o->dry_run) {
       std::printf("%s", script.c_str());
@@ -239,8 +258,8 @@ Action AddLaunchCommand(CLI::App& app) {
       std::fprintf(stderr, "masktune launch: sbatch refused %s: %s", path.c_str(), reply.c_str());
       return kExitFailure;
     }
-    std::printf("submitted job %s (%s)\nfollow it: masktune status %s --db %s\n", m[1].str().c_str(),
-                path.c_str(), sweep->study.c_str(), o->db.c_str());
+    std::printf("submitted job %s (%s)\nfollow it: masktune status %s --db %s\n",
+                m[1].str().c_str(), path.c_str(), sweep->study.c_str(), o->db.c_str());
     return kExitOk;
   };
 }

@@ -1,4 +1,6 @@
 // masktune best / trials / status / check: questions to a study's database.
+#include <unistd.h>
+
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -7,7 +9,6 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include "cli/commands.h"
 #include "cli/report.h"
@@ -27,7 +28,9 @@ struct Query {
   bool csv = false;
 };
 
-OpenedOrExit Open(const std::string& command, const Query& q) { return OpenStudy(command, q.study, q.db); }
+OpenedOrExit Open(const std::string& command, const Query& q) {
+  return OpenStudy(command, q.study, q.db);
+}
 
 std::string CsvField(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
@@ -96,7 +99,8 @@ int RunTrials(Query& q, bool wide) {
     for (const auto& [k, v] : r.metrics)
       if (std::find(metrics.begin(), metrics.end(), k) == metrics.end()) metrics.push_back(k);
   }
-  std::vector<std::string> header = {"trial_id", "stack", "number", "status", "attempts", "objective"};
+  std::vector<std::string> header = {"trial_id", "stack",    "number",
+                                     "status",   "attempts", "objective"};
   header.insert(header.end(), params.begin(), params.end());
   header.insert(header.end(), metrics.begin(), metrics.end());
   header.push_back("worker");
@@ -106,12 +110,17 @@ int RunTrials(Query& q, bool wide) {
   std::vector<std::vector<std::string>> table = {header};
   for (const auto& r : rows.value()) {
     const json p = json::parse(r.params);
-    std::vector<std::string> row = {std::to_string(r.id), r.stack, std::to_string(r.number), r.status,
-                                    std::to_string(r.attempts), r.objective ? number(*r.objective) : ""};
+    std::vector<std::string> row = {
+        std::to_string(r.id),       r.stack,
+        std::to_string(r.number),   r.status,
+        std::to_string(r.attempts), r.objective ? number(*r.objective) : ""};
     for (const auto& k : params) {
-      if (!p.contains(k)) row.push_back("");
-      else if (csv) row.push_back(p[k].is_string() ? p[k].get<std::string>() : p[k].dump());
-      else row.push_back(FormatParamValue(p[k]));
+      if (!p.contains(k))
+        row.push_back("");
+      else if (csv)
+        row.push_back(p[k].is_string() ? p[k].get<std::string>() : p[k].dump());
+      else
+        row.push_back(FormatParamValue(p[k]));
     }
     for (const auto& k : metrics) row.push_back(r.metrics.count(k) ? number(r.metrics.at(k)) : "");
     row.push_back(r.worker);
@@ -146,8 +155,10 @@ int RunTrials(Query& q, bool wide) {
     if (r.error.empty()) continue;
     auto it = std::find_if(failures.begin(), failures.end(),
                            [&](const auto& f) { return f.first == r.error; });
-    if (it == failures.end()) failures.push_back({r.error, {r.id}});
-    else it->second.push_back(r.id);
+    if (it == failures.end())
+      failures.push_back({r.error, {r.id}});
+    else
+      it->second.push_back(r.id);
   }
   if (!failures.empty()) {
     std::printf("\nfailures (whole messages):\n");
@@ -190,7 +201,6 @@ int ReportCheck(const std::string& command, storage::Store& store, const std::st
   return kExitFailure;
 }
 
-
 // The counts, and who runs the study: "finished"; "running", held by a live
 // coordinator's lease; or "interrupted", running in the file but with no live
 // lease (a killed coordinator, or one that failed to start).
@@ -208,7 +218,8 @@ int RunStatus(Query& q, bool check) {
   std::string state = "finished", detail;
   if (o->study.status != "finished") {
     const std::string resume = "resume with `masktune resume " + q.study + " --db " + q.db + "`";
-    if (const auto& l = lease.value(); l && storage::HolderGoneFromThisHost(*l)) {  // killed before its lease ran out
+    if (const auto& l = lease.value();
+        l && storage::HolderGoneFromThisHost(*l)) {  // killed before its lease ran out
       state = "interrupted";
       detail = "no live coordinator: " + l->holder + " (pid " + std::to_string(l->pid) +
                " on this host) is gone; " + resume;
@@ -251,46 +262,54 @@ int RunCheck(Query& q) {
 Action AddBestCommand(CLI::App& app) {
   auto q = std::make_shared<Query>();
   CLI::App* cmd = app.add_subcommand(
-      "best", "The best configuration per stack and its metrics (or the Pareto front, as a table).");
+      "best",
+      "The best configuration per stack and its metrics (or the Pareto front, as a table).");
   AddStudyOptions(cmd, *q);
   cmd->add_option("--stack", q->stack, "only this stack");
   cmd->add_option("--objective", q->objective,
                   "rank under another objective, recomputed from the stored metrics: default,\n"
                   "sparsity_5..sparsity_25, METRIC[:min|max] (min if not said), or a comma-\n"
                   "separated list of METRIC:MODE for a Pareto front (accuracy:max,density:min)");
-  cmd->footer("One line per stack: the best trial, its objective (a maximised metric as its real\n"
-              "value), every metric and its parameters. Exit codes: 0 ok, 1 a stack whose trials\n"
-              "all failed (its most common failure is printed), 2 bad input.");
+  cmd->footer(
+      "One line per stack: the best trial, its objective (a maximised metric as its real\n"
+      "value), every metric and its parameters. Exit codes: 0 ok, 1 a stack whose trials\n"
+      "all failed (its most common failure is printed), 2 bad input.");
   return [q] { return RunBest(*q); };
 }
 
 Action AddTrialsCommand(CLI::App& app) {
   auto q = std::make_shared<Query>();
   auto wide = std::make_shared<bool>(false);
-  CLI::App* cmd = app.add_subcommand("trials", "Every trial of a study: parameters, status, attempts, metrics.");
+  CLI::App* cmd = app.add_subcommand(
+      "trials", "Every trial of a study: parameters, status, attempts, metrics.");
   AddStudyOptions(cmd, *q);
-  cmd->add_option("--status", q->status, "only trials with this status (queued, running, done, failed)");
+  cmd->add_option("--status", q->status,
+                  "only trials with this status (queued, running, done, failed)");
   cmd->add_option("--sort", q->sort, "id (default), objective or stack");
   cmd->add_flag("--csv", q->csv, "CSV: a header row, then one row per trial, numbers exact");
   cmd->add_flag("--wide", *wide, "table cells in full (no cutting), failure messages included");
-  cmd->footer("The table shows numbers to 6 significant digits and cuts long cells with '~'; the\n"
-              "`failure` column holds the last attempt's error, and a 'failures' section under\n"
-              "the table gives each distinct message whole with its trials. `objective` is the\n"
-              "value the search minimises (a maximised metric negated; its own column is real).\n"
-              "--csv keeps full precision: each number reads back as the stored double.");
+  cmd->footer(
+      "The table shows numbers to 6 significant digits and cuts long cells with '~'; the\n"
+      "`failure` column holds the last attempt's error, and a 'failures' section under\n"
+      "the table gives each distinct message whole with its trials. `objective` is the\n"
+      "value the search minimises (a maximised metric negated; its own column is real).\n"
+      "--csv keeps full precision: each number reads back as the stored double.");
   return [q, wide] { return RunTrials(*q, *wide); };
 }
 
 Action AddStatusCommand(CLI::App& app) {
   auto q = std::make_shared<Query>();
   auto check = std::make_shared<bool>(false);
-  CLI::App* cmd = app.add_subcommand("status", "A study's progress, and whether a coordinator runs it.");
+  CLI::App* cmd =
+      app.add_subcommand("status", "A study's progress, and whether a coordinator runs it.");
   AddStudyOptions(cmd, *q);
-  cmd->add_flag("--check", *check, "then run SQLite's integrity checks on the database (as `check`)");
-  cmd->footer("The state is finished, running (a live coordinator holds the study's lease: who,\n"
-              "where, until when) or interrupted (no live coordinator: resume it). The database\n"
-              "is opened read-only. Exit codes: 0 ok, 1 a storage error or a check that found\n"
-              "problems, 2 no such database or study.");
+  cmd->add_flag("--check", *check,
+                "then run SQLite's integrity checks on the database (as `check`)");
+  cmd->footer(
+      "The state is finished, running (a live coordinator holds the study's lease: who,\n"
+      "where, until when) or interrupted (no live coordinator: resume it). The database\n"
+      "is opened read-only. Exit codes: 0 ok, 1 a storage error or a check that found\n"
+      "problems, 2 no such database or study.");
   return [q, check] { return RunStatus(*q, *check); };
 }
 
@@ -299,13 +318,15 @@ Action AddCheckCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "check", "Check a study's database: SQLite's integrity_check and foreign_key_check.");
   AddStudyOptions(cmd, *q);
-  cmd->footer("Prints 'DB: ok' or each problem found. The database is opened read-only.\n"
-              "Exit codes: 0 ok, 1 problems found or a storage error, 2 no such database or study.");
+  cmd->footer(
+      "Prints 'DB: ok' or each problem found. The database is opened read-only.\n"
+      "Exit codes: 0 ok, 1 problems found or a storage error, 2 no such database or study.");
   return [q] { return RunCheck(*q); };
 }
 
 // Export lives in cli/export.cpp; it opens studies through this.
-OpenedOrExit OpenStudy(const std::string& command, const std::string& study, const std::string& db) {
+OpenedOrExit OpenStudy(const std::string& command, const std::string& study,
+                       const std::string& db) {
   auto fail = [&](const std::string& m, int code) {
     std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), m.c_str());
     return OpenedOrExit{std::nullopt, code};
@@ -316,16 +337,19 @@ OpenedOrExit OpenStudy(const std::string& command, const std::string& study, con
   auto row = store->FindStudy(study);
   if (!row.ok()) return fail(row.status().message(), kExitFailure);
   if (!row.value()) return fail("no study '" + study + "' in " + db, kExitBadInput);
-  // Read to show results: a side file deleted since, or a plan over today's cap, must not hide them.
+  // Read to show results: a side file deleted since, or a plan over today's cap, must not hide
+  // them.
   configs::ParseOptions parse;
   parse.max_trials = std::numeric_limits<int64_t>::max();
   parse.check_files = false;
-  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path, MaskerRegistry::WithBuiltins(),
-                                   parse);
+  auto sweep = configs::ParseSweep(row.value()->sweep_text, row.value()->sweep_path,
+                                   MaskerRegistry::WithBuiltins(), parse);
   if (!sweep.ok())
-    return fail(db + ": study '" + study + "': its stored sweep no longer parses: " + sweep.status().message(),
+    return fail(db + ": study '" + study +
+                    "': its stored sweep no longer parses: " + sweep.status().message(),
                 kExitBadInput);
-  return OpenedOrExit{OpenedStudy{std::move(store).value(), *row.value(), std::move(sweep).value()}};
+  return OpenedOrExit{
+      OpenedStudy{std::move(store).value(), *row.value(), std::move(sweep).value()}};
 }
 
 }  // namespace masktune::cli

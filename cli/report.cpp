@@ -29,10 +29,14 @@ std::string FormatDuration(double s) {
   if (!(s >= 1.0)) return "<1s";
   char buf[64];
   const auto t = static_cast<long long>(std::llround(std::min(s, 1e12)));
-  if (t < 60) std::snprintf(buf, sizeof buf, "%llds", t);
-  else if (t < 3600) std::snprintf(buf, sizeof buf, "%lldm%02llds", t / 60, t % 60);
-  else if (t < 86400) std::snprintf(buf, sizeof buf, "%lldh%02lldm", t / 3600, t % 3600 / 60);
-  else std::snprintf(buf, sizeof buf, "%lldd%02lldh", t / 86400, t % 86400 / 3600);
+  if (t < 60)
+    std::snprintf(buf, sizeof buf, "%llds", t);
+  else if (t < 3600)
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", t / 60, t % 60);
+  else if (t < 86400)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", t / 3600, t % 3600 / 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lldd%02lldh", t / 86400, t % 86400 / 3600);
   return buf;
 }
 
@@ -146,7 +150,8 @@ void ProgressPrinter::Show(const storage::Progress& p, std::optional<double> bes
   } else if (settled <= 0 || elapsed <= 0) {
     eta = "ETA --";
   } else {
-    eta = "ETA " + FormatDuration(elapsed / static_cast<double>(settled) * static_cast<double>(remaining));
+    eta = "ETA " +
+          FormatDuration(elapsed / static_cast<double>(settled) * static_cast<double>(remaining));
   }
   std::string best_text = "--";
   if (best) best_text = best_name_ + FormatNumber(negate_best_ ? -*best : *best);
@@ -204,17 +209,19 @@ int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& 
                     s.name.c_str(), objective.name.c_str());
       } else if (!failed.empty() && pending == 0) {
         std::fflush(stdout);  // in stack order when both go to one place
-        std::fprintf(stderr,
-                     "masktune: stack %s: all %zu trials failed; most common failure (%lld of %zu): "
-                     "%s\n",
-                     s.name.c_str(), failed.size(), static_cast<long long>(most),
-                     failed.size(), common.c_str());
+        std::fprintf(
+            stderr,
+            "masktune: stack %s: all %zu trials failed; most common failure (%lld of %zu): "
+            "%s\n",
+            s.name.c_str(), failed.size(), static_cast<long long>(most), failed.size(),
+            common.c_str());
         code = kExitFailure;
       } else if (!failed.empty()) {
-        std::printf("stack %s: no finished trial yet (%zu failed, %lld to run); most common "
-                    "failure (%lld of %zu): %s\n",
-                    s.name.c_str(), failed.size(), static_cast<long long>(pending),
-                    static_cast<long long>(most), failed.size(), common.c_str());
+        std::printf(
+            "stack %s: no finished trial yet (%zu failed, %lld to run); most common "
+            "failure (%lld of %zu): %s\n",
+            s.name.c_str(), failed.size(), static_cast<long long>(pending),
+            static_cast<long long>(most), failed.size(), common.c_str());
       } else {
         std::printf("stack %s: no finished trial yet\n", s.name.c_str());
       }
@@ -259,7 +266,8 @@ int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& 
       value = "objective " + FormatNumber(done.front().first) + " (" + objective.name + ")";
     }
     std::string metrics;
-    for (const auto& [k, v] : r->metrics) metrics += (metrics.empty() ? "" : ", ") + k + " " + FormatNumber(v);
+    for (const auto& [k, v] : r->metrics)
+      metrics += (metrics.empty() ? "" : ", ") + k + " " + FormatNumber(v);
     std::printf("best %s: trial %lld, %s; %s; params %s\n", s.name.c_str(),
                 static_cast<long long>(r->id), value.c_str(), metrics.c_str(),
                 FormatParams(r->params).c_str());
@@ -287,8 +295,10 @@ Result<configs::ObjectiveSpec> ParseObjectiveFlag(const std::string& text,
     const std::string metric = item.substr(0, colon);
     const std::string mode = colon == std::string::npos ? "min" : item.substr(colon + 1);
     if (metric.empty() || (mode != "min" && mode != "max"))
-      return Status::Error("--objective: expected default, sparsity_5..25, METRIC[:min|max] or a "
-                           "comma-separated list of those, found '" + text + "'");
+      return Status::Error(
+          "--objective: expected default, sparsity_5..25, METRIC[:min|max] or a "
+          "comma-separated list of those, found '" +
+          text + "'");
     if (!reported.empty() && std::find(reported.begin(), reported.end(), metric) == reported.end())
       return Status::Error("--objective: no trial of the study reports '" + metric +
                            "' (reported: " + known + ")");

@@ -3,10 +3,10 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <limits>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -14,9 +14,9 @@
 
 #include "cli/commands.h"
 #include "cli/report.h"
-#include "search/plan.h"
-#include "local/local.h"
 #include "engine/cuda/cuda_attention.h"
+#include "local/local.h"
+#include "search/plan.h"
 #include "storage/store.h"
 #include "worker/worker.h"
 
@@ -66,24 +66,30 @@ void CatchStopSignals() {
 }
 
 // 128 + signal, the shell's convention for "stopped by a signal".
-int InterruptedExit(const std::string& command, int signal, const std::string& study, const std::string& db) {
+int InterruptedExit(const std::string& command, int signal, const std::string& study,
+                    const std::string& db) {
   std::fprintf(stderr,
                "masktune %s: interrupted by %s: state committed, running trials requeued; "
                "continue with `masktune resume %s --db %s`\n",
-               command.c_str(), signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "a signal",
+               command.c_str(),
+               signal == SIGINT    ? "SIGINT"
+               : signal == SIGTERM ? "SIGTERM"
+                                   : "a signal",
                study.c_str(), db.c_str());
   return 128 + signal;
 }
 
 void AddSecurityFlags(CLI::App* cmd, std::string& keys, bool& insecure, const std::string& help) {
   auto* k = cmd->add_option("--keys", keys, help);
-  cmd->add_flag("--insecure", insecure, "plain tcp without CURVE (trusted networks only)")->excludes(k);
+  cmd->add_flag("--insecure", insecure, "plain tcp without CURVE (trusted networks only)")
+      ->excludes(k);
 }
 
 // tcp needs CURVE keys or an explicit --insecure; inproc is plain.
 Status CheckSecurity(const std::string& endpoint, const std::string& keys, bool insecure) {
   if (endpoint.rfind("tcp://", 0) == 0 && keys.empty() && !insecure)
-    return Status::Error(endpoint + ": tcp needs --keys DIR (make them with `masktune keys new DIR`) "
+    return Status::Error(endpoint +
+                         ": tcp needs --keys DIR (make them with `masktune keys new DIR`) "
                          "or --insecure");
   return Status::Ok();
 }
@@ -112,7 +118,8 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   {
     auto existing = store->FindStudy(sweep->study);
     if (existing.ok() && existing.value()) {
-      if (Status same = CheckSamePlan(existing.value()->fingerprint, configs::PlanFingerprintText(sweep.value()));
+      if (Status same = CheckSamePlan(existing.value()->fingerprint,
+                                      configs::PlanFingerprintText(sweep.value()));
           !same.ok() && !o.extend)
         return Fail(command, db + ": study '" + sweep->study + "': " + same.message());
     }
@@ -134,8 +141,9 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
 
   const bool local = o.bind.empty();
   const int n = o.workers > 0 ? o.workers
-                : sweep->workers > 0 ? static_cast<int>(sweep->workers)
-                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+                : sweep->workers > 0
+                    ? static_cast<int>(sweep->workers)
+                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CoordinatorOptions copt;
   copt.bind = local ? "inproc://masktune-" + std::to_string(::getpid()) : o.bind;
   if (!o.keys.empty()) {
@@ -147,14 +155,18 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   copt.interrupt = &g_interrupt;
   copt.lease = prepare.lease;
   progress.SetObjective(sweep->objective);
-  if (auto p0 = store->GetProgress(study.value()); p0.ok())  // a line at once, before any trial is done
+  if (auto p0 = store->GetProgress(study.value());
+      p0.ok())  // a line at once, before any trial is done
     progress.Start(p0->total, p0->done + p0->failed,
                    local ? std::to_string(n) + " local workers" : "workers on " + copt.bind);
-  copt.on_progress = [&](const storage::Progress& p) { progress.Update(p, store.value(), study.value()); };
+  copt.on_progress = [&](const storage::Progress& p) {
+    progress.Update(p, store.value(), study.value());
+  };
   LocalRun workers;
   workers.workers = local ? n : 0;  // `coordinator`: the workers are other processes
   // Local workers share the cores: each trial's OpenMP team gets its part.
-  workers.threads_per_worker = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
+  workers.threads_per_worker =
+      std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
   workers.on_interrupted = [&](const CoordinatorStats& s) {
     progress.Finish();
     std::fflush(stdout);
@@ -162,27 +174,31 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
     std::_Exit(InterruptedExit(command, s.interrupted_by, sweep->study, db));
   };
   zmq::context_t context;
-  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry, copt, workers);
+  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep.value(), registry,
+                                   copt, workers);
   progress.Finish();
   if (!stats.ok()) {
     std::fprintf(stderr, "masktune %s: %s\n", command.c_str(), stats.status().message().c_str());
     return kExitFailure;
   }
-  if (stats->interrupted_by) return InterruptedExit(command, stats->interrupted_by, sweep->study, db);
+  if (stats->interrupted_by)
+    return InterruptedExit(command, stats->interrupted_by, sweep->study, db);
   return PrintBest(store.value(), study.value(), sweep.value(), "");
 }
 
 void AddMaxTrialsFlag(CLI::App* cmd, int64_t& max_trials) {
-  cmd->add_option("--max-trials", max_trials,
-                  "refuse plans of more trials than this (default 1000000; the count is checked for "
-                  "overflow)")
+  cmd->add_option(
+         "--max-trials", max_trials,
+         "refuse plans of more trials than this (default 1000000; the count is checked for "
+         "overflow)")
       ->check(CLI::PositiveNumber);
 }
 
 void AddExtendFlag(CLI::App* cmd, bool& extend) {
-  cmd->add_flag("--extend", extend,
-                "the study exists and the sweep file changed (benchmark, objective, search or stacks): "
-                "continue it with the new plan, keeping its trials (without this flag: an error)");
+  cmd->add_flag(
+      "--extend", extend,
+      "the study exists and the sweep file changed (benchmark, objective, search or stacks): "
+      "continue it with the new plan, keeping its trials (without this flag: an error)");
 }
 
 constexpr const char* kRunFooter =
@@ -198,13 +214,16 @@ constexpr const char* kRunFooter =
 Action AddRunCommand(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "run", "Run a sweep: the coordinator and N local workers in one process (inproc://).\n"
-             "A study that exists in the database continues where it stopped.");
+      "run",
+      "Run a sweep: the coordinator and N local workers in one process (inproc://).\n"
+      "A study that exists in the database continues where it stopped.");
   cmd->add_option("FILE", o->file, "the sweep file (YAML)")->required();
-  cmd->add_option("--workers", o->workers, "local workers (default: the file's, else the core count)")
+  cmd->add_option("--workers", o->workers,
+                  "local workers (default: the file's, else the core count)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--db", o->db, "SQLite database (default: the file's storage)");
-  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
+  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")
+      ->check(CLI::Range(10, 60000));
   AddExtendFlag(cmd, o->extend);
   AddMaxTrialsFlag(cmd, o->max_trials);
   cmd->footer(kRunFooter);
@@ -222,7 +241,8 @@ Action AddCoordinatorCommand(CLI::App& app) {
   cmd->add_option("FILE", o->file, "the sweep file (YAML)")->required();
   cmd->add_option("--bind", o->bind, "endpoint to bind, tcp://HOST:PORT")->required();
   cmd->add_option("--db", o->db, "SQLite database (default: the file's storage)");
-  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
+  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")
+      ->check(CLI::Range(10, 60000));
   AddSecurityFlags(cmd, o->keys, o->insecure,
                    "CURVE key folder (masktune keys new): coordinator.key, authorized_workers");
   AddExtendFlag(cmd, o->extend);
@@ -242,21 +262,26 @@ Action AddWorkerCommand(CLI::App& app) {
   o->name = DefaultWorkerName("worker");
   auto give_up_s = std::make_shared<int64_t>(o->give_up_after_ms / 1000);
   auto welcome_s = std::make_shared<int64_t>(o->welcome_timeout_ms / 1000);
-  CLI::App* cmd = app.add_subcommand(
-      "worker", "Join a coordinator and run trials until the study is over.");
-  cmd->add_option("--connect", o->connect, "the coordinator's endpoint, tcp://HOST:PORT")->required();
-  cmd->add_option("--name", o->name, "this worker's name, unique per worker (default worker@HOST:PID)");
-  cmd->add_option("--give-up-after", *give_up_s,
-                  "seconds without a word from the coordinator after which the worker exits 1 (default 600)")
+  CLI::App* cmd =
+      app.add_subcommand("worker", "Join a coordinator and run trials until the study is over.");
+  cmd->add_option("--connect", o->connect, "the coordinator's endpoint, tcp://HOST:PORT")
+      ->required();
+  cmd->add_option("--name", o->name,
+                  "this worker's name, unique per worker (default worker@HOST:PID)");
+  cmd->add_option(
+         "--give-up-after", *give_up_s,
+         "seconds without a word from the coordinator after which the worker exits 1 (default 600)")
       ->check(CLI::Range(1, 7 * 24 * 3600));
-  cmd->add_option("--welcome-timeout", *welcome_s,
-                  "seconds without an answer after which the worker says why it may not be getting in "
-                  "(default 10)")
+  cmd->add_option(
+         "--welcome-timeout", *welcome_s,
+         "seconds without an answer after which the worker says why it may not be getting in "
+         "(default 10)")
       ->check(CLI::Range(1, 3600));
   cmd->footer(
       "Says why it cannot get in (no answer in 10 s, key refused, plain against CURVE), keeps\n"
       "retrying, and rejoins a restarted coordinator by itself. Exit codes: 0 the study is over\n"
-      "(DONE) or SIGINT/SIGTERM; 1 the coordinator stayed silent for --give-up-after; 2 bad input.");
+      "(DONE) or SIGINT/SIGTERM; 1 the coordinator stayed silent for --give-up-after; 2 bad "
+      "input.");
   cmd->add_option("--heartbeat-ms", o->heartbeat_interval_ms, "heartbeat interval")
       ->check(CLI::Range(10, 60000));
   auto keys = std::make_shared<std::string>();
@@ -268,12 +293,14 @@ Action AddWorkerCommand(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   o->device.clear();
   return [o, keys, insecure, give_up_s, welcome_s] {
-    if (Status s = CheckSecurity(o->connect, *keys, *insecure); !s.ok()) return Fail("worker", s.message());
+    if (Status s = CheckSecurity(o->connect, *keys, *insecure); !s.ok())
+      return Fail("worker", s.message());
     o->give_up_after_ms = *give_up_s * 1000;
     o->welcome_timeout_ms = *welcome_s * 1000;
     o->stop = &g_stop;
     if (o->device.empty()) o->device = cuda::Available() ? "cuda" : "cpu";
-    if (o->device == "cuda" && !cuda::Available()) return Fail("worker", "--device cuda: no CUDA device");
+    if (o->device == "cuda" && !cuda::Available())
+      return Fail("worker", "--device cuda: no CUDA device");
     if (!keys->empty()) {
       auto k = security::LoadClientKeys(*keys);
       if (!k.ok()) return Fail("worker", k.status().message());
@@ -295,12 +322,14 @@ Action AddResumeCommand(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   auto study = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
-      "resume", "Continue an interrupted study from its database: finished trials are kept,\n"
-                "running ones requeued, and the rest run as planned.");
+      "resume",
+      "Continue an interrupted study from its database: finished trials are kept,\n"
+      "running ones requeued, and the rest run as planned.");
   cmd->add_option("STUDY", *study, "the study's name")->required();
   cmd->add_option("--db", o->db, "SQLite database")->required();
   cmd->add_option("--workers", o->workers, "local workers")->check(CLI::PositiveNumber);
-  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")->check(CLI::Range(10, 60000));
+  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")
+      ->check(CLI::Range(10, 60000));
   cmd->footer(kRunFooter);
   return [o, study] {
     if (!std::ifstream(o->db)) return Fail("resume", o->db + ": no such database");
@@ -314,7 +343,8 @@ Action AddResumeCommand(CLI::App& app) {
     if (!row.ok()) return storage_error(row.status());
     if (!row.value()) return Fail("resume", "no study '" + *study + "' in " + o->db);
     const std::string path = row.value()->sweep_path, text = row.value()->sweep_text;
-    o->max_trials = std::numeric_limits<int64_t>::max();  // its plan was accepted when it was created
+    o->max_trials =
+        std::numeric_limits<int64_t>::max();  // its plan was accepted when it was created
     return RunStudy("resume", path, text, *o);
   };
 }

@@ -43,7 +43,8 @@ int RunValidate(const std::string& path, int64_t max_trials) {
     for (const auto& m : p.stack->maskers) {
       std::string fixed;
       for (const auto& [field, space] : m.fields)
-        if (!space.searched()) fixed += (fixed.empty() ? "" : ", ") + field + " " + space.ToString();
+        if (!space.searched())
+          fixed += (fixed.empty() ? "" : ", ") + field + " " + space.ToString();
       std::printf("  %s%s%s\n", m.type.c_str(), fixed.empty() ? "" : ": ", fixed.c_str());
     }
     for (const auto& param : p.params)

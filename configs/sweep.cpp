@@ -108,7 +108,8 @@ std::string CheckSideFile(const std::string& path, SideFormat format) {
     std::stringstream text;
     text << f.rdbuf();
     // The checks the masker makes when it reads the file (nesting, numbers, repeated keys).
-    if (Status checked = CheckJsonText(text.str(), ""); !checked.ok()) return "'" + path + "': " + checked.message();
+    if (Status checked = CheckJsonText(text.str(), ""); !checked.ok())
+      return "'" + path + "': " + checked.message();
     const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
     if (j.is_discarded()) return "'" + path + "' is not valid JSON";
     if (!j.is_object())
@@ -130,7 +131,8 @@ std::string CheckSideFile(const std::string& path, SideFormat format) {
     std::string header(static_cast<size_t>(n), '\0');
     if (!f.read(header.data(), static_cast<std::streamsize>(n)))
       return what + "cannot read the header";
-    if (Status checked = CheckJsonText(header, "header"); !checked.ok()) return what + checked.message();
+    if (Status checked = CheckJsonText(header, "header"); !checked.ok())
+      return what + checked.message();
     const nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return what + "the header is not a JSON object";
     const uint64_t data = size - 8 - n;
@@ -327,7 +329,8 @@ void Parser::CheckKeys(const YAML::Node& n, const std::string& where,
 }
 
 std::string Parser::String(const YAML::Node& n, const std::string& where) const {
-  if (!n.IsScalar() || n.Scalar().empty()) Fail(n, where + ": expected a string, found " + Describe(n));
+  if (!n.IsScalar() || n.Scalar().empty())
+    Fail(n, where + ": expected a string, found " + Describe(n));
   return n.Scalar();
 }
 
@@ -369,7 +372,8 @@ FieldValue Parser::Scalar(const YAML::Node& n, const std::string& where) const {
 int64_t Parser::Int(const YAML::Node& n, const std::string& where, int64_t lo, int64_t hi) const {
   if (!n.IsScalar()) Fail(n, where + ": expected an integer, found " + Describe(n));
   const FieldValue v = Scalar(n, where);
-  if (!std::holds_alternative<int64_t>(v)) Fail(n, where + ": expected an integer, found " + Describe(n));
+  if (!std::holds_alternative<int64_t>(v))
+    Fail(n, where + ": expected an integer, found " + Describe(n));
   const int64_t x = std::get<int64_t>(v);
   if (x < lo || x > hi)
     Fail(n, where + ": expected an integer in [" + std::to_string(lo) + ", " +
@@ -443,8 +447,9 @@ void Parser::ParseBenchmark(const YAML::Node& n, BenchmarkSpec& b) const {
 }
 
 void Parser::ParseRuler(const YAML::Node& n, RulerSpec& r) const {
-  CheckKeys(n, "benchmark", {"name", "model", "tasks", "context_tokens", "samples", "seed",
-                             "setup", "max_new_tokens", "dense_layers", "prefill_cache"});
+  CheckKeys(n, "benchmark",
+            {"name", "model", "tasks", "context_tokens", "samples", "seed", "setup",
+             "max_new_tokens", "dense_layers", "prefill_cache"});
   const std::string w = "benchmark.";
   if (n["model"])
     Try([&] {
@@ -533,7 +538,8 @@ void Parser::ParseObjective(const YAML::Node& n, const BenchmarkSpec* benchmark,
     return;
   }
   std::vector<YAML::Node> items;
-  if (n.IsMap()) items.push_back(n);
+  if (n.IsMap())
+    items.push_back(n);
   else if (n.IsSequence() && n.size() > 0)
     for (const auto& item : n) items.push_back(item);
   else
@@ -568,8 +574,9 @@ void Parser::ParseObjective(const YAML::Node& n, const BenchmarkSpec* benchmark,
 
 void Parser::ParseSearch(const YAML::Node& n, SearchSpec& s) const {
   Map(n, "search");
-  CheckKeys(n, "search", {"algorithm", "num_samples", "seed", "max_concurrent_trials",
-                          "n_startup_trials", "max_failures"});
+  CheckKeys(n, "search",
+            {"algorithm", "num_samples", "seed", "max_concurrent_trials", "n_startup_trials",
+             "max_failures"});
   if (n["algorithm"])
     Try([&] {
       const std::string a = String(n["algorithm"], "search.algorithm");
@@ -627,16 +634,18 @@ ParamSpace Parser::ParseSpace(const YAML::Node& n, const FieldSpec& spec,
   if (n.IsSequence())
     Fail(n, where + field + ": a list is not a value; write grid_search: [...] or choice: [...]");
   if (!n.IsMap() || n.size() != 1)
-    Fail(n, where + field + ": expected a value or one of grid_search, choice, uniform, "
-                            "loguniform, randint, quniform, found " + Describe(n));
+    Fail(n, where + field +
+                ": expected a value or one of grid_search, choice, uniform, "
+                "loguniform, randint, quniform, found " +
+                Describe(n));
   const YAML::Node key = n.begin()->first;
   const std::string kind = key.IsScalar() ? key.Scalar() : "";
   const YAML::Node arg = n.begin()->second;
   const std::string w = where + field + ": " + Clip(kind);
   static const std::map<std::string, ParamSpace::Kind> kKinds = {
       {"grid_search", ParamSpace::Kind::kGridSearch}, {"choice", ParamSpace::Kind::kChoice},
-      {"uniform", ParamSpace::Kind::kUniform},         {"loguniform", ParamSpace::Kind::kLogUniform},
-      {"randint", ParamSpace::Kind::kRandInt},         {"quniform", ParamSpace::Kind::kQUniform}};
+      {"uniform", ParamSpace::Kind::kUniform},        {"loguniform", ParamSpace::Kind::kLogUniform},
+      {"randint", ParamSpace::Kind::kRandInt},        {"quniform", ParamSpace::Kind::kQUniform}};
   auto it = kKinds.find(kind);
   if (it == kKinds.end())
     Fail(key, where + field + ": unknown search space " +
@@ -786,8 +795,9 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
     return c;
   }
   if (!Try([&] { Map(root, "sweep file"); })) return c;
-  CheckKeys(root, "", {"study", "storage", "benchmark", "objective", "search", "attention",
-                       "resources", "workers"});
+  CheckKeys(root, "",
+            {"study", "storage", "benchmark", "objective", "search", "attention", "resources",
+             "workers"});
   if (!root["study"])
     Report(root, "missing 'study' (the study's name)");
   else
@@ -903,13 +913,20 @@ std::string Location::ToString() const {
 
 const char* SpaceName(ParamSpace::Kind kind) {
   switch (kind) {
-    case ParamSpace::Kind::kConstant: return "constant";
-    case ParamSpace::Kind::kGridSearch: return "grid_search";
-    case ParamSpace::Kind::kChoice: return "choice";
-    case ParamSpace::Kind::kUniform: return "uniform";
-    case ParamSpace::Kind::kLogUniform: return "loguniform";
-    case ParamSpace::Kind::kRandInt: return "randint";
-    case ParamSpace::Kind::kQUniform: return "quniform";
+    case ParamSpace::Kind::kConstant:
+      return "constant";
+    case ParamSpace::Kind::kGridSearch:
+      return "grid_search";
+    case ParamSpace::Kind::kChoice:
+      return "choice";
+    case ParamSpace::Kind::kUniform:
+      return "uniform";
+    case ParamSpace::Kind::kLogUniform:
+      return "loguniform";
+    case ParamSpace::Kind::kRandInt:
+      return "randint";
+    case ParamSpace::Kind::kQUniform:
+      return "quniform";
   }
   return "?";
 }
@@ -919,14 +936,18 @@ std::string ParamSpace::ToString() const {
   std::string list;
   for (const FieldValue& v : values) list += (list.empty() ? "" : ", ") + FieldValueToString(v);
   switch (kind) {
-    case Kind::kConstant: return list;
+    case Kind::kConstant:
+      return list;
     case Kind::kGridSearch:
-    case Kind::kChoice: return std::string(SpaceName(kind)) + " [" + list + "]";
+    case Kind::kChoice:
+      return std::string(SpaceName(kind)) + " [" + list + "]";
     case Kind::kRandInt:
       return "randint [" + std::to_string(static_cast<int64_t>(lo)) + ", " +
              std::to_string(static_cast<int64_t>(hi)) + ")";
-    case Kind::kQUniform: return "quniform [" + num(lo) + ", " + num(hi) + ", " + num(q) + "]";
-    default: return std::string(SpaceName(kind)) + " [" + num(lo) + ", " + num(hi) + "]";
+    case Kind::kQUniform:
+      return "quniform [" + num(lo) + ", " + num(hi) + ", " + num(q) + "]";
+    default:
+      return std::string(SpaceName(kind)) + " [" + num(lo) + ", " + num(hi) + "]";
   }
 }
 
@@ -1064,9 +1085,14 @@ nlohmann::json BenchmarkSpec::ToJson() const {
             {"prefill_cache", ruler.prefill_cache}};
   if (!synthetic) return {{"name", name}, {"folder", folder}};
   return {{"name", name},
-          {"synthetic", {{"keys", data.keys}, {"heads", data.heads}, {"kv_heads", data.kv_heads},
-                         {"head_dim", data.head_dim}, {"queries", data.queries},
-                         {"samples", data.samples}, {"seed", data.seed}}}};
+          {"synthetic",
+           {{"keys", data.keys},
+            {"heads", data.heads},
+            {"kv_heads", data.kv_heads},
+            {"head_dim", data.head_dim},
+            {"queries", data.queries},
+            {"samples", data.samples},
+            {"seed", data.seed}}}};
 }
 
 std::string BenchmarkSpec::Describe() const {
@@ -1082,10 +1108,9 @@ std::string BenchmarkSpec::Describe() const {
            ", max_new_tokens " + n(ruler.max_new_tokens) + ", dense_layers [" + layers + "])";
   }
   if (!synthetic) return "benchmark attention_error (folder " + folder + ")";
-  return "benchmark attention_error (synthetic: keys " + n(data.keys) + ", heads " +
-         n(data.heads) + ", kv_heads " + n(data.kv_heads) + ", head_dim " + n(data.head_dim) +
-         ", queries " + n(data.queries) + ", samples " + n(data.samples) + ", seed " +
-         n(data.seed) + ")";
+  return "benchmark attention_error (synthetic: keys " + n(data.keys) + ", heads " + n(data.heads) +
+         ", kv_heads " + n(data.kv_heads) + ", head_dim " + n(data.head_dim) + ", queries " +
+         n(data.queries) + ", samples " + n(data.samples) + ", seed " + n(data.seed) + ")";
 }
 
 }  // namespace masktune::configs

@@ -27,7 +27,7 @@ namespace masktune::configs {
 
 struct Location {
   std::string file;
-  int line = 0, column = 0;  // 1-based
+  int line = 0, column = 0;      // 1-based
   std::string ToString() const;  // "sweep.yaml:12:5"
 };
 
@@ -67,7 +67,7 @@ struct RulerSpec {
   std::string model;  // empty: the default model (models/SmolLM2-135M-Instruct.Q4_1.gguf)
   std::vector<std::string> tasks = {"niah_single_1"};
   int64_t context_tokens = 2048, samples = 4, seed = 0, max_new_tokens = 32;
-  std::string setup = "B";  // A: whole prompt dense; B: context dense, question sparse
+  std::string setup = "B";            // A: whole prompt dense; B: context dense, question sparse
   std::vector<int64_t> dense_layers;  // layers that always attend densely
   std::string prefill_cache;          // folder for dense prefills (safetensors); empty: memory only
 };
@@ -76,9 +76,9 @@ struct BenchmarkSpec {
   std::string name;       // attention_error | ruler_niah | noop
   bool synthetic = true;  // attention_error: generated inputs, else `folder`
   SyntheticSpec data;
-  std::string folder;     // safetensors files with q, k, v (one per layer or sample)
-  int64_t sleep_ms = 0;   // noop
-  RulerSpec ruler;        // ruler_niah
+  std::string folder;    // safetensors files with q, k, v (one per layer or sample)
+  int64_t sleep_ms = 0;  // noop
+  RulerSpec ruler;       // ruler_niah
 
   // The spec workers build the benchmark from (engine/benchmarks/benchmark.h).
   nlohmann::json ToJson() const;

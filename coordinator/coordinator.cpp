@@ -24,7 +24,6 @@ double UnixNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-
 // A lease outlives a few missed renewals (one per heartbeat), and never less than 5 s.
 double LeaseSeconds(int64_t heartbeat_interval_ms) {
   return std::max(5.0, 10.0 * static_cast<double>(heartbeat_interval_ms) / 1000.0);
@@ -33,7 +32,8 @@ double LeaseSeconds(int64_t heartbeat_interval_ms) {
 std::string Describe(const storage::Lease& l) {
   char until[64];
   std::snprintf(until, sizeof until, "%.0f s", std::max(0.0, l.expires - UnixNow()));
-  return l.holder + " (host " + l.host + ", pid " + std::to_string(l.pid) + ", lease expires in " + until + ")";
+  return l.holder + " (host " + l.host + ", pid " + std::to_string(l.pid) + ", lease expires in " +
+         until + ")";
 }
 
 struct WorkerState {
@@ -58,8 +58,10 @@ class Coordinator {
         plans_(search::PlanSweep(sweep)),
         tpe_(sweep.search.algorithm == "tpe"),
         router_(context, zmq::socket_type::router),
-        log_(options.log ? options.log
-                         : [](const std::string& l) { std::fprintf(stderr, "masktune coordinator: %s\n", l.c_str()); }),
+        log_(options.log
+                 ? options.log
+                 : [](const std::string&
+                          l) { std::fprintf(stderr, "masktune coordinator: %s\n", l.c_str()); }),
         refusal_log_(log_),
         drop_log_(log_) {
     for (const auto& p : plans_) plan_of_[p.stack->name] = &p;
@@ -78,7 +80,8 @@ class Coordinator {
       zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0},
                                  {monitor_->socket().handle(), 0, ZMQ_POLLIN, 0}};
       protocol::Poll(items, 2, std::max(std::chrono::milliseconds(1), interval_ / 2));
-      if (options_.interrupt && options_.interrupt->load()) return Interrupt(options_.interrupt->load());
+      if (options_.interrupt && options_.interrupt->load())
+        return Interrupt(options_.interrupt->load());
       const auto now = Clock::now();
       changed_ = false;
       LogHandshakes();
@@ -118,7 +121,8 @@ class Coordinator {
     }
     static std::atomic<int64_t> monitors{0};
     monitor_ = std::make_unique<protocol::HandshakeMonitor>(
-        context_, router_, "coordinator-" + std::to_string(::getpid()) + "-" + std::to_string(monitors++));
+        context_, router_,
+        "coordinator-" + std::to_string(::getpid()) + "-" + std::to_string(monitors++));
     try {
       router_.bind(options_.bind);
     } catch (const zmq::error_t& e) {
@@ -183,8 +187,9 @@ class Coordinator {
   void Drop(const std::string& identity, const std::string& why) {
     ++stats_.malformed;
     auto it = workers_.find(identity);
-    drop_log_("dropped a message from " + (it != workers_.end() ? "worker " + it->second.name : "an unknown peer") +
-              ": " + why);
+    drop_log_("dropped a message from " +
+              (it != workers_.end() ? "worker " + it->second.name : "an unknown peer") + ": " +
+              why);
   }
 
   Status OnMessage(const Result<protocol::Frames>& frames, Clock::time_point now) {
@@ -203,10 +208,12 @@ class Coordinator {
       if (known != workers_.end() && known->second.trial &&
           (frames->command == protocol::kResult || frames->command == protocol::kFailed))
         return Settle(known->second, known->second.trial, known->second.attempt, nullptr,
-                      "worker " + known->second.name + " sent a malformed report: " + parsed.status().message());
+                      "worker " + known->second.name +
+                          " sent a malformed report: " + parsed.status().message());
       return Status::Ok();
     }
-    if (auto* ready = std::get_if<protocol::Ready>(&parsed.value())) return OnReady(identity, *ready, now);
+    if (auto* ready = std::get_if<protocol::Ready>(&parsed.value()))
+      return OnReady(identity, *ready, now);
     if (known == workers_.end()) {
       // A peer we do not know (we restarted, or purged it while it was
       // paused): it must introduce itself again.
@@ -215,8 +222,10 @@ class Coordinator {
       return Status::Ok();
     }
     WorkerState& w = known->second;
-    if (auto* r = std::get_if<protocol::TrialResult>(&parsed.value())) return OnReport(w, r->trial, r->attempt, &r->metrics, "");
-    if (auto* f = std::get_if<protocol::TrialFailure>(&parsed.value())) return OnReport(w, f->trial, f->attempt, nullptr, f->error);
+    if (auto* r = std::get_if<protocol::TrialResult>(&parsed.value()))
+      return OnReport(w, r->trial, r->attempt, &r->metrics, "");
+    if (auto* f = std::get_if<protocol::TrialFailure>(&parsed.value()))
+      return OnReport(w, f->trial, f->attempt, nullptr, f->error);
     return Status::Ok();  // HEARTBEAT: last_seen is all it does
   }
 
@@ -235,24 +244,29 @@ class Coordinator {
     MT_RETURN_IF_ERROR(Release(w));  // it restarted mid-trial: that attempt is lost
     w = WorkerState{ready.name, now, 0, 0};
     MT_RETURN_IF_ERROR(store_.TouchWorker(
-        study_, w.name, json{{"name", ready.name}, {"cores", ready.cores}, {"gpus", ready.gpus}}.dump()));
+        study_, w.name,
+        json{{"name", ready.name}, {"cores", ready.cores}, {"gpus", ready.gpus}}.dump()));
     outbox_.push_back({identity, protocol::Welcome{sweep_.study, sweep_.benchmark.ToJson()}});
     changed_ = true;
     return Status::Ok();
   }
 
-  Status OnReport(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics, const std::string& error) {
+  Status OnReport(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics,
+                  const std::string& error) {
     if (trial != w.trial || attempt != w.attempt) {
       ++stats_.malformed;  // not the trial this worker runs (stale or wrong): ignored
-      drop_log_("ignored a report from worker " + w.name + " for trial " + std::to_string(trial) + " attempt " +
-                std::to_string(attempt) + ": it runs " +
-                (w.trial ? "trial " + std::to_string(w.trial) + " attempt " + std::to_string(w.attempt) : "nothing"));
+      drop_log_("ignored a report from worker " + w.name + " for trial " + std::to_string(trial) +
+                " attempt " + std::to_string(attempt) + ": it runs " +
+                (w.trial
+                     ? "trial " + std::to_string(w.trial) + " attempt " + std::to_string(w.attempt)
+                     : "nothing"));
       return Status::Ok();
     }
     return Settle(w, trial, attempt, metrics, error);
   }
 
-  Status Settle(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics, const std::string& error) {
+  Status Settle(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics,
+                const std::string& error) {
     if (metrics) {
       const double objective = search::ObjectiveValue(sweep_.objective, *metrics);
       MT_ASSIGN_OR_RETURN(bool recorded, store_.RecordResult(trial, attempt, *metrics, objective));
@@ -265,7 +279,8 @@ class Coordinator {
         }
       }
     } else {
-      MT_ASSIGN_OR_RETURN(bool recorded, store_.RecordFailure(trial, attempt, error, sweep_.search.max_failures));
+      MT_ASSIGN_OR_RETURN(bool recorded,
+                          store_.RecordFailure(trial, attempt, error, sweep_.search.max_failures));
       ++stats_.failures;
       if (recorded) CountSettled(false, attempt >= sweep_.search.max_failures);
     }
@@ -301,12 +316,14 @@ class Coordinator {
     const search::StackPlan* next = nullptr;
     for (const auto& p : plans_) {
       const StackState& st = stacks_[p.stack->name];
-      if (st.created < p.trials && (!next || st.created < stacks_[next->stack->name].created)) next = &p;
+      if (st.created < p.trials && (!next || st.created < stacks_[next->stack->name].created))
+        next = &p;
     }
     if (!next) return Status::Ok();
     StackState& st = stacks_[next->stack->name];
     MT_RETURN_IF_ERROR(store_.AddTrial(
-        st.id, st.created, search::ParamsToJson(search::SuggestTpe(sweep_, *next, st.created, st.history))));
+        st.id, st.created,
+        search::ParamsToJson(search::SuggestTpe(sweep_, *next, st.created, st.history))));
     ++st.created;
     ++progress_.queued;
     return Status::Ok();
@@ -324,10 +341,13 @@ class Coordinator {
       if (!trial) break;
       CountStarted();
       auto params = search::ParamsFromJson(trial->params);
-      auto configs = params.ok() ? search::Materialize(registry_, *plan_of_.at(trial->stack), params.value())
-                                 : Result<std::vector<MaskerConfig>>(params.status());
+      auto configs =
+          params.ok() ? search::Materialize(registry_, *plan_of_.at(trial->stack), params.value())
+                      : Result<std::vector<MaskerConfig>>(params.status());
       if (!configs.ok()) {  // only for a damaged database: fail the trial, not the study
-        MT_RETURN_IF_ERROR(store_.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1).status());
+        MT_RETURN_IF_ERROR(
+            store_.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1)
+                .status());
         CountSettled(false, true);
         continue;
       }
@@ -341,7 +361,8 @@ class Coordinator {
       w.attempt = trial->attempts;
       if (tpe_) dispatched_[trial->id] = {trial->stack, params.value()};
       ++running;
-      outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack, std::move(maskers)}});
+      outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack,
+                                                    std::move(maskers)}});
     }
     return Status::Ok();
   }
@@ -357,7 +378,9 @@ class Coordinator {
     if (options_.lease.holder.empty()) return Status::Ok();
     Status s = store_.RenewLease(study_, options_.lease.holder,
                                  UnixNow() + LeaseSeconds(options_.heartbeat_interval_ms));
-    if (!s.ok()) return Status::Error("lost the study's lease (another coordinator took over?): " + s.message());
+    if (!s.ok())
+      return Status::Error("lost the study's lease (another coordinator took over?): " +
+                           s.message());
     return Status::Ok();
   }
 
@@ -368,7 +391,8 @@ class Coordinator {
 
   void LogHandshakes() {
     while (auto e = monitor_->Next()) {
-      if (e->event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || e->event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+      if (e->event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+          e->event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
         ++stats_.handshake_failures;
         refusal_log_("refused a connection on " + endpoint_ + ": " + e->text);
       }
@@ -390,8 +414,9 @@ class Coordinator {
     const auto until = Clock::now() + (remote ? options_.linger_intervals : 0) * interval_;
     while (Clock::now() < until) {
       zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
-      protocol::Poll(items, 1, std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) +
-                                   std::chrono::milliseconds(1));
+      protocol::Poll(items, 1,
+                     std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) +
+                         std::chrono::milliseconds(1));
       if (options_.interrupt && options_.interrupt->load()) break;
       LogHandshakes();
       while (auto frames = protocol::ReceiveFrames(router_, true, &last_identity_))
@@ -443,7 +468,8 @@ class Coordinator {
     std::vector<search::Observation> history;
   };
   std::map<std::string, StackState> stacks_;
-  std::map<int64_t, std::pair<std::string, search::TrialParams>> dispatched_;  // TPE: running trials' params
+  std::map<int64_t, std::pair<std::string, search::TrialParams>>
+      dispatched_;  // TPE: running trials' params
   std::vector<std::pair<std::string, protocol::FromCoordinator>> outbox_;
 };
 
@@ -463,13 +489,15 @@ Status CheckSamePlan(const std::string& stored, const std::string& fresh) {
   const json a = json::parse(stored, nullptr, false), b = json::parse(fresh, nullptr, false);
   std::string parts;
   for (const char* part : {"benchmark", "objective", "search", "stacks"}) {
-    const bool differs = a.is_discarded() || !a.is_object() || !a.contains(part) || a[part] != b[part];
+    const bool differs =
+        a.is_discarded() || !a.is_object() || !a.contains(part) || a[part] != b[part];
     if (differs) parts += std::string(parts.empty() ? "" : ", ") + part;
   }
   if (parts.empty()) return Status::Ok();
-  return Status::Error("the sweep file changed since the study was created (" + parts +
-                       " differ): pass --extend to continue the study with the new plan (its trials are kept), "
-                       "or give the study a new name (`study:` in the file)");
+  return Status::Error(
+      "the sweep file changed since the study was created (" + parts +
+      " differ): pass --extend to continue the study with the new plan (its trials are kept), "
+      "or give the study a new name (`study:` in the file)");
 }
 
 Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
@@ -494,20 +522,24 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
   if (!options.lease.holder.empty()) {
     auto holder = store.AcquireLease(study, options.lease);
     if (!holder.ok()) return fail(holder.status());
-    if (holder.value() && storage::HolderGoneFromThisHost(*holder.value())) {  // killed: its lease is ours to take
+    if (holder.value() &&
+        storage::HolderGoneFromThisHost(*holder.value())) {  // killed: its lease is ours to take
       Status released = store.ReleaseLease(study, holder.value()->holder);
       if (!released.ok()) return fail(released);
       holder = store.AcquireLease(study, options.lease);
       if (!holder.ok()) return fail(holder.status());
     }
     if (holder.value())
-      return fail(Status::Error("study '" + sweep.study + "' is being run by another coordinator: " +
+      return fail(Status::Error("study '" + sweep.study +
+                                "' is being run by another coordinator: " +
                                 Describe(*holder.value()) + "; wait for it, or stop it first"));
   }
   if (existing.value()) {
-    if (Status same = CheckSamePlan(existing.value()->fingerprint, fingerprint); !same.ok() && !options.extend)
+    if (Status same = CheckSamePlan(existing.value()->fingerprint, fingerprint);
+        !same.ok() && !options.extend)
       return fail(same);
-    if (existing.value()->fingerprint != fingerprint || existing.value()->sweep_text != sweep_text) {
+    if (existing.value()->fingerprint != fingerprint ||
+        existing.value()->sweep_text != sweep_text) {
       Status s = store.UpdateStudySweep(study, sweep.path, sweep_text, fingerprint);
       if (!s.ok()) return fail(s);
     }
@@ -517,17 +549,20 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
   }
   // Trials are a pure function of their number: queueing them again is a no-op.
   for (const search::StackPlan& plan : search::PlanSweep(sweep)) {
-    MT_ASSIGN_OR_RETURN(int64_t stack, store.AddStack(study, plan.stack->name, static_cast<int64_t>(plan.index)));
+    MT_ASSIGN_OR_RETURN(int64_t stack,
+                        store.AddStack(study, plan.stack->name, static_cast<int64_t>(plan.index)));
     if (sweep.search.algorithm == "tpe") continue;  // suggested one at a time, from results
     for (int64_t t = 0; t < plan.trials; ++t)
-      MT_RETURN_IF_ERROR(store.AddTrial(stack, t, search::ParamsToJson(search::SampleBasic(sweep, plan, t))));
+      MT_RETURN_IF_ERROR(
+          store.AddTrial(stack, t, search::ParamsToJson(search::SampleBasic(sweep, plan, t))));
   }
   MT_RETURN_IF_ERROR(store.Commit());
   return study;
 }
 
-Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store& store, int64_t study,
-                                        const configs::SweepConfig& sweep, const MaskerRegistry& registry,
+Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store& store,
+                                        int64_t study, const configs::SweepConfig& sweep,
+                                        const MaskerRegistry& registry,
                                         const CoordinatorOptions& options) {
   Coordinator coordinator(context, store, study, sweep, registry, options);
   return coordinator.Run();

@@ -13,11 +13,10 @@
 // Everything is written to SQLite before it is acted on.
 #pragma once
 
-#include <zmq.hpp>
-
 #include <atomic>
 #include <functional>
 #include <string>
+#include <zmq.hpp>
 
 #include "configs/sweep.h"
 #include "engine/registry.h"
@@ -53,11 +52,11 @@ struct CoordinatorOptions {
 
 struct CoordinatorStats {
   int64_t results = 0, failures = 0, requeued = 0;
-  int64_t malformed = 0;  // messages dropped by protocol checks (logged, rate-limited)
-  int64_t refused = 0;    // peers the CURVE handshake (ZAP) turned away
+  int64_t malformed = 0;           // messages dropped by protocol checks (logged, rate-limited)
+  int64_t refused = 0;             // peers the CURVE handshake (ZAP) turned away
   int64_t handshake_failures = 0;  // plain, garbage or HTTP peers on a CURVE socket
-  int64_t rejoins = 0;    // unknown peers asked to send READY (e.g. after our restart)
-  int interrupted_by = 0;  // the signal that stopped the study; 0: it finished
+  int64_t rejoins = 0;             // unknown peers asked to send READY (e.g. after our restart)
+  int interrupted_by = 0;          // the signal that stopped the study; 0: it finished
 };
 
 // Who runs a coordinator, for the study's lease: "HOST:PID".
@@ -69,8 +68,8 @@ storage::Lease ThisProcessLease(int64_t heartbeat_interval_ms);
 Status CheckSamePlan(const std::string& stored, const std::string& fresh);
 
 struct PrepareOptions {
-  bool extend = false;  // an existing study takes the new plan (its trials are kept)
-  storage::Lease lease; // taken inside the same transaction; holder "" = no lease
+  bool extend = false;   // an existing study takes the new plan (its trials are kept)
+  storage::Lease lease;  // taken inside the same transaction; holder "" = no lease
 };
 
 // Creates the study in `store` if it does not exist and queues its trials;

@@ -72,8 +72,8 @@ Status CheckAttentionInputs(const AttentionInputs& in) {
   const Shape& q = in.queries->shape();
   const Shape& k = in.keys->shape();
   const Shape& v = in.values->shape();
-  const std::string shapes = ": q " + ShapeToString(q) + ", k " + ShapeToString(k) + ", v " +
-                             ShapeToString(v);
+  const std::string shapes =
+      ": q " + ShapeToString(q) + ", k " + ShapeToString(k) + ", v " + ShapeToString(v);
   if (k != v) return Status::Error("k and v must have the same shape" + shapes);
   if (q[0] != k[0]) return Status::Error("q and k disagree on batch" + shapes);
   if (q[3] != k[3]) return Status::Error("q and k disagree on head_dim" + shapes);
@@ -328,16 +328,17 @@ Status CheckScoreRange(const AttentionInputs& in) {
           if (unscaled) {
             what = "<q, k> reaches " + fmt(mag);
           } else if (scaled) {
-            what = "scaling * <q, k> reaches " + fmt(mag * scale) + " (scaling " +
-                   fmt(in.scaling) + ")";
+            what = "scaling * <q, k> reaches " + fmt(mag * scale) + " (scaling " + fmt(in.scaling) +
+                   ")";
           } else {
             what = "scaling * <q, k> + attention_mask reaches " + fmt(s) + " (attention_mask " +
                    fmt(mj) + ")";
           }
-          return Status::Error("scores overflow: " + what + at + ", beyond the float range (" +
-                               fmt(std::numeric_limits<float>::max()) + "); tensor 'q' holds " +
-                               "values up to " + fmt(max_abs(in.queries->data(), in.queries->size())) +
-                               ", tensor 'k' up to " + fmt(max_abs(in.keys->data(), in.keys->size())));
+          return Status::Error(
+              "scores overflow: " + what + at + ", beyond the float range (" +
+              fmt(std::numeric_limits<float>::max()) + "); tensor 'q' holds " + "values up to " +
+              fmt(max_abs(in.queries->data(), in.queries->size())) + ", tensor 'k' up to " +
+              fmt(max_abs(in.keys->data(), in.keys->size())));
         }
       }
   return Status::Ok();

@@ -31,7 +31,7 @@ MT_INLINE float Sum(V8 v) {
 // independent accumulators: each q and k load feeds T or R multiply-adds.
 template <int R, int T>
 MT_INLINE void ScoreBlock(const float* const* q, const float* const* k, int64_t d, float scale,
-                       float* s, int64_t ld) {
+                          float* s, int64_t ld) {
   V8 acc[R][T] = {};
   for (int64_t x = 0; x < d; x += kLanes) {
     V8 kv[T];
@@ -96,8 +96,8 @@ MT_INLINE void AccumulateBlock(float* const* o, const float* w, int64_t ldw, con
 }  // namespace
 
 MT_KERNEL
-void ScoreTile(const float* const* q, int64_t rows, const float* const* k, int64_t keys,
-               int64_t d, float scale, float* s, int64_t ld, const float* const* prefetch) {
+void ScoreTile(const float* const* q, int64_t rows, const float* const* k, int64_t keys, int64_t d,
+               float scale, float* s, int64_t ld, const float* const* prefetch) {
   if (d % kLanes != 0) {  // odd head dims: plain loops
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t t = 0; t < keys; ++t) {
@@ -112,10 +112,17 @@ void ScoreTile(const float* const* q, int64_t rows, const float* const* k, int64
   for (; r + 4 <= rows; r += 4, prefetch = nullptr)
     ScoreRows<4>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch);
   switch (rows - r) {
-    case 3: ScoreRows<3>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch); break;
-    case 2: ScoreRows<2>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch); break;
-    case 1: ScoreRows<1>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch); break;
-    default: break;
+    case 3:
+      ScoreRows<3>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch);
+      break;
+    case 2:
+      ScoreRows<2>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch);
+      break;
+    case 1:
+      ScoreRows<1>(q + r, k, keys, d, scale, s + r * ld, ld, prefetch);
+      break;
+    default:
+      break;
   }
 }
 
@@ -129,10 +136,17 @@ void AccumulateTile(float* const* o, int64_t rows, const float* w, int64_t ldw,
     for (; r + 4 <= rows; r += 4, pf = nullptr)
       AccumulateBlock<4>(o + r, w + r * ldw, ldw, v, keys, e0, pf);
     switch (rows - r) {
-      case 3: AccumulateBlock<3>(o + r, w + r * ldw, ldw, v, keys, e0, pf); break;
-      case 2: AccumulateBlock<2>(o + r, w + r * ldw, ldw, v, keys, e0, pf); break;
-      case 1: AccumulateBlock<1>(o + r, w + r * ldw, ldw, v, keys, e0, pf); break;
-      default: break;
+      case 3:
+        AccumulateBlock<3>(o + r, w + r * ldw, ldw, v, keys, e0, pf);
+        break;
+      case 2:
+        AccumulateBlock<2>(o + r, w + r * ldw, ldw, v, keys, e0, pf);
+        break;
+      case 1:
+        AccumulateBlock<1>(o + r, w + r * ldw, ldw, v, keys, e0, pf);
+        break;
+      default:
+        break;
     }
   }
   for (int64_t r = 0; r < rows; ++r)

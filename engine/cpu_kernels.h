@@ -14,9 +14,8 @@ namespace masktune::kernels {
 // `prefetch` (optional, `keys` entries, nullptr entries skipped): rows of d
 // floats to bring into the cache meanwhile, spread over the computation; a
 // streaming caller passes the next tile's rows so memory and arithmetic overlap.
-void ScoreTile(const float* const* q, int64_t rows, const float* const* k, int64_t keys,
-               int64_t d, float scale, float* s, int64_t ld,
-               const float* const* prefetch = nullptr);
+void ScoreTile(const float* const* q, int64_t rows, const float* const* k, int64_t keys, int64_t d,
+               float scale, float* s, int64_t ld, const float* const* prefetch = nullptr);
 
 // o[r][e] += sum_t w[r * ldw + t] * v[t][e] for r < rows, e < d; `prefetch` as above.
 void AccumulateTile(float* const* o, int64_t rows, const float* w, int64_t ldw,

@@ -27,8 +27,7 @@ Mask Mask::FromRowIndices(const MaskShape& shape, const std::vector<int32_t>& in
                           int64_t per_row, float value) {
   std::vector<int64_t> row_ptr(static_cast<size_t>(shape.rows() + 1));
   for (int64_t r = 0; r <= shape.rows(); ++r) row_ptr[r] = r * per_row;
-  return Sparse(shape, std::move(row_ptr), indices,
-                std::vector<float>(indices.size(), value));
+  return Sparse(shape, std::move(row_ptr), indices, std::vector<float>(indices.size(), value));
 }
 
 Mask Mask::FromRows(const MaskShape& shape, const std::vector<std::vector<int32_t>>& rows,

@@ -61,8 +61,7 @@ struct AttentionInputs {
   }
   // The additive mask row of (b, i), or nullptr when there is none.
   const float* mask_row(int64_t b, int64_t i) const {
-    return attention_mask ? attention_mask->data() + (b * num_queries() + i) * num_keys()
-                          : nullptr;
+    return attention_mask ? attention_mask->data() + (b * num_queries() + i) * num_keys() : nullptr;
   }
 };
 
@@ -74,7 +73,7 @@ Status CheckAttentionInputs(const AttentionInputs& in);
 // maskers cache key-side work here under their own slot name.
 struct LayerState {
   std::map<std::string, Tensor> tensors;
-  std::map<std::string, std::vector<uint64_t>> codes;  // packed bit signatures
+  std::map<std::string, std::vector<uint64_t>> codes;   // packed bit signatures
   std::map<std::string, std::vector<uint16_t>> labels;  // small integer labels (PQ codes)
 };
 using StackState = std::map<int, LayerState>;  // layer index -> state
@@ -85,9 +84,9 @@ using StackState = std::map<int, LayerState>;  // layer index -> state
 using FieldValue = std::variant<int64_t, double, bool, std::string>;
 
 enum class FieldType {
-  kSize,    // float = fraction of the key count (int(x * keys)); integer = a count
+  kSize,  // float = fraction of the key count (int(x * keys)); integer = a count
   kInt,
-  kFloat,   // an integer literal is accepted and read as a float
+  kFloat,  // an integer literal is accepted and read as a float
   kBool,
   kString,  // one of `choices` when choices are given
   kPath,    // a file path; relative paths resolve against the input's folder
@@ -106,9 +105,9 @@ struct FieldSpec {
   std::string name;
   FieldType type = FieldType::kInt;
   std::optional<FieldValue> default_value;  // nullopt: the field is required
-  Range int_range;    // kSize counts and kInt
-  Range float_range;  // kSize fractions and kFloat
-  std::vector<std::string> choices;  // kString
+  Range int_range;                          // kSize counts and kInt
+  Range float_range;                        // kSize fractions and kFloat
+  std::vector<std::string> choices;         // kString
   std::string help;
 };
 
@@ -120,9 +119,7 @@ struct MaskerConfig {
   int64_t Int(const std::string& f) const { return std::get<int64_t>(values.at(f)); }
   double Float(const std::string& f) const;  // an int or a float field
   bool Bool(const std::string& f) const { return std::get<bool>(values.at(f)); }
-  const std::string& Str(const std::string& f) const {
-    return std::get<std::string>(values.at(f));
-  }
+  const std::string& Str(const std::string& f) const { return std::get<std::string>(values.at(f)); }
   // A size field resolved against `keys`: int(x * keys) for a float, n for an int.
   int64_t Size(const std::string& f, int64_t keys) const;
 };
@@ -143,7 +140,7 @@ struct MaskerSchema {
   std::string type;            // "oracle_top_k"
   std::string reference_name;  // the reference's config class, "OracleTopKConfig"
   std::string help;
-  bool sampling = false;       // at most one sampling masker per stack
+  bool sampling = false;  // at most one sampling masker per stack
   std::vector<FieldSpec> fields;
   // Builds the masker from a validated config; `slot` names its LayerState
   // entries so two maskers of one type in a stack do not collide.

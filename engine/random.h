@@ -16,17 +16,17 @@ namespace masktune {
 
 struct RandomKey {
   uint64_t seed = 0;
-  uint32_t stream = 0;  // e.g. the stack, or the layer
-  uint32_t purpose = 0; // what the draw is for, so two uses never share numbers
+  uint32_t stream = 0;   // e.g. the stack, or the layer
+  uint32_t purpose = 0;  // what the draw is for, so two uses never share numbers
 };
 
 // Four independent 32-bit words for counter `index` under `key`.
 inline r123::Philox4x32::ctr_type RandomWords(const RandomKey& key, uint64_t index) {
   r123::Philox4x32 rng;
-  r123::Philox4x32::key_type k = {{static_cast<uint32_t>(key.seed),
-                                   static_cast<uint32_t>(key.seed >> 32)}};
-  r123::Philox4x32::ctr_type c = {{static_cast<uint32_t>(index),
-                                   static_cast<uint32_t>(index >> 32), key.stream, key.purpose}};
+  r123::Philox4x32::key_type k = {
+      {static_cast<uint32_t>(key.seed), static_cast<uint32_t>(key.seed >> 32)}};
+  r123::Philox4x32::ctr_type c = {
+      {static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), key.stream, key.purpose}};
   return rng(c, k);
 }
 

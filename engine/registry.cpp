@@ -17,12 +17,18 @@ namespace {
 
 std::string TypeName(FieldType t) {
   switch (t) {
-    case FieldType::kSize: return "a size (integer count or float fraction of the keys)";
-    case FieldType::kInt: return "an integer";
-    case FieldType::kFloat: return "a number";
-    case FieldType::kBool: return "true or false";
-    case FieldType::kString: return "a string";
-    case FieldType::kPath: return "a file path";
+    case FieldType::kSize:
+      return "a size (integer count or float fraction of the keys)";
+    case FieldType::kInt:
+      return "an integer";
+    case FieldType::kFloat:
+      return "a number";
+    case FieldType::kBool:
+      return "true or false";
+    case FieldType::kString:
+      return "a string";
+    case FieldType::kPath:
+      return "a file path";
   }
   return "?";
 }
@@ -147,7 +153,8 @@ Status CheckFieldValue(const FieldSpec& spec, const FieldValue& value) {
       return Status::Ok();
     case FieldType::kFloat: {
       if (!is_int && !is_float) return Expected(spec, TypeName(spec.type), value);
-      const double x = is_int ? static_cast<double>(std::get<int64_t>(value)) : std::get<double>(value);
+      const double x =
+          is_int ? static_cast<double>(std::get<int64_t>(value)) : std::get<double>(value);
       if (!std::isfinite(x) || !spec.float_range.Contains(x))
         return Expected(spec, "a number " + spec.float_range.ToString(), value);
       return Status::Ok();
@@ -161,8 +168,7 @@ Status CheckFieldValue(const FieldSpec& spec, const FieldValue& value) {
         return Expected(spec, TypeName(spec.type), value);
       const std::string& s = std::get<std::string>(value);
       // An optional path (default "") may stay empty: "no file".
-      const bool optional = spec.default_value &&
-                            std::get_if<std::string>(&*spec.default_value) &&
+      const bool optional = spec.default_value && std::get_if<std::string>(&*spec.default_value) &&
                             std::get<std::string>(*spec.default_value).empty();
       if (spec.type == FieldType::kPath && s.empty() && !optional)
         return Expected(spec, "a non-empty file path", value);
@@ -216,8 +222,8 @@ Result<MaskerConfig> MaskerRegistry::Validate(const std::string& type,
     if (!spec) {
       std::string fields;
       for (const auto& f : schema->fields) fields += (fields.empty() ? "" : ", ") + f.name;
-      return Status::Error("unknown field '" + name + "' (" + type + " has: " +
-                           (fields.empty() ? "no fields" : fields) + ")");
+      return Status::Error("unknown field '" + name + "' (" + type +
+                           " has: " + (fields.empty() ? "no fields" : fields) + ")");
     }
     MT_RETURN_IF_ERROR(CheckFieldValue(*spec, value));
     FieldValue v = value;
@@ -280,11 +286,21 @@ std::string DecodeJsonString(std::string_view raw) {
     }
     const char e = raw[++i];
     switch (e) {
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case 'r': out += '\r'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
+      case 'n':
+        out += '\n';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
       case 'u': {
         uint32_t cp = 0, lo = 0;
         if (!hex4(i + 1, cp)) {
@@ -300,7 +316,8 @@ std::string DecodeJsonString(std::string_view raw) {
         put(cp);
         break;
       }
-      default: out += e;  // \" \\ \/ (and anything else, which the parser rejects)
+      default:
+        out += e;  // \" \\ \/ (and anything else, which the parser rejects)
     }
   }
   return out;
@@ -328,8 +345,8 @@ Status CheckJsonText(std::string_view text, const std::string& root) {
     bool object = false;
     bool expect_key = false;  // objects: the next string is a key
     bool has_key = false;
-    int64_t index = 0;        // arrays: the element being read
-    std::string key;          // objects: the key of the value being read
+    int64_t index = 0;  // arrays: the element being read
+    std::string key;    // objects: the key of the value being read
     std::set<std::string> keys;
   };
   std::vector<Level> stack;
@@ -404,8 +421,8 @@ Status CheckJsonText(std::string_view text, const std::string& root) {
       const std::string token(text.substr(i, j - i));
       if (std::isinf(std::strtod(token.c_str(), nullptr))) {
         return Status::Error(path() + ": number " + token.substr(0, 64) +
-                             (token.size() > 64 ? "..." : "") +
-                             " is beyond the range of a double" + place(i));
+                             (token.size() > 64 ? "..." : "") + " is beyond the range of a double" +
+                             place(i));
       }
       i = j;
       continue;
@@ -439,7 +456,8 @@ Result<std::vector<MaskerConfig>> MaskerRegistry::ParseJsonList(const std::strin
   for (size_t i = 0; i < list.size(); ++i) {
     const json& item = list[i];
     std::string where = "maskers[" + std::to_string(i) + "]";
-    if (!item.is_object()) return Status::Error(where + ": expected an object, found " + shown(item));
+    if (!item.is_object())
+      return Status::Error(where + ": expected an object, found " + shown(item));
     if (!item.contains("type")) return Status::Error(where + ": missing string field 'type'");
     if (!item["type"].is_string())
       return Status::Error(where + ": field 'type': expected a string, found " +

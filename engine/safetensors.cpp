@@ -76,8 +76,9 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
     return Status::Error(where + "cannot open file (" + std::strerror(errno) + ")");
   if (S_ISDIR(st.st_mode)) return Status::Error(where + "is a folder, not a safetensors file");
   if (!S_ISREG(st.st_mode)) {
-    return Status::Error(where + "is not a regular file (a device, pipe or socket); expected a "
-                                 "safetensors file");
+    return Status::Error(where +
+                         "is not a regular file (a device, pipe or socket); expected a "
+                         "safetensors file");
   }
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   std::ifstream in(path, std::ios::binary);
@@ -147,7 +148,8 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
     Shape shape;
     uint64_t count = 1, nonzero = 1;
     for (const json& d : js) {
-      if (!d.is_number_unsigned()) return Status::Error(tw + "shape holds a non-integer or negative");
+      if (!d.is_number_unsigned())
+        return Status::Error(tw + "shape holds a non-integer or negative");
       const uint64_t dim = d.get<uint64_t>();
       // A shape larger than the file cannot be backed by it (and must not overflow);
       // dimensions beside a 0 are held to the file's size too.
@@ -219,8 +221,8 @@ Result<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
           return Status::Error(tw + "truncated while reading (the file shrank?)");
       } else {
         raw.resize(e.count * 2);
-        if (e.count > 0 &&
-            !in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(e.count * 2)))
+        if (e.count > 0 && !in.read(reinterpret_cast<char*>(raw.data()),
+                                    static_cast<std::streamsize>(e.count * 2)))
           return Status::Error(tw + "truncated while reading (the file shrank?)");
         const bool half = e.dtype == "F16";
         for (uint64_t i = 0; i < e.count; ++i) {
@@ -256,7 +258,8 @@ Status WriteSafetensors(const std::string& path,
   uint64_t offset = 0;
   for (const auto& [name, t] : sorted) {
     const uint64_t bytes = static_cast<uint64_t>(t->size()) * 4;
-    header[name] = {{"dtype", "F32"}, {"shape", t->shape()}, {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", "F32"}, {"shape", t->shape()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();
@@ -268,7 +271,8 @@ Status WriteSafetensors(const std::string& path,
   out.write(reinterpret_cast<const char*>(len), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   for (const auto& [name, t] : sorted) {
-    out.write(reinterpret_cast<const char*>(t->data()), static_cast<std::streamsize>(t->size() * 4));
+    out.write(reinterpret_cast<const char*>(t->data()),
+              static_cast<std::streamsize>(t->size() * 4));
   }
   if (!out) return Status::Error(path + ": write failed");
   return Status::Ok();

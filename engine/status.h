@@ -58,16 +58,17 @@ class [[nodiscard]] Result {
 }  // namespace masktune
 
 // Returns early from the enclosing function when `expr` (a Status) failed.
-#define MT_RETURN_IF_ERROR(expr)            \
-  do {                                      \
-    ::masktune::Status _st = (expr);        \
-    if (!_st.ok()) return _st;              \
+#define MT_RETURN_IF_ERROR(expr)     \
+  do {                               \
+    ::masktune::Status _st = (expr); \
+    if (!_st.ok()) return _st;       \
   } while (0)
 
 #define MT_CONCAT_INNER(a, b) a##b
 #define MT_CONCAT(a, b) MT_CONCAT_INNER(a, b)
 // `MT_ASSIGN_OR_RETURN(auto x, ResultExpr());` binds the value or returns the error.
-#define MT_ASSIGN_OR_RETURN(lhs, expr) MT_ASSIGN_OR_RETURN_IMPL(MT_CONCAT(_res_, __LINE__), lhs, expr)
+#define MT_ASSIGN_OR_RETURN(lhs, expr) \
+  MT_ASSIGN_OR_RETURN_IMPL(MT_CONCAT(_res_, __LINE__), lhs, expr)
 #define MT_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                             \
   if (!tmp.ok()) return tmp.status();            \

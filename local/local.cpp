@@ -11,8 +11,7 @@
 namespace masktune {
 
 Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::Store& store,
-                                             int64_t study,
-                                             const configs::SweepConfig& sweep,
+                                             int64_t study, const configs::SweepConfig& sweep,
                                              const MaskerRegistry& registry,
                                              CoordinatorOptions options, const LocalRun& local) {
   std::mutex mu;
@@ -60,7 +59,8 @@ Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::S
     }
   }
   coordinator.join();
-  if (stats.ok() && stats->interrupted_by && local.on_interrupted) local.on_interrupted(stats.value());
+  if (stats.ok() && stats->interrupted_by && local.on_interrupted)
+    local.on_interrupted(stats.value());
   stop = true;  // workers normally exit on DONE; this covers a failed coordinator
   for (auto& t : workers) t.join();
   return stats;

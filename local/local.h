@@ -15,9 +15,10 @@ namespace masktune {
 
 struct LocalRun {
   int workers = 1;
-  int threads_per_worker = 0;       // OpenMP threads per worker's trials (0: default)
+  int threads_per_worker = 0;          // OpenMP threads per worker's trials (0: default)
   std::string name_prefix = "local-";  // names read PREFIX<i>@HOST:PID
-  std::shared_ptr<const security::ClientKeys> curve;  // the workers' keys when the coordinator uses CURVE
+  std::shared_ptr<const security::ClientKeys>
+      curve;  // the workers' keys when the coordinator uses CURVE
   // Called once the coordinator is bound, before the workers start (tests
   // use it to add peers of their own on the same context).
   std::function<void(zmq::context_t&, const std::string& endpoint)> before_workers;
@@ -31,8 +32,7 @@ struct LocalRun {
 // on it in before_workers must be closed before it is destroyed); returns
 // the coordinator's result.
 Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::Store& store,
-                                             int64_t study,
-                                             const configs::SweepConfig& sweep,
+                                             int64_t study, const configs::SweepConfig& sweep,
                                              const MaskerRegistry& registry,
                                              CoordinatorOptions options, const LocalRun& local);
 

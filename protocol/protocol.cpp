@@ -18,8 +18,10 @@ Status Bad(const std::string& command, const std::string& field, const std::stri
 Result<int64_t> PositiveInt(const std::string& command, const json& body, const char* field) {
   auto it = body.find(field);
   if (it == body.end()) return Bad(command, field, "missing");
-  if (!it->is_number_integer()) return Bad(command, field, std::string("expected an integer, found ") + it->type_name());
-  const int64_t v = it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX ? -1 : it->get<int64_t>();
+  if (!it->is_number_integer())
+    return Bad(command, field, std::string("expected an integer, found ") + it->type_name());
+  const int64_t v =
+      it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX ? -1 : it->get<int64_t>();
   if (v < 1) return Bad(command, field, "expected an integer >= 1, found " + it->dump());
   return v;
 }
@@ -27,19 +29,23 @@ Result<int64_t> PositiveInt(const std::string& command, const json& body, const 
 Result<int64_t> CountOr0(const std::string& command, const json& body, const char* field) {
   auto it = body.find(field);
   if (it == body.end()) return int64_t{0};
-  if (!it->is_number_integer()) return Bad(command, field, std::string("expected an integer, found ") + it->type_name());
-  if (it->is_number_unsigned() ? it->get<uint64_t>() > (1u << 20) : (it->get<int64_t>() < 0 || it->get<int64_t>() > (1 << 20)))
+  if (!it->is_number_integer())
+    return Bad(command, field, std::string("expected an integer, found ") + it->type_name());
+  if (it->is_number_unsigned() ? it->get<uint64_t>() > (1u << 20)
+                               : (it->get<int64_t>() < 0 || it->get<int64_t>() > (1 << 20)))
     return Bad(command, field, "expected 0..1048576, found " + it->dump());
   return it->get<int64_t>();
 }
 
-Result<std::string> Text(const std::string& command, const json& body, const char* field, size_t max_bytes,
-                         bool name) {
+Result<std::string> Text(const std::string& command, const json& body, const char* field,
+                         size_t max_bytes, bool name) {
   auto it = body.find(field);
   if (it == body.end()) return Bad(command, field, "missing");
-  if (!it->is_string()) return Bad(command, field, std::string("expected a string, found ") + it->type_name());
+  if (!it->is_string())
+    return Bad(command, field, std::string("expected a string, found ") + it->type_name());
   std::string s = it->get<std::string>();
-  if (s.size() > max_bytes) return Bad(command, field, "longer than " + std::to_string(max_bytes) + " bytes");
+  if (s.size() > max_bytes)
+    return Bad(command, field, "longer than " + std::to_string(max_bytes) + " bytes");
   if (name) {
     if (s.empty()) return Bad(command, field, "empty");
     for (unsigned char c : s)
@@ -56,7 +62,8 @@ Status CheckEmpty(const std::string& command, const json& body) {
 
 }  // namespace
 
-std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_identity, std::string* identity) {
+std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_identity,
+                                            std::string* identity) {
   std::vector<zmq::message_t> frames;
   zmq::message_t frame;
   try {
@@ -77,7 +84,8 @@ std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_ide
   if (identity) *identity = m.identity;
   if (frames.size() - i != 3)
     return Result<Frames>(Status::Error(std::to_string(frames.size() - i) + " frames, expected 3"));
-  if (frames[i].to_string() != kVersion) return Result<Frames>(Status::Error("unknown protocol version"));
+  if (frames[i].to_string() != kVersion)
+    return Result<Frames>(Status::Error("unknown protocol version"));
   m.command = frames[i + 1].to_string();
   m.body = frames[i + 2].to_string();
   return Result<Frames>(std::move(m));
@@ -87,7 +95,8 @@ namespace {
 
 Result<json> Body(const Frames& f) {
   json body = json::parse(f.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) return Status::Error(f.command + ": body is not a JSON object");
+  if (body.is_discarded() || !body.is_object())
+    return Status::Error(f.command + ": body is not a JSON object");
   return body;
 }
 
@@ -111,11 +120,14 @@ Result<FromWorker> ParseFromWorker(const Frames& f) {
     MT_ASSIGN_OR_RETURN(r.attempt, PositiveInt(c, body, "attempt"));
     auto it = body.find("metrics");
     if (it == body.end() || !it->is_object())
-      return Bad(c, "metrics", std::string("expected an object, found ") +
-                                   (it == body.end() ? "nothing" : it->type_name()));
+      return Bad(c, "metrics",
+                 std::string("expected an object, found ") +
+                     (it == body.end() ? "nothing" : it->type_name()));
     for (auto& [k, v] : it->items()) {
-      if (k.empty() || k.size() > kMaxNameBytes) return Bad(c, "metrics", "a metric name is empty or too long");
-      if (!v.is_number()) return Bad(c, "metrics." + k, std::string("expected a number, found ") + v.type_name());
+      if (k.empty() || k.size() > kMaxNameBytes)
+        return Bad(c, "metrics", "a metric name is empty or too long");
+      if (!v.is_number())
+        return Bad(c, "metrics." + k, std::string("expected a number, found ") + v.type_name());
       const double x = v.get<double>();
       if (!std::isfinite(x)) return Bad(c, "metrics." + k, "not finite");
       r.metrics[k] = x;
@@ -144,7 +156,8 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
     auto it = body.find("benchmark");
     if (it == body.end() || !it->is_object()) return Bad(c, "benchmark", "expected an object");
     auto type = it->find("name");
-    if (type == it->end() || !type->is_string()) return Bad(c, "benchmark.name", "expected a string");
+    if (type == it->end() || !type->is_string())
+      return Bad(c, "benchmark.name", "expected a string");
     w.benchmark = *it;
     return FromCoordinator(std::move(w));
   }
@@ -158,7 +171,8 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
     for (size_t i = 0; i < it->size(); ++i) {
       const json& m = (*it)[i];
       if (!m.is_object() || !m.contains("type") || !m["type"].is_string())
-        return Bad(c, "maskers[" + std::to_string(i) + "]", "expected an object with a string \"type\"");
+        return Bad(c, "maskers[" + std::to_string(i) + "]",
+                   "expected an object with a string \"type\"");
     }
     t.maskers = *it;
     return FromCoordinator(std::move(t));
@@ -171,8 +185,10 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
 
 namespace {
 
-bool SendFrames(zmq::socket_t& socket, const std::string* identity, const char* command, const json& body) {
-  return SendRaw(socket, command, body.dump(-1, ' ', false, json::error_handler_t::replace), identity);
+bool SendFrames(zmq::socket_t& socket, const std::string* identity, const char* command,
+                const json& body) {
+  return SendRaw(socket, command, body.dump(-1, ' ', false, json::error_handler_t::replace),
+                 identity);
 }
 
 }  // namespace
@@ -190,11 +206,13 @@ bool SendRaw(zmq::socket_t& socket, const std::string& command, const std::strin
   for (int tries = 0; tries < 100; ++tries) {
     try {
       // Multipart messages are atomic: the first part decides for all.
-      if (!socket.send(parts[0], parts.size() > 1 ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
-                                                  : zmq::send_flags::dontwait))
+      if (!socket.send(parts[0], parts.size() > 1
+                                     ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                                     : zmq::send_flags::dontwait))
         return false;
       for (size_t i = 1; i < parts.size(); ++i)
-        (void)socket.send(parts[i], i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+        (void)socket.send(parts[i],
+                          i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
       return true;
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) throw;
@@ -208,14 +226,18 @@ bool Send(zmq::socket_t& socket, const FromWorker& message) {
       [&](const auto& m) -> bool {
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, Ready>) {
-          return SendFrames(socket, nullptr, kReady, {{"name", m.name}, {"cores", m.cores}, {"gpus", m.gpus}});
+          return SendFrames(socket, nullptr, kReady,
+                            {{"name", m.name}, {"cores", m.cores}, {"gpus", m.gpus}});
         } else if constexpr (std::is_same_v<T, TrialResult>) {
           json metrics = json::object();
           for (const auto& [k, v] : m.metrics) metrics[k] = v;
-          return SendFrames(socket, nullptr, kResult, {{"trial", m.trial}, {"attempt", m.attempt}, {"metrics", metrics}});
+          return SendFrames(socket, nullptr, kResult,
+                            {{"trial", m.trial}, {"attempt", m.attempt}, {"metrics", metrics}});
         } else if constexpr (std::is_same_v<T, TrialFailure>) {
           return SendFrames(socket, nullptr, kFailed,
-                     {{"trial", m.trial}, {"attempt", m.attempt}, {"error", m.error.substr(0, kMaxErrorBytes)}});
+                            {{"trial", m.trial},
+                             {"attempt", m.attempt},
+                             {"error", m.error.substr(0, kMaxErrorBytes)}});
         } else {
           return SendFrames(socket, nullptr, kHeartbeat, json::object());
         }
@@ -228,10 +250,14 @@ bool Send(zmq::socket_t& socket, const FromCoordinator& message, const std::stri
       [&](const auto& m) -> bool {
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, Welcome>) {
-          return SendFrames(socket, &identity, kWelcome, {{"study", m.study}, {"benchmark", m.benchmark}});
+          return SendFrames(socket, &identity, kWelcome,
+                            {{"study", m.study}, {"benchmark", m.benchmark}});
         } else if constexpr (std::is_same_v<T, TrialRequest>) {
           return SendFrames(socket, &identity, kTrial,
-                     {{"trial", m.trial}, {"attempt", m.attempt}, {"stack", m.stack}, {"maskers", m.maskers}});
+                            {{"trial", m.trial},
+                             {"attempt", m.attempt},
+                             {"stack", m.stack},
+                             {"maskers", m.maskers}});
         } else if constexpr (std::is_same_v<T, Rejoin>) {
           return SendFrames(socket, &identity, kRejoin, json::object());
         } else if constexpr (std::is_same_v<T, Done>) {
@@ -255,7 +281,8 @@ int Poll(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout
   return rc;
 }
 
-HandshakeMonitor::HandshakeMonitor(zmq::context_t& context, zmq::socket_t& socket, const std::string& name)
+HandshakeMonitor::HandshakeMonitor(zmq::context_t& context, zmq::socket_t& socket,
+                                   const std::string& name)
     : pair_(context, zmq::socket_type::pair) {
   const std::string endpoint = "inproc://masktune-monitor-" + name;
   const int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
@@ -289,17 +316,26 @@ std::optional<HandshakeMonitor::Event> HandshakeMonitor::Next() {
       e.text = "handshake failed (not a ZeroMQ peer, e.g. HTTP or garbage, or it hung up)";
       break;
     case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-      e.text = "handshake failed: protocol error (plain against CURVE: one side is --insecure, "
-               "or the keys do not match)";
+      e.text =
+          "handshake failed: protocol error (plain against CURVE: one side is --insecure, "
+          "or the keys do not match)";
       break;
     case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
       e.text = "handshake refused by authentication (status " + std::to_string(e.value) +
                "): the key is not in authorized_workers";
       break;
-    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: e.text = "handshake succeeded"; break;
-    case ZMQ_EVENT_CONNECT_RETRIED: e.text = "nothing accepts connections there (retrying)"; break;
-    case ZMQ_EVENT_DISCONNECTED: e.text = "disconnected"; break;
-    default: e.text = "event " + std::to_string(e.event); break;
+    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+      e.text = "handshake succeeded";
+      break;
+    case ZMQ_EVENT_CONNECT_RETRIED:
+      e.text = "nothing accepts connections there (retrying)";
+      break;
+    case ZMQ_EVENT_DISCONNECTED:
+      e.text = "disconnected";
+      break;
+    default:
+      e.text = "event " + std::to_string(e.event);
+      break;
   }
   return e;
 }

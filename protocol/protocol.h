@@ -12,14 +12,13 @@
 // Thread-safety: functions only.
 #pragma once
 
-#include <nlohmann/json.hpp>
-#include <zmq.hpp>
-
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <variant>
+#include <zmq.hpp>
 
 #include "engine/benchmarks/benchmark.h"
 #include "engine/status.h"
@@ -39,9 +38,9 @@ inline constexpr const char* kResult = "RESULT";  // {"trial", "attempt", "metri
 inline constexpr const char* kFailed = "FAILED";  // {"trial", "attempt", "error"}
 // Commands, coordinator -> worker.
 inline constexpr const char* kWelcome = "WELCOME";  // {"study", "benchmark": spec}
-inline constexpr const char* kTrial = "TRIAL";      // {"trial", "attempt", "stack", "maskers": [..]}
-inline constexpr const char* kRejoin = "REJOIN";    // {} I do not know you: send READY
-inline constexpr const char* kDone = "DONE";        // {} the study is over: exit
+inline constexpr const char* kTrial = "TRIAL";    // {"trial", "attempt", "stack", "maskers": [..]}
+inline constexpr const char* kRejoin = "REJOIN";  // {} I do not know you: send READY
+inline constexpr const char* kDone = "DONE";      // {} the study is over: exit
 // Both ways.
 inline constexpr const char* kHeartbeat = "HEARTBEAT";  // {}
 

@@ -1,7 +1,5 @@
 #include "protocol/security.h"
 
-#include "protocol/throttled_log.h"
-
 #include <sys/stat.h>
 
 #include <chrono>
@@ -9,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "protocol/throttled_log.h"
 
 namespace masktune::security {
 namespace {
@@ -67,14 +67,16 @@ Status WriteKeyDir(const std::string& dir) {
       return Status::Error((d / f).string() + " exists; masktune keys new does not overwrite keys");
   MT_ASSIGN_OR_RETURN(KeyPair coordinator, NewPair());
   MT_ASSIGN_OR_RETURN(KeyPair worker, NewPair());
-  MT_RETURN_IF_ERROR(WriteFile(d / "coordinator.key", KeyText(coordinator, true, "coordinator"), true));
-  MT_RETURN_IF_ERROR(WriteFile(d / "coordinator.pub", KeyText(coordinator, false, "coordinator"), false));
+  MT_RETURN_IF_ERROR(
+      WriteFile(d / "coordinator.key", KeyText(coordinator, true, "coordinator"), true));
+  MT_RETURN_IF_ERROR(
+      WriteFile(d / "coordinator.pub", KeyText(coordinator, false, "coordinator"), false));
   MT_RETURN_IF_ERROR(WriteFile(d / "worker.key", KeyText(worker, true, "worker"), true));
   MT_RETURN_IF_ERROR(WriteFile(d / "worker.pub", KeyText(worker, false, "worker"), false));
-  return WriteFile(d / "authorized_workers",
-                   "# worker public keys the coordinator accepts, one per line\n" +
-                       worker.public_key + "\n",
-                   false);
+  return WriteFile(
+      d / "authorized_workers",
+      "# worker public keys the coordinator accepts, one per line\n" + worker.public_key + "\n",
+      false);
 }
 
 Result<KeyPair> ReadKeyFile(const std::string& path, bool need_secret) {
@@ -150,7 +152,8 @@ Authenticator::~Authenticator() {
 }
 
 void Authenticator::Loop() {
-  protocol::ThrottledLog log([](const std::string& line) { std::fprintf(stderr, "masktune: %s\n", line.c_str()); });
+  protocol::ThrottledLog log(
+      [](const std::string& line) { std::fprintf(stderr, "masktune: %s\n", line.c_str()); });
   while (!stop_) {
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, std::chrono::milliseconds(50));

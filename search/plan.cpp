@@ -97,20 +97,21 @@ TrialParams SampleBasic(const configs::SweepConfig& sweep, const StackPlan& plan
   for (size_t p = 0; p < plan.params.size(); ++p) {
     const SearchedParam& param = plan.params[p];
     if (param.space->kind == ParamSpace::Kind::kGridSearch) continue;
-    const RandomKey key{static_cast<uint64_t>(sweep.search.seed),
-                        static_cast<uint32_t>(plan.index), static_cast<uint32_t>(p)};
+    const RandomKey key{static_cast<uint64_t>(sweep.search.seed), static_cast<uint32_t>(plan.index),
+                        static_cast<uint32_t>(p)};
     out[param.name] = DrawFrom(*param.space, RandomUniform(key, static_cast<uint64_t>(trial)));
   }
   return out;
 }
 
-Result<std::vector<MaskerConfig>> Materialize(const MaskerRegistry& registry,
-                                              const StackPlan& plan, const TrialParams& params) {
+Result<std::vector<MaskerConfig>> Materialize(const MaskerRegistry& registry, const StackPlan& plan,
+                                              const TrialParams& params) {
   std::vector<MaskerConfig> configs;
   for (size_t i = 0; i < plan.stack->maskers.size(); ++i) {
     const configs::MaskerEntry& m = plan.stack->maskers[i];
     std::map<std::string, FieldValue> values;
-    for (const auto& [field, space] : m.fields) values[field] = space.values.empty() ? FieldValue{} : space.values[0];
+    for (const auto& [field, space] : m.fields)
+      values[field] = space.values.empty() ? FieldValue{} : space.values[0];
     for (const SearchedParam& p : plan.params)
       if (p.masker == i) values[p.field] = params.at(p.name);
     auto config = registry.Validate(m.type, values, "");

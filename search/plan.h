@@ -53,7 +53,7 @@ TrialParams SampleBasic(const configs::SweepConfig& sweep, const StackPlan& plan
 FieldValue DrawFrom(const configs::ParamSpace& space, double u);
 
 // The stack's masker configurations with `params` filled in, validated by the registry.
-Result<std::vector<MaskerConfig>> Materialize(const MaskerRegistry& registry,
-                                              const StackPlan& plan, const TrialParams& params);
+Result<std::vector<MaskerConfig>> Materialize(const MaskerRegistry& registry, const StackPlan& plan,
+                                              const TrialParams& params);
 
 }  // namespace masktune::search

@@ -37,13 +37,15 @@ FieldValue External(const ParamSpace& s, double x) {
   const auto [lo, hi] = Bounds(s);
   x = std::clamp(x, lo, hi);
   switch (s.kind) {
-    case ParamSpace::Kind::kLogUniform: return std::exp(x);
+    case ParamSpace::Kind::kLogUniform:
+      return std::exp(x);
     case ParamSpace::Kind::kRandInt:
       return std::clamp(static_cast<int64_t>(std::floor(x)), static_cast<int64_t>(s.lo),
                         static_cast<int64_t>(s.hi) - 1);
     case ParamSpace::Kind::kQUniform:
       return std::clamp(std::round(x / s.q) * s.q, s.lo, s.hi);
-    default: return x;
+    default:
+      return x;
   }
 }
 
@@ -58,13 +60,15 @@ struct Parzen {
     points.push_back(0.5 * (lo + hi));  // the prior
     std::vector<size_t> order(points.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return points[a] < points[b]; });
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return points[a] < points[b]; });
     mu = points;
     sigma.assign(points.size(), range);
     const double min_sigma = range / std::min(100.0, 1.0 + static_cast<double>(points.size()));
     for (size_t k = 0; k < order.size(); ++k) {
       const double left = k > 0 ? points[order[k]] - points[order[k - 1]] : points[order[k]] - lo;
-      const double right = k + 1 < order.size() ? points[order[k + 1]] - points[order[k]] : hi - points[order[k]];
+      const double right =
+          k + 1 < order.size() ? points[order[k + 1]] - points[order[k]] : hi - points[order[k]];
       sigma[order[k]] = std::clamp(std::max(left, right), min_sigma, range);
     }
     sigma.back() = range;  // the prior stays wide
@@ -97,8 +101,8 @@ TrialParams SuggestTpe(const configs::SweepConfig& sweep, const StackPlan& plan,
   TrialParams out;
   if (n < sweep.search.n_startup_trials) {
     for (size_t p = 0; p < plan.params.size(); ++p) {
-      const RandomKey key{static_cast<uint64_t>(sweep.search.seed), static_cast<uint32_t>(plan.index),
-                          static_cast<uint32_t>(p)};
+      const RandomKey key{static_cast<uint64_t>(sweep.search.seed),
+                          static_cast<uint32_t>(plan.index), static_cast<uint32_t>(p)};
       out[plan.params[p].name] =
           DrawFrom(*plan.params[p].space, RandomUniform(key, static_cast<uint64_t>(trial)));
     }
@@ -106,16 +110,19 @@ TrialParams SuggestTpe(const configs::SweepConfig& sweep, const StackPlan& plan,
   }
   std::vector<const Observation*> sorted;
   for (const auto& o : history) sorted.push_back(&o);
-  std::stable_sort(sorted.begin(), sorted.end(),
-                   [](const Observation* a, const Observation* b) { return a->objective < b->objective; });
-  const int64_t n_good = std::min<int64_t>(static_cast<int64_t>(std::ceil(0.1 * static_cast<double>(n))), 25);
+  std::stable_sort(sorted.begin(), sorted.end(), [](const Observation* a, const Observation* b) {
+    return a->objective < b->objective;
+  });
+  const int64_t n_good =
+      std::min<int64_t>(static_cast<int64_t>(std::ceil(0.1 * static_cast<double>(n))), 25);
   for (size_t p = 0; p < plan.params.size(); ++p) {
     const SearchedParam& param = plan.params[p];
     const ParamSpace& space = *param.space;
     const RandomKey key{static_cast<uint64_t>(sweep.search.seed), static_cast<uint32_t>(plan.index),
                         kPurposeTpe + static_cast<uint32_t>(p)};
     auto u = [&](int k, int j) {
-      return RandomUniform(key, static_cast<uint64_t>(trial) * 256 + static_cast<uint64_t>(k) * 4 + j);
+      return RandomUniform(key,
+                           static_cast<uint64_t>(trial) * 256 + static_cast<uint64_t>(k) * 4 + j);
     };
     if (Categorical(space)) {
       const size_t K = space.values.size();

@@ -3,9 +3,8 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cerrno>
-
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -28,7 +27,8 @@ class Stmt {
  public:
   Stmt(Connection& c, const std::string& sql) {
     sqlite3_stmt*& slot = c.statements[sql];
-    if (!slot) rc_ = sqlite3_prepare_v3(c.db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &slot, nullptr);
+    if (!slot)
+      rc_ = sqlite3_prepare_v3(c.db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &slot, nullptr);
     st_ = slot;
     if (!st_ && rc_ == SQLITE_OK) rc_ = SQLITE_ERROR;  // an empty statement
   }
@@ -38,8 +38,14 @@ class Stmt {
     sqlite3_clear_bindings(st_);
   }
   Stmt(const Stmt&) = delete;
-  Stmt& Bind(int i, int64_t v) { if (st_) sqlite3_bind_int64(st_, i, v); return *this; }
-  Stmt& Bind(int i, double v) { if (st_) sqlite3_bind_double(st_, i, v); return *this; }
+  Stmt& Bind(int i, int64_t v) {
+    if (st_) sqlite3_bind_int64(st_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, double v) {
+    if (st_) sqlite3_bind_double(st_, i, v);
+    return *this;
+  }
   Stmt& Bind(int i, const std::string& v) {
     if (st_) sqlite3_bind_text(st_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
@@ -133,12 +139,11 @@ Result<int64_t> Store::SchemaVersion() {
 
 Result<Store> Store::Open(const std::string& path) {
   sqlite3* raw = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &raw,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   Store store(raw, path, false);
-  if (rc != SQLITE_OK)
-    return Status::Error(path + ": cannot open database: " + sqlite3_errstr(rc));
+  if (rc != SQLITE_OK) return Status::Error(path + ": cannot open database: " + sqlite3_errstr(rc));
   sqlite3_busy_timeout(raw, 10000);
   // WAL + synchronous NORMAL: a commit survives a killed process (the WAL is
   // written before COMMIT returns); only a power loss may drop the last ones.
@@ -190,8 +195,8 @@ Result<Store> Store::Open(const std::string& path) {
 Result<Store> Store::OpenReadOnly(const std::string& path) {
   auto open = [&](const std::string& name, int flags) -> Result<Store> {
     sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(name.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | flags,
-                                   nullptr);
+    const int rc = sqlite3_open_v2(name.c_str(), &raw,
+                                   SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | flags, nullptr);
     Store store(raw, path, true);
     if (rc != SQLITE_OK)
       return Status::Error(path + ": cannot open database: " + sqlite3_errstr(rc));
@@ -227,15 +232,18 @@ Status Store::Begin() { return Exec("BEGIN IMMEDIATE"); }
 Status Store::Commit() { return Exec("COMMIT"); }
 
 Result<std::optional<StudyRow>> Store::FindStudy(const std::string& name) {
-  Stmt s(*conn_, version_ >= 2
-                     ? "SELECT id, name, sweep_path, sweep_text, status, fingerprint FROM studies WHERE name = ?"
-                     : "SELECT id, name, sweep_path, sweep_text, status, '' FROM studies WHERE name = ?");
+  Stmt s(*conn_,
+         version_ >= 2
+             ? "SELECT id, name, sweep_path, sweep_text, status, fingerprint FROM studies WHERE "
+               "name = ?"
+             : "SELECT id, name, sweep_path, sweep_text, status, '' FROM studies WHERE name = ?");
   s.Bind(1, name);
   const int rc = s.Step();
   if (rc == SQLITE_DONE) return std::optional<StudyRow>();
   if (rc != SQLITE_ROW) return Error("find study '" + name + "'");
   if (s.Type(0) != SQLITE_INTEGER || s.Type(3) != SQLITE_TEXT)
-    return Status::Error(path_ + ": study '" + name + "': malformed row (id or sweep_text of the wrong type)");
+    return Status::Error(path_ + ": study '" + name +
+                         "': malformed row (id or sweep_text of the wrong type)");
   StudyRow row{s.Int(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4), s.Text(5)};
   if (s.Step() != SQLITE_DONE) return Error("find study '" + name + "'");
   return std::optional<StudyRow>(std::move(row));
@@ -244,19 +252,21 @@ Result<std::optional<StudyRow>> Store::FindStudy(const std::string& name) {
 Result<int64_t> Store::CreateStudy(const std::string& name, const std::string& sweep_path,
                                    const std::string& sweep_text, const std::string& fingerprint) {
   Stmt s(*conn_,
-         "INSERT INTO studies (name, sweep_path, sweep_text, fingerprint, created) VALUES (?,?,?,?,?)");
+         "INSERT INTO studies (name, sweep_path, sweep_text, fingerprint, created) VALUES "
+         "(?,?,?,?,?)");
   s.Bind(1, name).Bind(2, sweep_path).Bind(3, sweep_text).Bind(4, fingerprint).Bind(5, Now());
   if (s.Step() != SQLITE_DONE) return Error("create study '" + name + "'");
   return static_cast<int64_t>(sqlite3_last_insert_rowid(conn_->db));
 }
 
-Status Store::UpdateStudySweep(int64_t study, const std::string& sweep_path, const std::string& sweep_text,
-                               const std::string& fingerprint) {
+Status Store::UpdateStudySweep(int64_t study, const std::string& sweep_path,
+                               const std::string& sweep_text, const std::string& fingerprint) {
   Stmt s(*conn_, "UPDATE studies SET sweep_path = ?, sweep_text = ?, fingerprint = ? WHERE id = ?");
   s.Bind(1, sweep_path).Bind(2, sweep_text).Bind(3, fingerprint).Bind(4, study);
   if (s.Step() != SQLITE_DONE) return Error("update the study's sweep");
   if (sqlite3_changes(conn_->db) == 0)
-    return Status::Error(path_ + ": update the study's sweep: no study with id " + std::to_string(study));
+    return Status::Error(path_ + ": update the study's sweep: no study with id " +
+                         std::to_string(study));
   return Status::Ok();
 }
 
@@ -333,16 +343,24 @@ Result<bool> Store::RecordFailure(int64_t trial, int64_t attempt, const std::str
          "UPDATE trials SET status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END, "
          "error = ?, finished = CASE WHEN attempts >= ? THEN ? ELSE NULL END, worker = NULL "
          "WHERE id = ? AND status = 'running' AND attempts = ?");
-  s.Bind(1, max_failures).Bind(2, error).Bind(3, max_failures).Bind(4, Now()).Bind(5, trial).Bind(6, attempt);
+  s.Bind(1, max_failures)
+      .Bind(2, error)
+      .Bind(3, max_failures)
+      .Bind(4, Now())
+      .Bind(5, trial)
+      .Bind(6, attempt);
   if (s.Step() != SQLITE_DONE) return Error("record failure");
   return sqlite3_changes(conn_->db) > 0;
 }
 
 Result<int64_t> Store::Requeue(int64_t study, const std::string& worker, bool refund_attempt) {
-  const std::string set = refund_attempt ? "UPDATE trials SET status = 'queued', worker = NULL, attempts = MAX(attempts - 1, 0)"
-                                         : "UPDATE trials SET status = 'queued', worker = NULL";
-  Stmt s(*conn_, worker.empty() ? set + " WHERE study_id = ? AND status = 'running'"
-                                : set + " WHERE study_id = ? AND status = 'running' AND worker = ?");
+  const std::string set =
+      refund_attempt
+          ? "UPDATE trials SET status = 'queued', worker = NULL, attempts = MAX(attempts - 1, 0)"
+          : "UPDATE trials SET status = 'queued', worker = NULL";
+  Stmt s(*conn_, worker.empty()
+                     ? set + " WHERE study_id = ? AND status = 'running'"
+                     : set + " WHERE study_id = ? AND status = 'running' AND worker = ?");
   s.Bind(1, study);
   if (!worker.empty()) s.Bind(2, worker);
   if (s.Step() != SQLITE_DONE) return Error("requeue");
@@ -367,11 +385,16 @@ Result<Progress> Store::GetProgress(int64_t study) {
     const std::string st = s.Text(0);
     const int64_t n = s.Int(1);
     p.total += n;
-    if (st == "queued") p.queued = n;
-    else if (st == "running") p.running = n;
-    else if (st == "done") p.done = n;
-    else if (st == "failed") p.failed = n;
-    else return Status::Error(path_ + ": progress: a trial has the unknown status '" + st + "'");
+    if (st == "queued")
+      p.queued = n;
+    else if (st == "running")
+      p.running = n;
+    else if (st == "done")
+      p.done = n;
+    else if (st == "failed")
+      p.failed = n;
+    else
+      return Status::Error(path_ + ": progress: a trial has the unknown status '" + st + "'");
   }
   if (rc != SQLITE_DONE) return Error("progress");
   return p;
@@ -381,9 +404,9 @@ Result<std::optional<double>> Store::BestObjective(int64_t study) {
   Stmt s(*conn_, "SELECT MIN(objective) FROM trials WHERE study_id = ? AND status = 'done'");
   s.Bind(1, study);
   if (s.Step() != SQLITE_ROW) return Error("best objective");
-  if (!s.Null(0) && !s.Number(0))
-    return Status::Error(path_ + ": best objective: not a number");
-  const std::optional<double> best = s.Null(0) ? std::optional<double>() : std::optional<double>(s.Double(0));
+  if (!s.Null(0) && !s.Number(0)) return Status::Error(path_ + ": best objective: not a number");
+  const std::optional<double> best =
+      s.Null(0) ? std::optional<double>() : std::optional<double>(s.Double(0));
   if (s.Step() != SQLITE_DONE) return Error("best objective");
   return best;
 }
@@ -391,9 +414,12 @@ Result<std::optional<double>> Store::BestObjective(int64_t study) {
 Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& status,
                                             const std::string& sort) {
   std::string order = "t.id";
-  if (sort == "objective") order = "t.objective IS NULL, t.objective, t.id";
-  else if (sort == "stack") order = "s.position, t.number";
-  else if (sort != "id") return Status::Error("unknown sort '" + sort + "' (id, objective, stack)");
+  if (sort == "objective")
+    order = "t.objective IS NULL, t.objective, t.id";
+  else if (sort == "stack")
+    order = "s.position, t.number";
+  else if (sort != "id")
+    return Status::Error("unknown sort '" + sort + "' (id, objective, stack)");
   const std::string sql =
       "SELECT t.id, s.name, t.number, t.params, t.status, t.attempts, COALESCE(t.worker, ''), "
       "COALESCE(t.error, ''), t.objective, COALESCE(t.started, 0), COALESCE(t.finished, 0) "
@@ -432,7 +458,8 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
     if (m.Type(0) != SQLITE_INTEGER || m.Type(1) != SQLITE_TEXT || (!m.Null(2) && !m.Number(2)))
       return Status::Error(path_ + ": metric of trial " + std::to_string(m.Int(0)) +
                            ": malformed row (trial_id, name or value of the wrong type)");
-    by_trial[m.Int(0)][m.Text(1)] = m.Null(2) ? std::numeric_limits<double>::quiet_NaN() : m.Double(2);
+    by_trial[m.Int(0)][m.Text(1)] =
+        m.Null(2) ? std::numeric_limits<double>::quiet_NaN() : m.Double(2);
   }
   if (rc != SQLITE_DONE) return Error("read the study's metrics");
   for (TrialRow& t : rows) t.metrics = by_trial[t.id];
@@ -487,7 +514,11 @@ Result<std::optional<Lease>> Store::AcquireLease(int64_t study, const Lease& min
            "INSERT INTO leases (study_id, holder, host, pid, expires) VALUES (?,?,?,?,?) "
            "ON CONFLICT (study_id) DO UPDATE SET holder = excluded.holder, host = excluded.host, "
            "pid = excluded.pid, expires = excluded.expires");
-    s.Bind(1, study).Bind(2, mine.holder).Bind(3, mine.host).Bind(4, mine.pid).Bind(5, mine.expires);
+    s.Bind(1, study)
+        .Bind(2, mine.holder)
+        .Bind(3, mine.host)
+        .Bind(4, mine.pid)
+        .Bind(5, mine.expires);
     return s.Step() == SQLITE_DONE ? Status::Ok() : Error("acquire the study's lease");
   }));
   return live;
@@ -500,9 +531,12 @@ Status Store::RenewLease(int64_t study, const std::string& holder, double expire
     if (s.Step() != SQLITE_DONE) return Error("renew the study's lease");
     if (sqlite3_changes(conn_->db) > 0) return Status::Ok();
     MT_ASSIGN_OR_RETURN(std::optional<Lease> now, CurrentLease(study));
-    if (!now) return Status::Error(path_ + ": renew lease: " + holder + " no longer holds the study's lease (released)");
-    return Status::Error(path_ + ": renew lease: " + holder + " no longer holds the study's lease: taken by " +
-                         now->holder + " on " + now->host + " pid " + std::to_string(now->pid));
+    if (!now)
+      return Status::Error(path_ + ": renew lease: " + holder +
+                           " no longer holds the study's lease (released)");
+    return Status::Error(path_ + ": renew lease: " + holder +
+                         " no longer holds the study's lease: taken by " + now->holder + " on " +
+                         now->host + " pid " + std::to_string(now->pid));
   });
 }
 

@@ -21,8 +21,8 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/benchmarks/benchmark.h"
@@ -77,7 +77,7 @@ struct TrialRow {
   int64_t attempts = 0;
   std::string worker, error;
   std::optional<double> objective;
-  Metrics metrics;  // a NaN metric is stored as NULL and read back as NaN
+  Metrics metrics;                   // a NaN metric is stored as NULL and read back as NaN
   double started = 0, finished = 0;  // unix seconds, 0 if not yet
 };
 
@@ -112,8 +112,8 @@ class Store {
   Result<int64_t> CreateStudy(const std::string& name, const std::string& sweep_path,
                               const std::string& sweep_text, const std::string& fingerprint = "");
   // Replaces the study's stored sweep (path, text) and plan fingerprint.
-  Status UpdateStudySweep(int64_t study, const std::string& sweep_path, const std::string& sweep_text,
-                          const std::string& fingerprint);
+  Status UpdateStudySweep(int64_t study, const std::string& sweep_path,
+                          const std::string& sweep_text, const std::string& fingerprint);
   Status SetStudyStatus(int64_t study, const std::string& status);
   Result<int64_t> AddStack(int64_t study, const std::string& name, int64_t position);
   // Queues trial `number` of `stack` unless it exists (idempotent).

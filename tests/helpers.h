@@ -2,20 +2,20 @@
 // attention to check the engine against, temporary folders.
 #pragma once
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
-#include <unistd.h>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/attention.h"
 #include "engine/mask.h"
+#include "engine/masker.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
-#include "engine/masker.h"
 #include "engine/tensor.h"
 
 namespace masktune::testing {

@@ -52,7 +52,8 @@ TEST_CASE("masked attention weights kept keys by 1/p") {
   }
   const Mask sparse = Mask::Sparse(shape, ptr, cols, vals);
   for (AttentionPath path : {AttentionPath::kGather, AttentionPath::kStream})
-    CHECK(MaxAbsDiff(MaskedAttention(c.in, sparse, path), MaskedAttention(c.in, dense, path)) < 1e-6f);
+    CHECK(MaxAbsDiff(MaskedAttention(c.in, sparse, path), MaskedAttention(c.in, dense, path)) <
+          1e-6f);
 }
 
 TEST_CASE("both masked paths agree on long rows split across threads") {

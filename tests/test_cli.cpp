@@ -2,17 +2,17 @@
 // errors with exit code 2 for bad input.
 #include <doctest/doctest.h>
 #include <sys/wait.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <filesystem>
-#include <nlohmann/json.hpp>
-#include <yaml-cpp/yaml.h>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
-#include "engine/safetensors.h"
 #include "engine/cuda/cuda_attention.h"
+#include "engine/safetensors.h"
 #include "tests/helpers.h"
 #include "tests/process_helpers.h"
 
@@ -27,7 +27,6 @@ std::string Golden(const std::string& name) {
   const char* env = std::getenv("MASKTUNE_GOLDEN_DIR");
   return std::string(env ? env : MASKTUNE_GOLDEN_DIR) + "/" + name;
 }
-
 
 TEST_CASE("attend prints density and error, and writes mask and out") {
   testing::TempDir dir;
@@ -50,7 +49,8 @@ TEST_CASE("attend with an explicit list, @FILE, [] and --repeat") {
   testing::TempDir dir;
   const std::string input = " --input " + Golden("sink_local_s1.safetensors");
   const Run inline_list =
-      Masktune("attend" + input + R"( --maskers '[{"type":"sink","sink_size":4},{"type":"local","window_size":16}]')");
+      Masktune("attend" + input +
+               R"( --maskers '[{"type":"sink","sink_size":4},{"type":"local","window_size":16}]')");
   REQUIRE(inline_list.code == 0);
   CHECK(nlohmann::json::parse(inline_list.output)["density"].get<double>() ==
         doctest::Approx(0.02574002556502819));
@@ -108,13 +108,15 @@ TEST_CASE("launch slurm and k8s --dry-run: the script and manifests carry what m
   testing::TempDir dir;
   const std::string examples = std::string(MASKTUNE_SOURCE_DIR) + "/configs/examples/";
   std::filesystem::copy_file(examples + "quickstart.yaml", dir / "q.yaml");
-  const Run slurm = Masktune("launch slurm " + dir / "q.yaml" +
-                             " --nodes 2 --gpus-per-node 4 --partition gpu --account lab --time 01:30:00 --dry-run");
+  const Run slurm = Masktune(
+      "launch slurm " + dir / "q.yaml" +
+      " --nodes 2 --gpus-per-node 4 --partition gpu --account lab --time 01:30:00 --dry-run");
   REQUIRE(slurm.code == 0);
-  for (const char* want : {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                           "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=01:30:00",
-                           "scontrol show hostnames", "coordinator \"$SWEEP\" --bind \"tcp://0.0.0.0:5555\"",
-                           "--gpus-per-task=1", "CUDA_VISIBLE_DEVICES", "worker --connect \"$1\" --keys"})
+  for (const char* want :
+       {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+        "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=01:30:00",
+        "scontrol show hostnames", "coordinator \"$SWEEP\" --bind \"tcp://0.0.0.0:5555\"",
+        "--gpus-per-task=1", "CUDA_VISIBLE_DEVICES", "worker --connect \"$1\" --keys"})
     CHECK_MESSAGE(slurm.output.find(want) != std::string::npos, want);
   // Keys were made beside the database, secrets readable by their owner only.
   CHECK(std::filesystem::exists(dir / "keys/authorized_workers"));
@@ -123,14 +125,16 @@ TEST_CASE("launch slurm and k8s --dry-run: the script and manifests carry what m
   // The script is valid bash.
   CHECK(std::system(("bash -n " + dir / "masktune-quickstart.sbatch").c_str()) == 0);
   // Workers only, for a coordinator that runs elsewhere: a job array.
-  const Run array = Masktune("launch slurm " + dir / "q.yaml" +
-                             " --nodes 3 --gpus-per-node 2 --coordinator tcp://head:7000 --dry-run");
+  const Run array =
+      Masktune("launch slurm " + dir / "q.yaml" +
+               " --nodes 3 --gpus-per-node 2 --coordinator tcp://head:7000 --dry-run");
   REQUIRE(array.code == 0);
   CHECK(array.output.find("#SBATCH --array=0-5") != std::string::npos);
   CHECK(array.output.find("ENDPOINT='tcp://head:7000'") != std::string::npos);
   CHECK(array.output.find(" coordinator ") == std::string::npos);
 
-  const Run k8s = Masktune("launch k8s " + dir / "q.yaml" + " --workers 3 --gpus-per-node 1 --dry-run");
+  const Run k8s =
+      Masktune("launch k8s " + dir / "q.yaml" + " --workers 3 --gpus-per-node 1 --dry-run");
   REQUIRE(k8s.code == 0);
   const auto docs = YAML::LoadAll(k8s.output);
   REQUIRE(docs.size() == 5);
@@ -141,7 +145,8 @@ TEST_CASE("launch slurm and k8s --dry-run: the script and manifests carry what m
   const YAML::Node worker = job["spec"]["template"]["spec"]["containers"][0];
   CHECK(worker["resources"]["limits"]["nvidia.com/gpu"].as<int>() == 1);
   CHECK(worker["command"][3].as<std::string>() == "tcp://masktune-quickstart-coordinator:5555");
-  const YAML::Node coordinator = by_kind.at("Deployment")["spec"]["template"]["spec"]["containers"][0];
+  const YAML::Node coordinator =
+      by_kind.at("Deployment")["spec"]["template"]["spec"]["containers"][0];
   CHECK(coordinator["command"][1].as<std::string>() == "coordinator");
   CHECK(by_kind.at("Service")["spec"]["ports"][0]["port"].as<int>() == 5555);
   const YAML::Node secret = by_kind.at("Secret")["stringData"];
@@ -170,7 +175,8 @@ TEST_CASE("attend rejects bad input with one line and exit code 2") {
 
   // A missing tensor and a NaN.
   REQUIRE(WriteSafetensors(dir / "nov.safetensors", {{"q", &q}, {"k", &q}}).ok());
-  CheckBadInput(Masktune("attend --input " + dir / "nov.safetensors" + stack), "missing tensor 'v'");
+  CheckBadInput(Masktune("attend --input " + dir / "nov.safetensors" + stack),
+                "missing tensor 'v'");
   Tensor nan_q({1, 2, 1, 8});
   nan_q.data()[3] = std::nanf("");
   Tensor kv({1, 1, 16, 8});
@@ -188,12 +194,16 @@ TEST_CASE("attend rejects bad input with one line and exit code 2") {
                 "unknown field 'size'");
   CheckBadInput(Masktune(input + " --maskers '[{'"), "masker list is not valid JSON");
   CheckBadInput(Masktune(input + " --maskers @" + dir / "none.json"), "cannot open");
-  CheckBadInput(Masktune(input + R"( --maskers '[{"type":"double_sparsity_top_k","heavy_size":4,"sorted_channel_file":"double_sparsity_s0.channels.json"}]' --layer 5)"),
-                "key 'model.layers.5.self_attn.qk_proj': missing");
+  CheckBadInput(
+      Masktune(
+          input +
+          R"( --maskers '[{"type":"double_sparsity_top_k","heavy_size":4,"sorted_channel_file":"double_sparsity_s0.channels.json"}]' --layer 5)"),
+      "key 'model.layers.5.self_attn.qk_proj': missing");
   CheckBadInput(Masktune(input + " --repeat 0"), "--repeat");
   CheckBadInput(Masktune("attend"), "--input is required");
   REQUIRE(WriteSafetensors(dir / "plain.safetensors", {{"q", &q}, {"k", &kv}, {"v", &kv}}).ok());
-  CheckBadInput(Masktune("attend --input " + dir / "plain.safetensors"), "carries no case metadata");
+  CheckBadInput(Masktune("attend --input " + dir / "plain.safetensors"),
+                "carries no case metadata");
 }
 
 TEST_CASE("validate prints the plan, or the error with its place and exit code 2") {
@@ -202,13 +212,15 @@ TEST_CASE("validate prints the plan, or the error with its place and exit code 2
   CAPTURE(ok.output);
   CHECK(ok.code == 0);
   CHECK(ok.output.find("study quickstart: 3 stacks, 48 trials") != std::string::npos);
-  CHECK(ok.output.find("searched oracle_top_k.heavy_size: uniform [0.01, 0.15]") != std::string::npos);
+  CHECK(ok.output.find("searched oracle_top_k.heavy_size: uniform [0.01, 0.15]") !=
+        std::string::npos);
   testing::TempDir dir;
   std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nattention:\n  a:\n"
                                      "    - local: {window_size: -4}\n";
   CheckBadInput(Masktune("validate " + dir / "bad.yaml"),
-                dir / "bad.yaml" + ":5:28: attention.a[0] (local): field 'window_size': expected "
-                                   "an integer count > 0, found -4");
+                dir / "bad.yaml" +
+                    ":5:28: attention.a[0] (local): field 'window_size': expected "
+                    "an integer count > 0, found -4");
   CheckBadInput(Masktune("validate " + dir / "none.yaml"), "cannot open the sweep file");
 }
 
@@ -229,7 +241,8 @@ TEST_CASE("run, then best, trials, status and export on its database") {
   CHECK(best.output.find("best a: trial") != std::string::npos);
   const Run csv = Masktune("trials cli" + db + " --csv --sort objective");
   CHECK(csv.code == 0);
-  CHECK(csv.output.rfind("trial_id,stack,number,status,attempts,objective,oracle_top_k.heavy_size,", 0) == 0);
+  CHECK(csv.output.rfind("trial_id,stack,number,status,attempts,objective,oracle_top_k.heavy_size,",
+                         0) == 0);
   CHECK(std::count(csv.output.begin(), csv.output.end(), '\n') == 6);
   // The best row comes first and is the one best printed.
   const std::string first = csv.output.substr(csv.output.find('\n') + 1);
@@ -249,10 +262,14 @@ TEST_CASE("run, then best, trials, status and export on its database") {
   // Bad input: exit 2, one line.
   CheckBadInput(Masktune("best nope" + db), "no study 'nope' in");
   CheckBadInput(Masktune("status cli --db " + dir / "none.db"), "none.db: no such database");
-  CheckBadInput(Masktune("trials cli" + db + " --status finished"), "--status: expected queued, running, done or failed");
-  CheckBadInput(Masktune("export cli" + db + " --format csv --out " + dir / "o2"), "--format: expected json or sah");
-  std::ofstream(dir / "bad.yaml") << "study: s\nbenchmark: {name: noop}\nattention: {a: [{sink: {}}]}\n";
-  CheckBadInput(Masktune("run " + dir / "bad.yaml"), "bad.yaml:3:17: attention.a[0] (sink): missing required field 'sink_size'");
+  CheckBadInput(Masktune("trials cli" + db + " --status finished"),
+                "--status: expected queued, running, done or failed");
+  CheckBadInput(Masktune("export cli" + db + " --format csv --out " + dir / "o2"),
+                "--format: expected json or sah");
+  std::ofstream(dir / "bad.yaml")
+      << "study: s\nbenchmark: {name: noop}\nattention: {a: [{sink: {}}]}\n";
+  CheckBadInput(Masktune("run " + dir / "bad.yaml"),
+                "bad.yaml:3:17: attention.a[0] (sink): missing required field 'sink_size'");
 }
 
 TEST_CASE("every subcommand answers --help") {
@@ -263,8 +280,8 @@ TEST_CASE("every subcommand answers --help") {
   CHECK(attend.code == 0);
   CHECK(attend.output.find("--maskers") != std::string::npos);
   CHECK(attend.output.find("Exit codes") != std::string::npos);
-  for (const char* sub : {"run", "resume", "coordinator", "worker", "best", "trials", "status", "check", "export",
-                          "attend", "keys", "keys new", "launch"}) {
+  for (const char* sub : {"run", "resume", "coordinator", "worker", "best", "trials", "status",
+                          "check", "export", "attend", "keys", "keys new", "launch"}) {
     CAPTURE(sub);
     const Run help = Masktune(std::string(sub) + " --help");
     CHECK(help.code == 0);

@@ -45,8 +45,10 @@ double RelDiff(const Tensor& got, const Tensor& ref) {
 // x rounded to the nearest value of `dtype` (ties to even), as the upload does.
 float RoundTo(float x, DType dtype) {
   switch (dtype) {
-    case DType::kF32: return x;
-    case DType::kF16: return static_cast<float>(static_cast<_Float16>(x));
+    case DType::kF32:
+      return x;
+    case DType::kF16:
+      return static_cast<float>(static_cast<_Float16>(x));
     case DType::kBF16: {
       if (std::isnan(x)) return x;
       uint32_t u;
@@ -131,18 +133,18 @@ struct Dims {
 
 TEST_CASE("cuda: dense and masked attention match the CPU engine") {
   const Dims cases[] = {
-      {1, 8, 2, 1, 100, 64, 128, false},       // one chunk, used_keys < buffer
-      {2, 8, 2, 3, 4097, 128, 4200, true},     // causal, 12 rows per kv head (2 tiles of 8)
-      {1, 32, 8, 1, 40000, 128, 40960, false}, // long rows: many chunks
+      {1, 8, 2, 1, 100, 64, 128, false},        // one chunk, used_keys < buffer
+      {2, 8, 2, 3, 4097, 128, 4200, true},      // causal, 12 rows per kv head (2 tiles of 8)
+      {1, 32, 8, 1, 40000, 128, 40960, false},  // long rows: many chunks
       {2, 32, 8, 3, 4097, 64, 4097, true},
       {1, 8, 2, 3, 40000, 64, 40000, true},
       {2, 32, 8, 1, 100, 128, 100, false},
-      {1, 4, 2, 2, 300, 32, 300, true},        // head_dim below the layout's 64
+      {1, 4, 2, 2, 300, 32, 300, true},  // head_dim below the layout's 64
       {1, 2, 1, 1, 25, 8, 25, false},
-      {1, 6, 2, 1, 1000, 96, 1024, false},     // 16-byte loads, lanes past 96 idle
-      {1, 4, 1, 2, 500, 7, 512, true},         // head_dim 7: element-wise loads
-      {1, 8, 8, 1, 3000, 256, 3000, false},    // head_dim 256, no grouping
-      {1, 16, 2, 1, 2000, 256, 2100, false},   // group 8
+      {1, 6, 2, 1, 1000, 96, 1024, false},    // 16-byte loads, lanes past 96 idle
+      {1, 4, 1, 2, 500, 7, 512, true},        // head_dim 7: element-wise loads
+      {1, 8, 8, 1, 3000, 256, 3000, false},   // head_dim 256, no grouping
+      {1, 16, 2, 1, 2000, 256, 2100, false},  // group 8
   };
   uint32_t seed = 100;
   for (const Dims& s : cases) {

@@ -1,11 +1,11 @@
 // Faults with real processes: the masktune binary as coordinator and
 // workers over tcp on 127.0.0.1, killed with SIGKILL mid-sweep.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
-#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,11 +16,10 @@
 #include <set>
 #include <thread>
 
-#include "storage/store.h"
 #include "protocol/security.h"
+#include "storage/store.h"
 #include "tests/helpers.h"
 #include "tests/process_helpers.h"
-
 
 namespace masktune {
 namespace {
@@ -37,8 +36,8 @@ TEST_CASE("a worker process killed mid-trial: its trial is requeued and done by 
   // Over CURVE, as on a cluster: the keys from `masktune keys new`.
   REQUIRE(security::WriteKeyDir(dir / "keys").ok());
   const std::string keys = dir / "keys";
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint,
-                                   "--db", db, "--heartbeat-ms", "50", "--keys", keys});
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind",
+                                   endpoint, "--db", db, "--heartbeat-ms", "50", "--keys", keys});
   const pid_t doomed = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "doomed",
                               "--heartbeat-ms", "50", "--keys", keys});
   REQUIRE(WaitFor(db, "kill_worker", [](const auto& rows) {
@@ -65,10 +64,11 @@ TEST_CASE("a worker process killed mid-trial: its trial is requeued and done by 
 
 TEST_CASE("the coordinator killed mid-sweep, then resume: the plan completes, nothing twice") {
   testing::TempDir dir;
-  std::ofstream(dir / "s.yaml") << "study: kill_coordinator\nbenchmark: {name: noop, sleep_ms: 20}\n"
-                                   "search: {algorithm: random, num_samples: 60, seed: 3}\n"
-                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}],\n"
-                                   "            b: [{local: {window_size: {uniform: [0.01, 0.5]}}}]}\n";
+  std::ofstream(dir / "s.yaml")
+      << "study: kill_coordinator\nbenchmark: {name: noop, sleep_ms: 20}\n"
+         "search: {algorithm: random, num_samples: 60, seed: 3}\n"
+         "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}],\n"
+         "            b: [{local: {window_size: {uniform: [0.01, 0.5]}}}]}\n";
   const std::string db = dir / "s.db";
   const pid_t run = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2",
                            "--heartbeat-ms", "50"});
@@ -82,8 +82,8 @@ TEST_CASE("the coordinator killed mid-sweep, then resume: the plan completes, no
     if (r.status == "done") ++done_before, objective_before[r.id] = *r.objective;
   CHECK(done_before >= 20);
   CHECK(done_before < 120);
-  const pid_t resume = Spawn({MASKTUNE_BINARY, "resume", "kill_coordinator", "--db", db, "--workers", "2",
-                              "--heartbeat-ms", "50"});
+  const pid_t resume = Spawn({MASKTUNE_BINARY, "resume", "kill_coordinator", "--db", db,
+                              "--workers", "2", "--heartbeat-ms", "50"});
   CHECK(WaitExit(resume, 60) == 0);
   const auto rows = AllTrials(db, "kill_coordinator");
   CHECK(rows.size() == 120);
@@ -103,11 +103,11 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string db = dir / "s.db";
   const std::vector<std::string> coordinator_args = {
-      MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db, "--heartbeat-ms", "50",
-      "--insecure"};
+      MASKTUNE_BINARY,  "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db,
+      "--heartbeat-ms", "50",          "--insecure"};
   const pid_t first = Spawn(coordinator_args, dir / "coordinator.log");
-  const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "survivor",
-                              "--heartbeat-ms", "50", "--insecure"},
+  const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name",
+                              "survivor", "--heartbeat-ms", "50", "--insecure"},
                              dir / "worker.log");
   const bool started = WaitFor(db, "reconnect", DoneAtLeast(5));
   if (!started) {  // say why before failing: the processes' own words
@@ -117,8 +117,10 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
     };
     int status = 0;
     const bool coordinator_exited = waitpid(first, &status, WNOHANG) == first;
-    MESSAGE("coordinator " << (coordinator_exited ? "exited " + std::to_string(WEXITSTATUS(status)) : "running")
-                           << "; its log:\n" << slurp(dir / "coordinator.log") << "\nworker log:\n"
+    MESSAGE("coordinator " << (coordinator_exited ? "exited " + std::to_string(WEXITSTATUS(status))
+                                                  : "running")
+                           << "; its log:\n"
+                           << slurp(dir / "coordinator.log") << "\nworker log:\n"
                            << slurp(dir / "worker.log"));
     kill(first, SIGKILL);
     kill(worker, SIGKILL);
@@ -139,7 +141,8 @@ TEST_CASE("a worker outlives its coordinator: it reconnects to the restarted one
 }
 
 // Every (stack, number) once, every trial done, and how many attempts each took.
-std::map<int64_t, int64_t> CheckAllDoneOnce(const std::string& db, const std::string& study, size_t n) {
+std::map<int64_t, int64_t> CheckAllDoneOnce(const std::string& db, const std::string& study,
+                                            size_t n) {
   const auto rows = AllTrials(db, study);
   CHECK(rows.size() == n);
   std::set<std::pair<std::string, int64_t>> seen;
@@ -152,21 +155,24 @@ std::map<int64_t, int64_t> CheckAllDoneOnce(const std::string& db, const std::st
   return attempts;
 }
 
-TEST_CASE("the coordinator SIGKILLed 1 s into a 200-trial tcp sweep and restarted 50 ms later: the workers rejoin") {
+TEST_CASE(
+    "the coordinator SIGKILLed 1 s into a 200-trial tcp sweep and restarted 50 ms later: the "
+    "workers rejoin") {
   testing::TempDir dir;
   std::ofstream(dir / "s.yaml") << "study: fast_restart\nbenchmark: {name: noop, sleep_ms: 15}\n"
                                    "search: {algorithm: random, num_samples: 200, seed: 5}\n"
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 500]}}}]}\n";
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string db = dir / "s.db";
-  const std::vector<std::string> coordinator_args = {MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind",
-                                                     endpoint, "--db", db, "--heartbeat-ms", "200", "--insecure"};
+  const std::vector<std::string> coordinator_args = {
+      MASKTUNE_BINARY,  "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db,
+      "--heartbeat-ms", "200",         "--insecure"};
   const pid_t first = Spawn(coordinator_args, dir / "c1.log");
   std::vector<pid_t> workers;
   for (int i = 0; i < 3; ++i)
-    workers.push_back(Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--heartbeat-ms", "200",
-                             "--insecure"},
-                            dir / ("w" + std::to_string(i) + ".log")));
+    workers.push_back(Spawn(
+        {MASKTUNE_BINARY, "worker", "--connect", endpoint, "--heartbeat-ms", "200", "--insecure"},
+        dir / ("w" + std::to_string(i) + ".log")));
   std::this_thread::sleep_for(std::chrono::seconds(1));
   kill(first, SIGKILL);
   waitpid(first, nullptr, 0);
@@ -179,23 +185,25 @@ TEST_CASE("the coordinator SIGKILLed 1 s into a 200-trial tcp sweep and restarte
   CheckAllDoneOnce(db, "fast_restart", 200);
 }
 
-TEST_CASE("a worker SIGSTOPped past the heartbeat timeout and resumed rejoins and runs trials again") {
+TEST_CASE(
+    "a worker SIGSTOPped past the heartbeat timeout and resumed rejoins and runs trials again") {
   testing::TempDir dir;
   std::ofstream(dir / "s.yaml") << "study: paused\nbenchmark: {name: noop, sleep_ms: 30}\n"
                                    "search: {algorithm: random, num_samples: 150, seed: 6}\n"
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 500]}}}]}\n";
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
   const std::string db = dir / "s.db";
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db,
-                                   "--heartbeat-ms", "100", "--insecure"});
-  const pid_t sleeper = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "sleeper",
-                               "--heartbeat-ms", "100", "--insecure"},
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind",
+                                   endpoint, "--db", db, "--heartbeat-ms", "100", "--insecure"});
+  const pid_t sleeper = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name",
+                               "sleeper", "--heartbeat-ms", "100", "--insecure"},
                               dir / "sleeper.log");
   const pid_t steady = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "steady",
                               "--heartbeat-ms", "100", "--insecure"});
   REQUIRE(WaitFor(db, "paused", DoneAtLeast(10)));
   kill(sleeper, SIGSTOP);
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // > 3 heartbeats: the coordinator gives it up
+  std::this_thread::sleep_for(
+      std::chrono::milliseconds(700));  // > 3 heartbeats: the coordinator gives it up
   auto by_sleeper = [&] {
     int n = 0;
     for (const auto& r : AllTrials(db, "paused")) n += r.status == "done" && r.worker == "sleeper";
@@ -210,18 +218,24 @@ TEST_CASE("a worker SIGSTOPped past the heartbeat timeout and resumed rejoins an
   CheckAllDoneOnce(db, "paused", 150);
 }
 
-TEST_CASE("two `run`s on one study and database: the second is refused, naming the live one; nothing runs twice") {
+TEST_CASE(
+    "two `run`s on one study and database: the second is refused, naming the live one; nothing "
+    "runs twice") {
   testing::TempDir dir;
   std::ofstream(dir / "s.yaml") << "study: twice\nbenchmark: {name: noop, sleep_ms: 40}\n"
                                    "search: {algorithm: random, num_samples: 40, seed: 7}\n"
                                    "attention: {a: [{sink: {sink_size: {randint: [1, 500]}}}]}\n";
   const std::string db = dir / "s.db";
-  const pid_t first = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2"}, dir / "1.log");
+  const pid_t first =
+      Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2"}, dir / "1.log");
   REQUIRE(WaitFor(db, "twice", DoneAtLeast(2)));
-  const pid_t second = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2"}, dir / "2.log");
+  const pid_t second =
+      Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2"}, dir / "2.log");
   CHECK(WaitExit(second, 20) == 1);
   const std::string refused = Slurp(dir / "2.log");
-  CHECK_MESSAGE(refused.find("study 'twice' is being run by another coordinator: ") != std::string::npos, refused);
+  CHECK_MESSAGE(
+      refused.find("study 'twice' is being run by another coordinator: ") != std::string::npos,
+      refused);
   CHECK_MESSAGE(refused.find("pid " + std::to_string(first)) != std::string::npos, refused);
   CHECK_MESSAGE(WaitExit(first, 60) == 0, Slurp(dir / "1.log"));
   std::set<std::string> names;
@@ -231,7 +245,9 @@ TEST_CASE("two `run`s on one study and database: the second is refused, naming t
     CHECK(n.find(":" + std::to_string(first)) != std::string::npos);
 }
 
-TEST_CASE("SIGTERM and SIGINT stop `run` cleanly: exit 128+signal, state committed, no attempt burnt, resume ends it") {
+TEST_CASE(
+    "SIGTERM and SIGINT stop `run` cleanly: exit 128+signal, state committed, no attempt burnt, "
+    "resume ends it") {
   for (const int signal : {SIGTERM, SIGINT}) {
     CAPTURE(signal);
     testing::TempDir dir;
@@ -239,7 +255,8 @@ TEST_CASE("SIGTERM and SIGINT stop `run` cleanly: exit 128+signal, state committ
                                      "search: {algorithm: random, num_samples: 30, seed: 8}\n"
                                      "attention: {a: [{sink: {sink_size: {randint: [1, 500]}}}]}\n";
     const std::string db = dir / "s.db";
-    const pid_t run = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2"}, dir / "run.log");
+    const pid_t run = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2"},
+                            dir / "run.log");
     REQUIRE(WaitFor(db, "stopped", DoneAtLeast(3)));
     kill(run, signal);
     CHECK(WaitExit(run, 10) == 128 + signal);
@@ -253,7 +270,8 @@ TEST_CASE("SIGTERM and SIGINT stop `run` cleanly: exit 128+signal, state committ
       done += r.status == "done";
     }
     CHECK(done < 30);
-    const pid_t resume = Spawn({MASKTUNE_BINARY, "resume", "stopped", "--db", db, "--workers", "2"});
+    const pid_t resume =
+        Spawn({MASKTUNE_BINARY, "resume", "stopped", "--db", db, "--workers", "2"});
     CHECK(WaitExit(resume, 60) == 0);
     for (const auto& [id, attempts] : CheckAllDoneOnce(db, "stopped", 30)) CHECK(attempts == 1);
   }
@@ -275,26 +293,35 @@ TEST_CASE("a coordinator that cannot bind exits 1, and `status` says interrupted
   getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
   const std::string db = dir / "s.db";
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db", db,
-                                   "--insecure"},
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind",
+                                   endpoint, "--db", db, "--insecure"},
                                   dir / "c.log");
   CHECK(WaitExit(coordinator, 10) == 1);
   close(s);
-  CHECK_MESSAGE(Slurp(dir / "c.log").find("cannot bind " + endpoint) != std::string::npos, Slurp(dir / "c.log"));
-  const pid_t status = Spawn({MASKTUNE_BINARY, "status", "unbound", "--db", db}, dir / "status.log");
+  CHECK_MESSAGE(Slurp(dir / "c.log").find("cannot bind " + endpoint) != std::string::npos,
+                Slurp(dir / "c.log"));
+  const pid_t status =
+      Spawn({MASKTUNE_BINARY, "status", "unbound", "--db", db}, dir / "status.log");
   CHECK(WaitExit(status, 10) == 0);
   const std::string out = Slurp(dir / "status.log");
-  CHECK_MESSAGE(out.rfind("study unbound (interrupted): 2 trials: 0 done, 0 failed, 0 running, 2 queued\n", 0) == 0, out);
+  CHECK_MESSAGE(
+      out.rfind("study unbound (interrupted): 2 trials: 0 done, 0 failed, 0 running, 2 queued\n",
+                0) == 0,
+      out);
 }
 
-TEST_CASE("an edited sweep file against an existing study: an error naming what changed, unless --extend") {
+TEST_CASE(
+    "an edited sweep file against an existing study: an error naming what changed, unless "
+    "--extend") {
   testing::TempDir dir;
   const std::string head = "study: edited\nbenchmark: {name: noop}\n";
   const std::string stacks = "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
-  std::ofstream(dir / "s.yaml") << head << "search: {algorithm: random, num_samples: 4, seed: 1}\n" << stacks;
+  std::ofstream(dir / "s.yaml") << head << "search: {algorithm: random, num_samples: 4, seed: 1}\n"
+                                << stacks;
   const std::string db = dir / "s.db";
   auto run = [&](std::vector<std::string> extra, const std::string& log) {
-    std::vector<std::string> args = {MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "1"};
+    std::vector<std::string> args = {MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db,
+                                     "--workers",     "1"};
     args.insert(args.end(), extra.begin(), extra.end());
     return WaitExit(Spawn(args, dir / log), 30);
   };
@@ -305,9 +332,10 @@ TEST_CASE("an edited sweep file against an existing study: an error naming what 
                                 << "            b: [{local: {window_size: 8}}]}\n";
   CHECK(run({}, "2.log") == 2);
   const std::string refused = Slurp(dir / "2.log");
-  CHECK_MESSAGE(refused.find("the sweep file changed since the study was created (search, stacks differ)") !=
-                    std::string::npos,
-                refused);
+  CHECK_MESSAGE(
+      refused.find("the sweep file changed since the study was created (search, stacks differ)") !=
+          std::string::npos,
+      refused);
   CHECK(AllTrials(db, "edited").size() == 4);  // nothing was added
   CHECK(run({"--extend"}, "3.log") == 0);
   const auto rows = AllTrials(db, "edited");
@@ -315,7 +343,8 @@ TEST_CASE("an edited sweep file against an existing study: an error naming what 
   for (const auto& r : rows) CHECK(r.status == "done");
   // From now on the new plan is the study's: running it again is a no-op, resume too.
   CHECK(run({}, "4.log") == 0);
-  CHECK(WaitExit(Spawn({MASKTUNE_BINARY, "resume", "edited", "--db", db, "--workers", "1"}), 30) == 0);
+  CHECK(WaitExit(Spawn({MASKTUNE_BINARY, "resume", "edited", "--db", db, "--workers", "1"}), 30) ==
+        0);
   CHECK(AllTrials(db, "edited").size() == 7);
 }
 
@@ -330,12 +359,13 @@ TEST_CASE("refused peers are told why, and the coordinator logs every kind of re
                                    "search: {algorithm: random, num_samples: 1, seed: 1}\n"
                                    "attention: {a: [{sink: {sink_size: 4}}]}\n";
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db",
-                                   dir / "s.db", "--heartbeat-ms", "100", "--keys", dir / "keys"},
-                                  dir / "coordinator.log");
+  const pid_t coordinator =
+      Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind", endpoint, "--db",
+             dir / "s.db", "--heartbeat-ms", "100", "--keys", dir / "keys"},
+            dir / "coordinator.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const std::vector<std::string> common = {"--connect", endpoint, "--heartbeat-ms", "100", "--welcome-timeout", "1",
-                                           "--give-up-after", "3"};
+  const std::vector<std::string> common = {"--connect",         endpoint, "--heartbeat-ms",  "100",
+                                           "--welcome-timeout", "1",      "--give-up-after", "3"};
   auto worker = [&](const std::vector<std::string>& extra, const std::string& log) {
     std::vector<std::string> args = {MASKTUNE_BINARY, "worker"};
     args.insert(args.end(), common.begin(), common.end());
@@ -357,23 +387,28 @@ TEST_CASE("refused peers are told why, and the coordinator logs every kind of re
     close(s);
   }
   // Nobody listens here at all.
-  const pid_t nobody = Spawn({MASKTUNE_BINARY, "worker", "--connect", "tcp://127.0.0.1:" + std::to_string(FreePort()),
-                              "--insecure", "--welcome-timeout", "1", "--give-up-after", "2"},
-                             dir / "nobody.log");
+  const pid_t nobody = Spawn(
+      {MASKTUNE_BINARY, "worker", "--connect", "tcp://127.0.0.1:" + std::to_string(FreePort()),
+       "--insecure", "--welcome-timeout", "1", "--give-up-after", "2"},
+      dir / "nobody.log");
   CHECK(WaitExit(wrong_key, 20) == 1);  // gave up after 3 s, having said why
   CHECK(WaitExit(plain, 20) == 1);
   CHECK(WaitExit(nobody, 20) == 1);
   kill(coordinator, SIGTERM);
   CHECK(WaitExit(coordinator, 10) == 128 + SIGTERM);
   const std::string wrong = Slurp(dir / "wrong.log"), plain_log = Slurp(dir / "plain.log");
-  const std::string nobody_log = Slurp(dir / "nobody.log"), coordinator_log = Slurp(dir / "coordinator.log");
+  const std::string nobody_log = Slurp(dir / "nobody.log"),
+                    coordinator_log = Slurp(dir / "coordinator.log");
   CHECK_MESSAGE(wrong.find("not in authorized_workers") != std::string::npos, wrong);
   CHECK_MESSAGE(wrong.find("giving up") != std::string::npos, wrong);
   CHECK_MESSAGE(plain_log.find("handshake failed") != std::string::npos, plain_log);
-  CHECK_MESSAGE(nobody_log.find("no answer from tcp://127.0.0.1:") != std::string::npos, nobody_log);
+  CHECK_MESSAGE(nobody_log.find("no answer from tcp://127.0.0.1:") != std::string::npos,
+                nobody_log);
   CHECK_MESSAGE(nobody_log.find("giving up") != std::string::npos, nobody_log);
-  CHECK_MESSAGE(coordinator_log.find("refused a worker from 127.0.0.1") != std::string::npos, coordinator_log);
-  CHECK_MESSAGE(coordinator_log.find("refused a connection on " + endpoint) != std::string::npos, coordinator_log);
+  CHECK_MESSAGE(coordinator_log.find("refused a worker from 127.0.0.1") != std::string::npos,
+                coordinator_log);
+  CHECK_MESSAGE(coordinator_log.find("refused a connection on " + endpoint) != std::string::npos,
+                coordinator_log);
 }
 
 }  // namespace
@@ -383,7 +418,6 @@ namespace masktune {
 namespace {
 
 using namespace masktune::testing;
-
 
 const std::string kSlurmLocal = std::string(MASKTUNE_SOURCE_DIR) + "/scripts/slurm_local.sh";
 
@@ -404,7 +438,8 @@ struct LocalSlurm {
   }
 };
 
-TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the same launch resumes it") {
+TEST_CASE(
+    "SLURM: a sweep launched through sbatch completes; after scancel, the same launch resumes it") {
   // A one-node SLURM on this machine (scripts/slurm_local.sh).
   if (!std::getenv("SLURM_CONF")) setenv("SLURM_CONF", "/tmp/masktune-slurm/slurm.conf", 1);
   LocalSlurm slurm;
@@ -435,9 +470,10 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
   };
 
   // 1. To completion, with two workers started by srun.
-  std::ofstream(dir / "a.yaml") << "study: slurm_a\nstorage: a.db\nbenchmark: {name: noop, sleep_ms: 40}\n"
-                                   "search: {algorithm: random, num_samples: 30, seed: 1}\n"
-                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  std::ofstream(dir / "a.yaml")
+      << "study: slurm_a\nstorage: a.db\nbenchmark: {name: noop, sleep_ms: 40}\n"
+         "search: {algorithm: random, num_samples: 30, seed: 1}\n"
+         "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
   const int first = launch("a.yaml");
   REQUIRE(WaitFor(dir / "a.db", "slurm_a", DoneAtLeast(30)));
   CHECK(gone(first));  // the coordinator ended the job
@@ -446,9 +482,10 @@ TEST_CASE("SLURM: a sweep launched through sbatch completes; after scancel, the 
   CHECK(workers.size() == 2);
 
   // 2. scancel mid-study, then the same launch command resumes it.
-  std::ofstream(dir / "b.yaml") << "study: slurm_b\nstorage: b.db\nbenchmark: {name: noop, sleep_ms: 300}\n"
-                                   "search: {algorithm: random, num_samples: 24, seed: 2}\n"
-                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  std::ofstream(dir / "b.yaml")
+      << "study: slurm_b\nstorage: b.db\nbenchmark: {name: noop, sleep_ms: 300}\n"
+         "search: {algorithm: random, num_samples: 24, seed: 2}\n"
+         "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
   const int job = launch("b.yaml");
   REQUIRE(WaitFor(dir / "b.db", "slurm_b", DoneAtLeast(4)));
   REQUIRE(Shell("scancel " + std::to_string(job)).code == 0);
@@ -474,7 +511,8 @@ bool Running(int pid) {
   return paren != std::string::npos && text.size() > paren + 2 && text[paren + 2] != 'Z';
 }
 
-TEST_CASE("SLURM: slurm_local.sh stop ends only the daemons its start recorded, after the last owner") {
+TEST_CASE(
+    "SLURM: slurm_local.sh stop ends only the daemons its start recorded, after the last owner") {
   // Stand-ins for the daemons: copies of sleep named as they are (stop checks
   // the name), started in the background of a shell that exits, as daemons are.
   testing::TempDir dir;
@@ -485,9 +523,9 @@ TEST_CASE("SLURM: slurm_local.sh stop ends only the daemons its start recorded, 
     REQUIRE(rc == 0);
     return std::stoi(out);
   };
-  const int ours = background(dir / "slurmd");     // started by `start`: in the record
-  const int theirs = background(dir / "munged");   // ran before: not in the record
-  const int reused = background("/bin/sleep");     // a pid in the record, now another program
+  const int ours = background(dir / "slurmd");    // started by `start`: in the record
+  const int theirs = background(dir / "munged");  // ran before: not in the record
+  const int reused = background("/bin/sleep");    // a pid in the record, now another program
   const int owner_a = background("/bin/sleep"), owner_b = background("/bin/sleep");
   // The state `start` leaves for two owners (their start times name them).
   std::filesystem::create_directories(dir / "users");

@@ -42,7 +42,8 @@ Verdict JudgeMask(const Tensor& got, const Tensor& expected, const Tensor* score
       if ((g != 0) != (e != 0)) {
         ++differ;
       } else if (std::fabs(g - e) > 1e-4f) {
-        v.problem = "entry " + std::to_string(i) + ": " + std::to_string(g) + " vs " + std::to_string(e);
+        v.problem =
+            "entry " + std::to_string(i) + ": " + std::to_string(g) + " vs " + std::to_string(e);
         return v;
       }
     }
@@ -71,11 +72,11 @@ Verdict JudgeMask(const Tensor& got, const Tensor& expected, const Tensor* score
         v.exact_mask = false;
         const float s = scores ? scores->data()[r * n + j] : 0.0f;
         if (!scores || !(s == thr || s <= std::numeric_limits<float>::lowest())) {
-          v.problem = "row " + std::to_string(r) + " key " + std::to_string(j) + ": got " +
-                      std::to_string(g[j]) + ", expected " + std::to_string(e[j]) +
-                      (scores ? " (score " + std::to_string(s) + ", threshold " +
-                                    std::to_string(thr) + ")"
-                              : "");
+          v.problem =
+              "row " + std::to_string(r) + " key " + std::to_string(j) + ": got " +
+              std::to_string(g[j]) + ", expected " + std::to_string(e[j]) +
+              (scores ? " (score " + std::to_string(s) + ", threshold " + std::to_string(thr) + ")"
+                      : "");
           return v;
         }
       } else if (std::fabs(g[j] - e[j]) > 1e-5f) {
@@ -120,7 +121,8 @@ TEST_CASE("golden cases from the reference implementation") {
     const Tensor& expected_out = *file->Get("expected_out").value();
     const Tensor& dense_out = *file->Get("dense_out").value();
 
-    const Tensor* scores = file->Has("expected_scores") ? file->Get("expected_scores").value() : nullptr;
+    const Tensor* scores =
+        file->Has("expected_scores") ? file->Get("expected_scores").value() : nullptr;
     bool lsh = false;
     for (const json& m : meta["maskers"]) lsh |= m["type"] == "magic_pig";
     const Verdict v = JudgeMask(mask->ToDense(), *file->Get("expected_mask").value(), scores, lsh);

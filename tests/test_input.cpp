@@ -29,8 +29,9 @@ using testing::CheckBadInput;
 using testing::Run;
 
 // The masktune binary under `timeout`, so an endless read fails the test instead of hanging it.
-Run Attend(const std::string& args, int timeout_s = 20) { return testing::Masktune("attend " + args, "", timeout_s); }
-
+Run Attend(const std::string& args, int timeout_s = 20) {
+  return testing::Masktune("attend " + args, "", timeout_s);
+}
 
 // Exit 0 and one JSON line with a finite error; returns it.
 nlohmann::json CheckOk(const Run& r) {
@@ -112,13 +113,17 @@ TEST_CASE("attend input: numbers beyond double range are errors naming the field
   WriteRaw(dir / "ok.safetensors", Header().Text(), kData);
   const std::string input = "--input " + dir / "ok.safetensors";
   // The old code: "internal error: number overflow parsing '1e999'", exit 1.
-  CheckBadInput(Attend(input + R"( --maskers '[{"type":"sink","sink_size":2},{"type":"oracle_top_k","heavy_size":-1e999}]')"),
-                "--maskers: masker list: maskers[1].heavy_size: number -1e999 is beyond the range "
-                "of a double (line 1, column 68)");
+  CheckBadInput(
+      Attend(
+          input +
+          R"( --maskers '[{"type":"sink","sink_size":2},{"type":"oracle_top_k","heavy_size":-1e999}]')"),
+      "--maskers: masker list: maskers[1].heavy_size: number -1e999 is beyond the range "
+      "of a double (line 1, column 68)");
   // An integer beyond int64 was wrapped to a negative.
-  CheckBadInput(Attend(input + R"( --maskers '[{"type":"sink","sink_size":18446744073709551615}]')"),
-                "maskers[0] (sink): field 'sink_size': integer 18446744073709551615 is beyond the "
-                "64-bit range");
+  CheckBadInput(
+      Attend(input + R"( --maskers '[{"type":"sink","sink_size":18446744073709551615}]')"),
+      "maskers[0] (sink): field 'sink_size': integer 18446744073709551615 is beyond the "
+      "64-bit range");
 
   Header shape;
   shape.q_shape = "[1,2,1,1e999]";
@@ -134,8 +139,9 @@ TEST_CASE("attend input: numbers beyond double range are errors naming the field
   Header scaling;
   scaling.extra = R"(,"__metadata__":{"case":"{\"maskers\":[],\"scaling\":1e999}"})";
   WriteRaw(dir / "c.safetensors", scaling.Text(), kData);
-  CheckBadInput(Attend("--input " + dir / "c.safetensors"),
-                "c.safetensors: case metadata: scaling: number 1e999 is beyond the range of a double");
+  CheckBadInput(
+      Attend("--input " + dir / "c.safetensors"),
+      "c.safetensors: case metadata: scaling: number 1e999 is beyond the range of a double");
 }
 
 TEST_CASE("attend input: a folder, /dev/zero and /dev/urandom are refused at once") {
@@ -246,10 +252,10 @@ TEST_CASE("attend input: huge sizes do not crash the maskers") {
   WriteRaw(dir / "ok.safetensors", Header().Text(), Floats(testing::RandomTensor({72}, 5).vec()));
   const std::string input = "--input " + dir / "ok.safetensors" + " --maskers ";
   // 1e20 * keys was cast to int64 (undefined; a segfault), w + queries overflowed.
-  for (const char* list : {R"('[{"type":"oracle_top_k","heavy_size":1e20}]')",
-                           R"('[{"type":"sink","sink_size":1e300}]')",
-                           R"('[{"type":"local","window_size":1e20}]')",
-                           R"('[{"type":"local","window_size":9223372036854775807}]')"}) {
+  for (const char* list :
+       {R"('[{"type":"oracle_top_k","heavy_size":1e20}]')",
+        R"('[{"type":"sink","sink_size":1e300}]')", R"('[{"type":"local","window_size":1e20}]')",
+        R"('[{"type":"local","window_size":9223372036854775807}]')"}) {
     CAPTURE(list);
     const auto line = CheckOk(Attend(input + list));
     CHECK(line["density"].get<double>() == 1.0);
@@ -266,8 +272,9 @@ TEST_CASE("attend input: safetensors headers that do not describe the data") {
   Header h;
   h.q_shape = "[0,4611686018427387904,4611686018427387904,4]";  // no elements, absurd dims
   h.q_offsets = "[0,0]";
-  bad(h, kData.substr(32), "tensor 'q': shape [0,4611686018427387904,4611686018427387904,4] is "
-                           "larger than the file (256 bytes of data)");
+  bad(h, kData.substr(32),
+      "tensor 'q': shape [0,4611686018427387904,4611686018427387904,4] is "
+      "larger than the file (256 bytes of data)");
   h = Header();
   h.k_shape = "[4294967296,4294967296,1,1]";  // product overflows int64
   bad(h, kData, "tensor 'k': shape [4294967296,4294967296,1,1] is larger than the file");
@@ -302,8 +309,9 @@ TEST_CASE("attend input: safetensors headers that do not describe the data") {
 TEST_CASE("attend input: CheckJsonText and CheckScoreRange on their own") {
   CHECK(CheckJsonText(Deep(64, "1"), "x").ok());
   const Status deep = CheckJsonText(Deep(65, "1"), "x");
-  CHECK(deep.message() == "x[0][0][0][0][0][0][0][0]...: nested deeper than 64 levels (line 1, "
-                          "column 65)");
+  CHECK(deep.message() ==
+        "x[0][0][0][0][0][0][0][0]...: nested deeper than 64 levels (line 1, "
+        "column 65)");
   // Brackets and numbers inside strings are text.
   CHECK(CheckJsonText(R"({"a":"[[[[1e999\"]]]"})", "").ok());
   CHECK(CheckJsonText(R"({"a":{"b":[1,2,{"c":1e999}]}})", "").message() ==
@@ -318,15 +326,16 @@ TEST_CASE("attend input: CheckJsonText and CheckScoreRange on their own") {
   c.k.data()[5 * 8] = 1e38f;
   c.q.data()[0] = 1e38f;  // q[0, 0, 0] . k[0, 0, 5] = 1e76
   const Status s = CheckScoreRange(c.in);
-  CHECK(s.message().rfind("scores overflow: <q, k> reaches 1e+76 at q[0, 0, 0] and k[0, 0, 5]", 0) == 0);
+  CHECK(s.message().rfind("scores overflow: <q, k> reaches 1e+76 at q[0, 0, 0] and k[0, 0, 5]",
+                          0) == 0);
 }
 
 TEST_CASE("attend --help describes the input limits") {
   const Run r = Attend("--help");
   CAPTURE(r.output);
   CHECK(r.code == 0);
-  for (const char* want : {"regular safetensors file", "nests at most 64 levels", "1e999",
-                           "16 MiB", "scores overflow", "0 and negatives allowed"})
+  for (const char* want : {"regular safetensors file", "nests at most 64 levels", "1e999", "16 MiB",
+                           "scores overflow", "0 and negatives allowed"})
     CHECK_MESSAGE(r.output.find(want) != std::string::npos, want);
 }
 
@@ -336,8 +345,8 @@ TEST_CASE("attend input: scripts/fuzz_attend.py, 60 seeded cases, none crashes o
           doctest::skip(!HavePython()) * doctest::description("python3 not found")) {
   testing::TempDir dir;
   const Run fuzz = testing::Shell("python3 " + std::string(MASKTUNE_SOURCE_DIR) +
-                                  "/scripts/fuzz_attend.py --count 60 --seed 12 --binary " + MASKTUNE_BINARY +
-                                  " --workdir " + dir / "fuzz");
+                                  "/scripts/fuzz_attend.py --count 60 --seed 12 --binary " +
+                                  MASKTUNE_BINARY + " --workdir " + dir / "fuzz");
   const std::string& output = fuzz.output;
   CAPTURE(output);
   CHECK(fuzz.code == 0);
@@ -348,7 +357,8 @@ TEST_CASE("attend input: scripts/fuzz_attend.py, 60 seeded cases, none crashes o
 // A double_sparsity_top_k stack (2 heads of 4 dims: 2 channels each) reading `file`.
 std::string ChannelStack(const std::string& file) {
   return R"( --maskers '[{"type":"double_sparsity_top_k","heavy_size":2,"group_factor":2,)"
-         R"("sorted_channel_file":")" + file + R"("}]')";
+         R"("sorted_channel_file":")" +
+         file + R"("}]')";
 }
 
 TEST_CASE("attend input: a hostile sorted_channel_file is exit 2 with one line, at once") {
@@ -392,8 +402,8 @@ TEST_CASE("attend input: a hostile sorted_channel_file is exit 2 with one line, 
   CheckBadInput(Attend(input + ChannelStack(dir / "bad.json"), 10),
                 "sorted_channel_file '" + dir / "bad.json" + "': not valid JSON: ");
   // A long value as a channel is shown shortened, not dumped whole.
-  std::ofstream(dir / "long.json") << "{" << key << ":[[0,\"" << std::string(1000000, 'x')
-                                   << "\"],[2,3]]}";
+  std::ofstream(dir / "long.json")
+      << "{" << key << ":[[0,\"" << std::string(1000000, 'x') << "\"],[2,3]]}";
   const Run lng = Attend(input + ChannelStack(dir / "long.json"), 10);
   CheckBadInput(lng, "head 0: channel \"xxxxxxxx");
   CHECK(lng.output.find("xxx... is not an index in [0, 4)") != std::string::npos);

@@ -31,18 +31,20 @@ const Reference& Ref() {
         MASKTUNE_SOURCE_DIR "/models/" + out.json["model_file"].get<std::string>();
     if (std::filesystem::exists(path)) {
       auto m = LlamaModel::Load(path);
-      if (m.ok()) out.model = m.value();
-      else MESSAGE(m.status().message());
+      if (m.ok())
+        out.model = m.value();
+      else
+        MESSAGE(m.status().message());
     }
     return out;
   }();
   return r;
 }
 
-#define REQUIRE_MODEL()                                                           \
-  if (!Ref().model) {                                                             \
+#define REQUIRE_MODEL()                                                              \
+  if (!Ref().model) {                                                                \
     MESSAGE("skipped: no models/SmolLM2-135M-Instruct.Q4_1.gguf (make fetches it)"); \
-    return;                                                                       \
+    return;                                                                          \
   }
 
 TEST_CASE("llama: SmolLM2's configuration is read from the GGUF") {
@@ -104,7 +106,8 @@ TEST_CASE("llama: chunked prefill, token-by-token decoding and a saved prefix ag
   for (size_t i = half; i < ids.size(); ++i) b = steps.Forward(std::span(ids).subspan(i, 1));
   REQUIRE(b.ok());
   float diff = 0;
-  for (size_t i = 0; i < a->size(); ++i) diff = std::max(diff, std::fabs(a.value()[i] - b.value()[i]));
+  for (size_t i = 0; i < a->size(); ++i)
+    diff = std::max(diff, std::fabs(a.value()[i] - b.value()[i]));
   CHECK(diff < 1e-3f);
 
   testing::TempDir dir;
@@ -126,7 +129,8 @@ TEST_CASE("llama: a masker stack runs in every layer but the dense ones") {
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   auto configs = registry.ParseJsonList(
       R"([{"type":"sink","sink_size":4},{"type":"local","window_size":8},
-          {"type":"oracle_top_k","heavy_size":16}])", "");
+          {"type":"oracle_top_k","heavy_size":16}])",
+      "");
   REQUIRE(configs.ok());
   auto stack = MaskerStack::Build(registry, configs.value());
   REQUIRE(stack.ok());
@@ -159,8 +163,7 @@ TEST_CASE("llama: bad model files and token ids are clear errors") {
   REQUIRE_MODEL();
   Sequence seq(Ref().model, 8);
   const int32_t bad[1] = {49152};
-  CHECK(seq.Forward(bad).status().message() ==
-        "token id 49152 outside the vocabulary of 49152");
+  CHECK(seq.Forward(bad).status().message() == "token id 49152 outside the vocabulary of 49152");
 }
 
 }  // namespace
@@ -175,7 +178,8 @@ std::vector<MaskerConfig> Stack(const std::string& json) {
   return c.value();
 }
 
-TEST_CASE("ruler_niah: a stack inside the model answers needles; setups A and B; the prefill cache") {
+TEST_CASE(
+    "ruler_niah: a stack inside the model answers needles; setups A and B; the prefill cache") {
   if (!model::Ref().model) {
     MESSAGE("skipped: no models/SmolLM2-135M-Instruct.Q4_1.gguf (make fetches it)");
     return;
@@ -201,8 +205,8 @@ TEST_CASE("ruler_niah: a stack inside the model answers needles; setups A and B;
   CHECK(all->at("density") == 1.0);
   CHECK(all->at("error") == 1.0 - all->at("accuracy"));
   CHECK(all->at("tokens_per_second") > 0);
-  for (const char* m : {"niah_multivalue.accuracy", "niah_multivalue.density",
-                        "niah_single_1.tokens_per_second"})
+  for (const char* m :
+       {"niah_multivalue.accuracy", "niah_multivalue.density", "niah_single_1.tokens_per_second"})
     CHECK(all->count(m) == 1);
   // Two keys per query row are too few to read a needle.
   auto starved = bench.value()->Run(
@@ -212,7 +216,8 @@ TEST_CASE("ruler_niah: a stack inside the model answers needles; setups A and B;
   CHECK(starved->at("accuracy") < all->at("accuracy"));
   // Setup A processes the question densely too; the prefixes were cached on disk.
   int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path)) files += e.path().extension() == ".safetensors";
+  for (const auto& e : std::filesystem::directory_iterator(dir.path))
+    files += e.path().extension() == ".safetensors";
   CHECK(files == 4);
   spec["setup"] = "A";
   auto a = CreateBenchmark(spec);

@@ -78,7 +78,9 @@ TEST_CASE("sizes at or above the key count give full attention") {
   CHECK(Run(R"([{"type":"quest_top_k","heavy_size":30,"page_size":4}])", c.in).is_full());
   // A full mask passes through every later masker unchanged.
   CHECK(Run(R"([{"type":"sink","sink_size":64},{"type":"local","window_size":2},
-                {"type":"causal"},{"type":"oracle_top_k","heavy_size":1}])", c.in).is_full());
+                {"type":"causal"},{"type":"oracle_top_k","heavy_size":1}])",
+            c.in)
+            .is_full());
 }
 
 TEST_CASE("float sizes are fractions of the keys, integers are counts") {
@@ -98,7 +100,8 @@ TEST_CASE("local window of several queries under a causal mask") {
   CHECK(KeptKeys(m, 1) == std::vector<int64_t>{0, 1, 15, 16, 17, 18});
   CHECK(KeptKeys(m, 2) == std::vector<int64_t>{0, 1, 16, 17, 18, 19});
   // Keys an earlier masker kept after the query's position are cleared by local.
-  const Mask late = Run(R"([{"type":"sink","sink_size":19},{"type":"local","window_size":2}])", c.in);
+  const Mask late =
+      Run(R"([{"type":"sink","sink_size":19},{"type":"local","window_size":2}])", c.in);
   CHECK(KeptKeys(late, 0) == Range(0, 18));
   CHECK(KeptKeys(late, 2) == Range(0, 20));
 }
@@ -127,7 +130,8 @@ TEST_CASE("oracle top-k: grouped-query heads rank against their kv head") {
 
 TEST_CASE("oracle top-k skips keys an earlier masker kept, and forbidden keys") {
   Case c(1, 2, 1, 4, 64, 8, 6, true);
-  const Mask m = Run(R"([{"type":"sink","sink_size":4},{"type":"oracle_top_k","heavy_size":5}])", c.in);
+  const Mask m =
+      Run(R"([{"type":"sink","sink_size":4},{"type":"oracle_top_k","heavy_size":5}])", c.in);
   for (int64_t row = 0; row < 8; ++row) {
     const auto kept = KeptKeys(m, row);
     CHECK(kept.size() == 9);  // overlapping maskers: the top-k adds 5 new keys
@@ -145,7 +149,8 @@ TEST_CASE("oracle top-k skips keys an earlier masker kept, and forbidden keys") 
 
 TEST_CASE("oracle top-k prefers keys already kept over forbidden ones when short of keys") {
   Case c(1, 1, 1, 2, 10, 4, 7, true);  // query 0 may see keys 0..8
-  const Mask m = Run(R"([{"type":"sink","sink_size":6},{"type":"oracle_top_k","heavy_size":4}])", c.in);
+  const Mask m =
+      Run(R"([{"type":"sink","sink_size":6},{"type":"oracle_top_k","heavy_size":4}])", c.in);
   // Only keys 6, 7, 8 are new and allowed for query 0; the fourth pick is a
   // sink key (a no-op), never the forbidden key 9.
   CHECK(KeptKeys(m, 0) == Range(0, 9));
@@ -173,7 +178,8 @@ TEST_CASE("top-k ties go to the lower key index") {
     if (trial % 5 == 0) std::sort(row.begin(), row.end());  // adversarial for the sample
     std::vector<int32_t> order(static_cast<size_t>(n));
     for (int64_t j = 0; j < n; ++j) order[j] = static_cast<int32_t>(j);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return row[a] > row[b]; });
     std::vector<int32_t> want(order.begin(), order.begin() + k);
     std::sort(want.begin(), want.end());
     std::vector<int32_t> got(static_cast<size_t>(k));
@@ -291,11 +297,13 @@ TEST_CASE("quest gates by the attention mask and skips pages with no allowed key
 TEST_CASE("double sparsity reads the channel file and names what is wrong in it") {
   testing::TempDir dir;
   Case c(1, 2, 1, 1, 64, 8, 12);
-  std::ofstream(dir / "ch.json") << R"({"model.layers.0.self_attn.qk_proj": [[7,6,5,4,3,2,1,0],[0,1,2,3,4,5,6,7]],
+  std::ofstream(dir / "ch.json")
+      << R"({"model.layers.0.self_attn.qk_proj": [[7,6,5,4,3,2,1,0],[0,1,2,3,4,5,6,7]],
                                         "model.layers.1.self_attn.qk_proj": [[0,1]],
                                         "model.layers.2.self_attn.qk_proj": [[0,9,1,1],[0,1,2,3]]})";
   const std::string stack = R"([{"type":"double_sparsity_top_k","heavy_size":6,"group_factor":4,
-                                 "label_bits":16,"sorted_channel_file":")" + dir / "ch.json" + "\"}]";
+                                 "label_bits":16,"sorted_channel_file":")" +
+                            dir / "ch.json" + "\"}]";
   const Mask m = Run(stack, c.in);
   // Head 1 uses channels 0, 1: its top keys by q0*k0 + q1*k1.
   std::vector<std::pair<float, int64_t>> s;
@@ -311,7 +319,8 @@ TEST_CASE("double sparsity reads the channel file and names what is wrong in it"
   CHECK(KeptKeys(m, 1) == want);
   CHECK(RunError(stack, c.in, 3).find("key 'model.layers.3.self_attn.qk_proj': missing") !=
         std::string::npos);
-  CHECK(RunError(stack, c.in, 1).find("expected a list of 2 per-head channel lists, found 1 entries") !=
+  CHECK(RunError(stack, c.in, 1)
+            .find("expected a list of 2 per-head channel lists, found 1 entries") !=
         std::string::npos);
   CHECK(RunError(stack, c.in, 2).find("head 0: channel 9 is not an index in [0, 8)") !=
         std::string::npos);
@@ -329,7 +338,8 @@ TEST_CASE("hash attention caches key signatures per layer and extends them") {
               .ok());
   const std::string stack = R"([{"type":"hash_attention_top_k","heavy_size":3,"hat_bits":4,
       "hat_mlp_layers":1,"hat_mlp_hidden_size":4,"hat_mlp_activation":"relu",
-      "hat_weight_file":")" + dir / "w.safetensors" + "\"}]";
+      "hat_weight_file":")" +
+                            dir / "w.safetensors" + "\"}]";
   Case c(1, 1, 1, 1, 40, 4, 13);
   // Key 37 matches the query's signs exactly; 38 matches 3 of 4.
   for (int d = 0; d < 4; ++d) {
@@ -350,7 +360,8 @@ TEST_CASE("hash attention caches key signatures per layer and extends them") {
   CHECK(KeptKeys(m, 0) == std::vector<int64_t>{37, 38, 39});
   CHECK(RunError(stack, small.in, 0, &state).find("brings 30 keys, fewer than the 40 cached") !=
         std::string::npos);
-  CHECK(RunError(stack, c.in, 1).find("missing tensor 'layer1.query_matrix.0'") != std::string::npos);
+  CHECK(RunError(stack, c.in, 1).find("missing tensor 'layer1.query_matrix.0'") !=
+        std::string::npos);
 }
 
 }  // namespace
@@ -428,11 +439,17 @@ TEST_CASE("magic_pig bad input names the field") {
   testing::TempDir dir;
   Tensor wrong({8, 16});
   REQUIRE(WriteSafetensors(dir / "p.safetensors", {{"layer0.projections", &wrong}}).ok());
-  CHECK(RunError(R"([{"type":"magic_pig","lsh_k":4,"lsh_l":4,"projections_file":")" + dir / "p.safetensors" + "\"}]", c.in)
-            .find("layer0.projections: expected shape (9, 16) (head_dim + 1, lsh_k * lsh_l), found (8, 16)") !=
-        std::string::npos);
-  CHECK(RunError(R"([{"type":"magic_pig","lsh_k":4,"lsh_l":4},{"type":"magic_pig","lsh_k":2,"lsh_l":2}])", c.in) ==
-        "maskers[1] (magic_pig): a stack holds at most one sampling masker; maskers[0] (magic_pig) is one already");
+  CHECK(RunError(R"([{"type":"magic_pig","lsh_k":4,"lsh_l":4,"projections_file":")" +
+                     dir / "p.safetensors" + "\"}]",
+                 c.in)
+            .find("layer0.projections: expected shape (9, 16) (head_dim + 1, lsh_k * lsh_l), found "
+                  "(8, 16)") != std::string::npos);
+  CHECK(
+      RunError(
+          R"([{"type":"magic_pig","lsh_k":4,"lsh_l":4},{"type":"magic_pig","lsh_k":2,"lsh_l":2}])",
+          c.in) ==
+      "maskers[1] (magic_pig): a stack holds at most one sampling masker; maskers[0] (magic_pig) "
+      "is one already");
 }
 
 TEST_CASE("magic_pig signs appended keys only, and stays reproducible from its seed") {
@@ -448,7 +465,8 @@ TEST_CASE("magic_pig signs appended keys only, and stays reproducible from its s
   const Mask grown = Run(stack, c.in, &state);
   CHECK(state[0].codes.begin()->second.size() == 2 * 64 * 1);
   CHECK(Run(stack, c.in).Density() > 0.0);
-  CHECK(RunError(stack, first.in, 0, &state).find("brings 48 keys, fewer than the 64 cached") != std::string::npos);
+  CHECK(RunError(stack, first.in, 0, &state).find("brings 48 keys, fewer than the 64 cached") !=
+        std::string::npos);
   // Same seed, same mask; on any thread count.
   const Mask a = Run(stack, c.in), b = Run(stack, c.in);
   CHECK(a.ToDense().vec() == b.ToDense().vec());
@@ -465,7 +483,9 @@ TEST_CASE("random_sampling draws distinct keys and writes their true inclusion p
   constexpr int kSeeds = 1000;
   std::vector<int> hits(50, 0);
   for (int seed = 0; seed < kSeeds; ++seed) {
-    const Mask m = Run(R"([{"type":"random_sampling","sampling_rate":0.3,"seed":)" + std::to_string(seed) + "}]", c.in);
+    const Mask m = Run(
+        R"([{"type":"random_sampling","sampling_rate":0.3,"seed":)" + std::to_string(seed) + "}]",
+        c.in);
     for (int64_t row = 0; row < 6; ++row) {
       int count = 0;
       m.ForEachKept(row, [&](int64_t j, float p) {
@@ -487,10 +507,12 @@ TEST_CASE("random_sampling draws distinct keys and writes their true inclusion p
   CHECK(Run(s, c.in).ToDense().vec() == Run(s, c.in).ToDense().vec());
   CHECK(KeptKeys(Run(s, c.in), 0) != KeptKeys(Run(s, c.in), 1));
   CHECK(Run(R"([{"type":"random_sampling","sampling_rate":1.0}])", c.in).is_full());
-  CHECK(RunError(R"([{"type":"random_sampling","sampling_rate":0}])", c.in) ==
-        "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 0");
+  CHECK(
+      RunError(R"([{"type":"random_sampling","sampling_rate":0}])", c.in) ==
+      "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 0");
   CHECK(RunError(R"([{"type":"random_sampling","sampling_rate":1.5}])", c.in) ==
-        "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found 1.5");
+        "maskers[0] (random_sampling): field 'sampling_rate': expected a number in (0, 1], found "
+        "1.5");
 }
 
 }  // namespace
@@ -507,7 +529,9 @@ TEST_CASE("adaptive_sampling: the normal quantile and the budget formula by hand
   // Equal weights: sigma is 0 (floored at 1e-8), the budget falls to the base sample's size.
   Case flat(1, 1, 1, 1, 12, 4, 61);
   std::fill(flat.q.vec().begin(), flat.q.vec().end(), 0.0f);
-  const Mask m = Run(R"([{"type":"adaptive_sampling","base_rate_sampling":4,"epsilon":0.1,"delta":0.1}])", flat.in);
+  const Mask m =
+      Run(R"([{"type":"adaptive_sampling","base_rate_sampling":4,"epsilon":0.1,"delta":0.1}])",
+          flat.in);
   CHECK(KeptKeys(m, 0).size() == 4);
   m.ForEachKept(0, [](int64_t, float p) { CHECK(p == doctest::Approx(4.0 / 12)); });
   // Known weights, and a base sample of the whole range: every term is fixed.
@@ -527,23 +551,34 @@ TEST_CASE("adaptive_sampling: the normal quantile and the budget formula by hand
   for (int j = 0; j < 40; ++j) S += w[j] / mx;
   for (int j = 4; j < 36; ++j) sum += w[j] / mx, sum2 += (w[j] / mx) * (w[j] / mx);
   const double sigma = std::sqrt((sum2 - 32 * (sum / 32) * (sum / 32)) / 31);
-  const double Sb = sum;  // * R / nb = 1
+  const double Sb = sum;                // * R / nb = 1
   const double z = 1.2815515655446004;  // Phi^-1(0.9)
   const double eps = 0.05;
   const auto b = static_cast<int64_t>(std::pow(z * sigma * 32 / (eps * (S + Sb)), 2));
   const int64_t want = std::clamp<int64_t>(std::clamp<int64_t>(b, 1, 32), 32, 32);
-  const Mask a = Run(R"([{"type":"adaptive_sampling","base_rate_sampling":32,"epsilon":0.05,"delta":0.1,"init_offset":4,"local_offset":4}])", c.in);
+  const Mask a = Run(
+      R"([{"type":"adaptive_sampling","base_rate_sampling":32,"epsilon":0.05,"delta":0.1,"init_offset":4,"local_offset":4}])",
+      c.in);
   CHECK(static_cast<int64_t>(KeptKeys(a, 0).size()) == want);
   // A smaller base sample keeps the formula's budget between nb and R.
-  const Mask small = Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0.25,"epsilon":0.3,"delta":0.2,"init_offset":4,"local_offset":4}])", c.in);
+  const Mask small = Run(
+      R"([{"type":"adaptive_sampling","base_rate_sampling":0.25,"epsilon":0.3,"delta":0.2,"init_offset":4,"local_offset":4}])",
+      c.in);
   const auto kept = KeptKeys(small, 0);
   CHECK(kept.size() >= 8);  // nb = int(0.25 * 32)
   CHECK(kept.size() <= 32);
   for (int64_t j : kept) CHECK((j >= 4 && j < 36));
   // Off, full, and bad fields.
-  CHECK(Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0,"epsilon":0.1,"delta":0.1}])", c.in).is_empty());
-  CHECK(Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0.1,"epsilon":0.1,"delta":0.1,"init_offset":20,"local_offset":19}])", c.in).is_full());
-  CHECK(RunError(R"([{"type":"adaptive_sampling","base_rate_sampling":0.1,"epsilon":1.0,"delta":0.1}])", c.in) ==
+  CHECK(Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0,"epsilon":0.1,"delta":0.1}])",
+            c.in)
+            .is_empty());
+  CHECK(
+      Run(R"([{"type":"adaptive_sampling","base_rate_sampling":0.1,"epsilon":0.1,"delta":0.1,"init_offset":20,"local_offset":19}])",
+          c.in)
+          .is_full());
+  CHECK(RunError(
+            R"([{"type":"adaptive_sampling","base_rate_sampling":0.1,"epsilon":1.0,"delta":0.1}])",
+            c.in) ==
         "maskers[0] (adaptive_sampling): field 'epsilon': expected a number in (0, 1), found 1.0");
 }
 
@@ -566,17 +601,20 @@ TEST_CASE("adaptive_sampling meets its epsilon bound on the denominator as the s
   constexpr int kSeeds = 300;
   int within = 0, above = 0, below = 0;
   for (int seed = 0; seed < kSeeds; ++seed) {
-    const Mask m = Run(R"([{"type":"sink","sink_size":16},{"type":"local","window_size":16},)"
-                       R"({"type":"adaptive_sampling","base_rate_sampling":0.05,"epsilon":0.1,"delta":0.1,)"
-                       R"("init_offset":16,"local_offset":16,"seed":)" + std::to_string(seed) + "}]",
-                       c.in);
+    const Mask m =
+        Run(R"([{"type":"sink","sink_size":16},{"type":"local","window_size":16},)"
+            R"({"type":"adaptive_sampling","base_rate_sampling":0.05,"epsilon":0.1,"delta":0.1,)"
+            R"("init_offset":16,"local_offset":16,"seed":)" +
+                std::to_string(seed) + "}]",
+            c.in);
     double est = 0;
     m.ForEachKept(0, [&](int64_t j, float p) { est += std::exp(s[j] - mx) / p; });
     within += std::fabs(est - dense) / dense <= eps;
     above += est > (1 + eps) * dense;
     below += est < (1 - eps) * dense;
   }
-  MESSAGE("runs within epsilon: " << within << " / " << kSeeds << " (above " << above << ", below " << below << ")");
+  MESSAGE("runs within epsilon: " << within << " / " << kSeeds << " (above " << above << ", below "
+                                  << below << ")");
   const double slack = 4 * std::sqrt(delta * (1 - delta) / kSeeds);  // four binomial sd
   CHECK(within >= (1 - 2 * delta - slack) * kSeeds);
   CHECK(above <= (delta + slack) * kSeeds);
@@ -604,7 +642,8 @@ TEST_CASE("magic_pig with 16-, 32- and 64-bit table lanes keeps each key as ofte
     std::vector<float> p(32, -1.0f);
     for (int seed = 0; seed < kSeeds; ++seed) {
       const Mask m = Run(R"([{"type":"magic_pig","lsh_k":)" + std::to_string(K) +
-                             R"(,"lsh_l":3,"center":false,"transform":"none","seed":)" + std::to_string(seed) + "}]",
+                             R"(,"lsh_l":3,"center":false,"transform":"none","seed":)" +
+                             std::to_string(seed) + "}]",
                          c.in);
       m.ForEachKept(0, [&](int64_t j, float prob) {
         ++hits[j];
@@ -637,8 +676,10 @@ TEST_CASE("pq_top_k learns the cluster means and codes appended keys against the
   for (int64_t j = 0; j < 12; ++j) {
     float* k = c.k.data() + j * 2;
     const float e = 0.01f * static_cast<float>(j % 3);
-    if (j % 2 == 0) k[0] = 2.0f + e, k[1] = 0.0f - e;
-    else k[0] = -2.0f + e, k[1] = 1.0f;
+    if (j % 2 == 0)
+      k[0] = 2.0f + e, k[1] = 0.0f - e;
+    else
+      k[0] = -2.0f + e, k[1] = 1.0f;
   }
   c.q.data()[0] = 1.0f, c.q.data()[1] = 0.0f;
   StackState state;
@@ -721,11 +762,15 @@ TEST_CASE("pq_top_k bad input names the field") {
 }
 
 TEST_CASE("attention_error: an empty masker list is dense attention, density 1 and error 0") {
-  const nlohmann::json spec = {
-      {"name", "attention_error"},
-      {"synthetic",
-       {{"keys", 256}, {"heads", 4}, {"kv_heads", 2}, {"head_dim", 16}, {"queries", 3},
-        {"samples", 2}, {"seed", 3}}}};
+  const nlohmann::json spec = {{"name", "attention_error"},
+                               {"synthetic",
+                                {{"keys", 256},
+                                 {"heads", 4},
+                                 {"kv_heads", 2},
+                                 {"head_dim", 16},
+                                 {"queries", 3},
+                                 {"samples", 2},
+                                 {"seed", 3}}}};
   auto bench = CreateBenchmark(spec);
   REQUIRE_MESSAGE(bench.ok(), bench.status().message());
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();

@@ -20,7 +20,9 @@ namespace {
 using json = nlohmann::json;
 constexpr int64_t kBeatMs = 50;
 
-protocol::Frames F(const std::string& command, const std::string& body) { return {"", command, body}; }
+protocol::Frames F(const std::string& command, const std::string& body) {
+  return {"", command, body};
+}
 
 std::string WorkerError(const std::string& command, const std::string& body) {
   auto r = protocol::ParseFromWorker(F(command, body));
@@ -32,10 +34,14 @@ TEST_CASE("protocol: every field of a worker's message is type-checked, with the
   CHECK(WorkerError("READY", R"({"name":null})") == "READY.name: expected a string, found null");
   CHECK(WorkerError("READY", R"({})") == "READY.name: missing");
   CHECK(WorkerError("READY", R"({"name":""})") == "READY.name: empty");
-  CHECK(WorkerError("READY", R"({"name":"a\nb"})") == "READY.name: control characters are not allowed");
-  CHECK(WorkerError("READY", json{{"name", std::string(300, 'x')}}.dump()) == "READY.name: longer than 256 bytes");
-  CHECK(WorkerError("READY", R"({"name":"w","cores":"8"})") == "READY.cores: expected an integer, found string");
-  CHECK(WorkerError("READY", R"({"name":"w","gpus":-1})") == "READY.gpus: expected 0..1048576, found -1");
+  CHECK(WorkerError("READY", R"({"name":"a\nb"})") ==
+        "READY.name: control characters are not allowed");
+  CHECK(WorkerError("READY", json{{"name", std::string(300, 'x')}}.dump()) ==
+        "READY.name: longer than 256 bytes");
+  CHECK(WorkerError("READY", R"({"name":"w","cores":"8"})") ==
+        "READY.cores: expected an integer, found string");
+  CHECK(WorkerError("READY", R"({"name":"w","gpus":-1})") ==
+        "READY.gpus: expected 0..1048576, found -1");
   CHECK(WorkerError("RESULT", R"({"trial":"x","attempt":1,"metrics":{}})") ==
         "RESULT.trial: expected an integer, found string");
   CHECK(WorkerError("RESULT", R"({"trial":1,"attempt":"1","metrics":{}})") ==
@@ -48,18 +54,21 @@ TEST_CASE("protocol: every field of a worker's message is type-checked, with the
         "RESULT.trial: expected an integer >= 1, found 18446744073709551615");
   CHECK(WorkerError("RESULT", R"({"trial":1,"attempt":1,"metrics":[]})") ==
         "RESULT.metrics: expected an object, found array");
-  CHECK(WorkerError("RESULT", R"({"trial":1,"attempt":1})") == "RESULT.metrics: expected an object, found nothing");
+  CHECK(WorkerError("RESULT", R"({"trial":1,"attempt":1})") ==
+        "RESULT.metrics: expected an object, found nothing");
   CHECK(WorkerError("RESULT", R"({"trial":1,"attempt":1,"metrics":{"error":"0.1"}})") ==
         "RESULT.metrics.error: expected a number, found string");
   CHECK(WorkerError("RESULT", R"({"trial":1,"attempt":1,"metrics":{"error":null}})") ==
         "RESULT.metrics.error: expected a number, found null");
-  CHECK(WorkerError("FAILED", R"({"trial":1,"attempt":1,"error":5})") == "FAILED.error: expected a string, found number");
+  CHECK(WorkerError("FAILED", R"({"trial":1,"attempt":1,"error":5})") ==
+        "FAILED.error: expected a string, found number");
   CHECK(WorkerError("FAILED", R"({"trial":1,"attempt":1})") == "FAILED.error: missing");
   CHECK(WorkerError("RESULT", "[1]") == "RESULT: body is not a JSON object");
   CHECK(WorkerError("RESULT", "{not json") == "RESULT: body is not a JSON object");
   CHECK(WorkerError("WELCOME", "{}") == "unknown command from a worker: 'WELCOME'");
 
-  auto ok = protocol::ParseFromWorker(F("RESULT", R"({"trial":3,"attempt":2,"metrics":{"error":0.25,"density":0.1}})"));
+  auto ok = protocol::ParseFromWorker(
+      F("RESULT", R"({"trial":3,"attempt":2,"metrics":{"error":0.25,"density":0.1}})"));
   REQUIRE(ok.ok());
   const auto& r = std::get<protocol::TrialResult>(ok.value());
   CHECK(r.trial == 3);
@@ -79,13 +88,16 @@ TEST_CASE("protocol: every field of a coordinator's message is type-checked") {
   };
   CHECK(error("TRIAL", R"({"trial":"x","attempt":1,"stack":"a","maskers":[]})") ==
         "TRIAL.trial: expected an integer, found string");
-  CHECK(error("TRIAL", R"({"trial":1,"attempt":1,"stack":"a","maskers":{}})") == "TRIAL.maskers: expected an array");
+  CHECK(error("TRIAL", R"({"trial":1,"attempt":1,"stack":"a","maskers":{}})") ==
+        "TRIAL.maskers: expected an array");
   CHECK(error("TRIAL", R"({"trial":1,"attempt":1,"stack":"a","maskers":[{"type":5}]})") ==
         "TRIAL.maskers[0]: expected an object with a string \"type\"");
   CHECK(error("WELCOME", R"({"study":"s"})") == "WELCOME.benchmark: expected an object");
-  CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":7}})") == "WELCOME.benchmark.name: expected a string");
+  CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":7}})") ==
+        "WELCOME.benchmark.name: expected a string");
   CHECK(error("READY", "{}") == "unknown command from the coordinator: 'READY'");
-  auto t = protocol::ParseFromCoordinator(F("TRIAL", R"({"trial":4,"attempt":1,"stack":"a","maskers":[{"type":"sink","sink_size":4}]})"));
+  auto t = protocol::ParseFromCoordinator(F(
+      "TRIAL", R"({"trial":4,"attempt":1,"stack":"a","maskers":[{"type":"sink","sink_size":4}]})"));
   REQUIRE(t.ok());
   CHECK(std::get<protocol::TrialRequest>(t.value()).maskers[0]["sink_size"] == 4);
 }
@@ -111,10 +123,13 @@ bool Await(zmq::socket_t& socket, Want want) {
   return false;
 }
 
-TEST_CASE("an authorized worker sending wrong JSON types: dropped and counted, the coordinator lives on") {
+TEST_CASE(
+    "an authorized worker sending wrong JSON types: dropped and counted, the coordinator lives "
+    "on") {
   testing::TempDir dir;
-  const std::string yaml = "study: types\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
-                           "attention: {a: [{sink: {sink_size: {grid_search: [1, 2, 3, 4, 5, 6]}}}]}\n";
+  const std::string yaml =
+      "study: types\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
+      "attention: {a: [{sink: {sink_size: {grid_search: [1, 2, 3, 4, 5, 6]}}}]}\n";
   const auto sweep = Sweep(yaml);
   auto store = storage::Store::Open(dir / "t.db");
   REQUIRE(store.ok());
@@ -144,8 +159,8 @@ TEST_CASE("an authorized worker sending wrong JSON types: dropped and counted, t
     protocol::SendRaw(*rogue, "RESULT", R"({"trial":"x","attempt":1,"metrics":{"error":0}})");
   };
   zmq::context_t context;
-  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep, MaskerRegistry::WithBuiltins(),
-                                   copt, local);
+  auto stats = RunWithLocalWorkers(context, store.value(), study.value(), sweep,
+                                   MaskerRegistry::WithBuiltins(), copt, local);
   rogue.reset();
   REQUIRE_MESSAGE(stats.ok(), stats.status().message());
   CHECK(stats->malformed == 4);  // three READYs and the RESULT
@@ -171,8 +186,9 @@ TEST_CASE("an authorized worker sending wrong JSON types: dropped and counted, t
 
 TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcomed after READY") {
   testing::TempDir dir;
-  const std::string yaml = "study: rejoin\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
-                           "attention: {a: [{sink: {sink_size: {grid_search: [1, 2]}}}]}\n";
+  const std::string yaml =
+      "study: rejoin\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
+      "attention: {a: [{sink: {sink_size: {grid_search: [1, 2]}}}]}\n";
   const auto sweep = Sweep(yaml);
   auto store = storage::Store::Open(dir / "t.db");
   REQUIRE(store.ok());
@@ -186,19 +202,28 @@ TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcom
   copt.on_bound = [&](const std::string&) { bound = true; };
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   Result<CoordinatorStats> stats = Status::Error("not run");
-  std::thread coordinator([&] { stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt); });
+  std::thread coordinator([&] {
+    stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt);
+  });
   while (!bound) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   zmq::socket_t peer(context, zmq::socket_type::dealer);
   peer.set(zmq::sockopt::linger, 0);
   peer.connect("inproc://rejoin");
   // What a worker of the coordinator's previous life sends first.
   protocol::Send(peer, protocol::Heartbeat{});
-  CHECK(Await(peer, [](const protocol::FromCoordinator& m) { return std::holds_alternative<protocol::Rejoin>(m); }));
-  protocol::Send(peer, protocol::TrialResult{1, 1, {{"error", 0.5}}});  // a result from that life: not recorded
-  CHECK(Await(peer, [](const protocol::FromCoordinator& m) { return std::holds_alternative<protocol::Rejoin>(m); }));
+  CHECK(Await(peer, [](const protocol::FromCoordinator& m) {
+    return std::holds_alternative<protocol::Rejoin>(m);
+  }));
+  protocol::Send(peer, protocol::TrialResult{
+                           1, 1, {{"error", 0.5}}});  // a result from that life: not recorded
+  CHECK(Await(peer, [](const protocol::FromCoordinator& m) {
+    return std::holds_alternative<protocol::Rejoin>(m);
+  }));
   // Now it runs both trials by hand, then hears DONE.
   protocol::Send(peer, protocol::Ready{"by-hand", 1, 0});
-  CHECK(Await(peer, [](const protocol::FromCoordinator& m) { return std::holds_alternative<protocol::Welcome>(m); }));
+  CHECK(Await(peer, [](const protocol::FromCoordinator& m) {
+    return std::holds_alternative<protocol::Welcome>(m);
+  }));
   int finished = 0;
   bool done = false;
   for (int i = 0; i < 1000 && !done; ++i) {
@@ -210,7 +235,8 @@ TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcom
       auto m = protocol::ParseFromCoordinator(frames->value());
       REQUIRE(m.ok());
       if (auto* t = std::get_if<protocol::TrialRequest>(&m.value())) {
-        protocol::Send(peer, protocol::TrialResult{t->trial, t->attempt, {{"error", 0.125}, {"density", 1.0}}});
+        protocol::Send(peer, protocol::TrialResult{
+                                 t->trial, t->attempt, {{"error", 0.125}, {"density", 1.0}}});
         ++finished;
       }
       done |= std::holds_alternative<protocol::Done>(m.value());
@@ -230,7 +256,9 @@ TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcom
   }
 }
 
-TEST_CASE("a coordinator holding the right key sends a worker wrong messages: it answers, drops, goes on") {
+TEST_CASE(
+    "a coordinator holding the right key sends a worker wrong messages: it answers, drops, goes "
+    "on") {
   zmq::context_t context;
   zmq::socket_t router(context, zmq::socket_type::router);
   router.set(zmq::sockopt::linger, 0);
@@ -270,28 +298,37 @@ TEST_CASE("a coordinator holding the right key sends a worker wrong messages: it
       return f && f->trial == trial && f->error.find(contains) != std::string::npos;
     });
   };
-  REQUIRE(await([](const protocol::FromWorker& m) { return std::holds_alternative<protocol::Ready>(m); }));
-  const std::string trial_body = R"({"trial":7,"attempt":1,"stack":"a","maskers":[{"type":"sink","sink_size":2}]})";
+  REQUIRE(await(
+      [](const protocol::FromWorker& m) { return std::holds_alternative<protocol::Ready>(m); }));
+  const std::string trial_body =
+      R"({"trial":7,"attempt":1,"stack":"a","maskers":[{"type":"sink","sink_size":2}]})";
   // 1. TRIAL before WELCOME (the old worker aborted: parse_error): failed, with the reason.
   protocol::SendRaw(router, "TRIAL", trial_body, &identity);
   CHECK(failure(7, "TRIAL before WELCOME"));
   // 2. A TRIAL whose trial id is a string (the old worker exited): dropped.
-  protocol::SendRaw(router, "TRIAL", R"({"trial":"x","attempt":1,"stack":"a","maskers":[]})", &identity);
+  protocol::SendRaw(router, "TRIAL", R"({"trial":"x","attempt":1,"stack":"a","maskers":[]})",
+                    &identity);
   // 3. A TRIAL with good ids and a bad masker list: failed, so it is not lost.
-  protocol::SendRaw(router, "TRIAL", R"({"trial":8,"attempt":1,"stack":"a","maskers":[{"type":5}]})", &identity);
+  protocol::SendRaw(router, "TRIAL",
+                    R"({"trial":8,"attempt":1,"stack":"a","maskers":[{"type":5}]})", &identity);
   CHECK(failure(8, "TRIAL.maskers[0]"));
   // 4. WELCOME with an unknown benchmark: accepted, and its trials fail naming it.
-  protocol::SendRaw(router, "WELCOME", R"({"study":"s","benchmark":{"name":"nonesuch"}})", &identity);
-  protocol::SendRaw(router, "TRIAL", R"({"trial":9,"attempt":1,"stack":"a","maskers":[]})", &identity);
+  protocol::SendRaw(router, "WELCOME", R"({"study":"s","benchmark":{"name":"nonesuch"}})",
+                    &identity);
+  protocol::SendRaw(router, "TRIAL", R"({"trial":9,"attempt":1,"stack":"a","maskers":[]})",
+                    &identity);
   CHECK(failure(9, "unknown benchmark 'nonesuch'"));
   // 5. A benchmark spec of the wrong types (a string where an object goes): failed, not fatal.
-  protocol::SendRaw(router, "WELCOME", R"({"study":"s","benchmark":{"name":"attention_error","folder":5}})",
+  protocol::SendRaw(router, "WELCOME",
+                    R"({"study":"s","benchmark":{"name":"attention_error","folder":5}})",
                     &identity);
-  protocol::SendRaw(router, "TRIAL", R"({"trial":10,"attempt":1,"stack":"a","maskers":[]})", &identity);
+  protocol::SendRaw(router, "TRIAL", R"({"trial":10,"attempt":1,"stack":"a","maskers":[]})",
+                    &identity);
   CHECK(failure(10, "bad trial or benchmark spec"));
   // 6. It still works: a good WELCOME and TRIAL give a RESULT.
   protocol::SendRaw(router, "WELCOME", R"({"study":"s","benchmark":{"name":"noop"}})", &identity);
-  protocol::SendRaw(router, "TRIAL", R"({"trial":11,"attempt":1,"stack":"a","maskers":[]})", &identity);
+  protocol::SendRaw(router, "TRIAL", R"({"trial":11,"attempt":1,"stack":"a","maskers":[]})",
+                    &identity);
   CHECK(await([](const protocol::FromWorker& m) {
     auto* r = std::get_if<protocol::TrialResult>(&m);
     return r && r->trial == 11;
@@ -321,8 +358,10 @@ TEST_CASE("a worker whose coordinator never answers gives up after --give-up-aft
   REQUIRE_FALSE(stats.ok());
   CHECK(stats.status().message() == "no answer from tcp://127.0.0.1:1 for 0.7 s: giving up");
   bool said = false;
-  for (const auto& l : log) said |= l.find("not running, or our key is not in its authorized_workers") != std::string::npos ||
-                                    l.find("nothing accepts connections") != std::string::npos;
+  for (const auto& l : log)
+    said |=
+        l.find("not running, or our key is not in its authorized_workers") != std::string::npos ||
+        l.find("nothing accepts connections") != std::string::npos;
   CHECK(said);
 }
 

@@ -78,7 +78,8 @@ struct Study {
   }
   int64_t Done(const std::string& stack, const std::string& params, const Metrics& m) {
     const storage::TrialRow t = Start(stack, params);
-    REQUIRE(store.RecordResult(t.id, t.attempts, m, search::ObjectiveValue(sweep.objective, m)).ok());
+    REQUIRE(
+        store.RecordResult(t.id, t.attempts, m, search::ObjectiveValue(sweep.objective, m)).ok());
     return t.id;
   }
   int64_t Failed(const std::string& stack, const std::string& params, const std::string& error) {
@@ -141,7 +142,8 @@ TEST_CASE("trials: a `failure` column, 6 significant digits, whole failure messa
   // CSV: exact numbers (they read back as the stored doubles), the whole message.
   const Ran csv = Masktune("trials q" + db + " --csv");
   CHECK(csv.code == 0);
-  CHECK(csv.output.rfind("trial_id,stack,number,status,attempts,objective,oracle_top_k.heavy_size,", 0) == 0);
+  CHECK(csv.output.rfind("trial_id,stack,number,status,attempts,objective,oracle_top_k.heavy_size,",
+                         0) == 0);
   CHECK(csv.output.substr(0, csv.output.find('\n')).find(",worker,failure") != std::string::npos);
   CHECK(csv.output.find(",0.12345678901234568,") != std::string::npos);
   CHECK(csv.output.find(",0.012345678901234567,") != std::string::npos);
@@ -155,7 +157,8 @@ void WriteFailingSweep(const testing::TempDir& dir) {
   std::ofstream(dir / "f.yaml")
       << "study: f\nstorage: f.db\n"
          "benchmark:\n  name: attention_error\n"
-         "  data: {synthetic: {keys: 256, heads: 4, kv_heads: 4, head_dim: 64, samples: 1, seed: 3}}\n"
+         "  data: {synthetic: {keys: 256, heads: 4, kv_heads: 4, head_dim: 64, samples: 1, seed: "
+         "3}}\n"
          "search: {algorithm: grid, max_failures: 1}\n"
          "attention:\n"
          "  good:\n    - sink: {sink_size: 8}\n    - oracle_top_k: {heavy_size: 0.1}\n"
@@ -171,7 +174,8 @@ TEST_CASE("run and best: a stack whose trials all failed prints its most common 
   CAPTURE(run.output);
   CHECK(run.code == 1);
   CHECK(run.output.find("best good: trial") != std::string::npos);
-  const auto line = LinesWith(run.output, "stack bad: all 3 trials failed; most common failure (3 of 3): ");
+  const auto line =
+      LinesWith(run.output, "stack bad: all 3 trials failed; most common failure (3 of 3): ");
   REQUIRE(line.size() == 1);
   CHECK(line[0].rfind("masktune: ", 0) == 0);
   CHECK(line[0].find("double_sparsity_top_k") != std::string::npos);
@@ -180,7 +184,8 @@ TEST_CASE("run and best: a stack whose trials all failed prints its most common 
   const Ran best = Masktune("best f --db " + dir / "f.db");
   CAPTURE(best.output);
   CHECK(best.code == 1);
-  CHECK(LinesWith(best.output, "stack bad: all 3 trials failed; most common failure (3 of 3)").size() == 1);
+  CHECK(LinesWith(best.output, "stack bad: all 3 trials failed; most common failure (3 of 3)")
+            .size() == 1);
   const Ran good = Masktune("best f --db " + dir / "f.db" + " --stack good");
   CHECK(good.code == 0);
   const Ran other = Masktune("best f --db " + dir / "f.db" + " --objective sparsity_10");
@@ -200,18 +205,24 @@ TEST_CASE("best: one line per stack under --objective, maximised metrics real, P
   int64_t a1, a2, b1;
   {
     Study s = Study::Make(dir / "r.db", dir / "r.yaml", kRecallSweep);
-    a1 = s.Done("a", R"({"oracle_top_k.heavy_size":0.1})", {{"density", 0.1}, {"error", 0.3}, {"recall", 0.8}});
-    a2 = s.Done("a", R"({"oracle_top_k.heavy_size":0.3})", {{"density", 0.3}, {"error", 0.1}, {"recall", 0.9}});
-    s.Done("a", R"({"oracle_top_k.heavy_size":0.5})", {{"density", 0.5}, {"error", 0.05}, {"recall", 0.85}});
-    b1 = s.Done("b", R"({"oracle_top_k.heavy_size":0.2})", {{"density", 0.2}, {"error", 0.2}, {"recall", 0.7}});
+    a1 = s.Done("a", R"({"oracle_top_k.heavy_size":0.1})",
+                {{"density", 0.1}, {"error", 0.3}, {"recall", 0.8}});
+    a2 = s.Done("a", R"({"oracle_top_k.heavy_size":0.3})",
+                {{"density", 0.3}, {"error", 0.1}, {"recall", 0.9}});
+    s.Done("a", R"({"oracle_top_k.heavy_size":0.5})",
+           {{"density", 0.5}, {"error", 0.05}, {"recall", 0.85}});
+    b1 = s.Done("b", R"({"oracle_top_k.heavy_size":0.2})",
+                {{"density", 0.2}, {"error", 0.2}, {"recall", 0.7}});
   }
   const std::string db = " --db " + dir / "r.db";
   // The study's own objective: recall, maximised, shown as recall.
   const Ran best = Masktune("best r" + db);
   CAPTURE(best.output);
   CHECK(best.code == 0);
-  CHECK(LinesWith(best.output, "best a: trial " + std::to_string(a2) + ", recall 0.9 (max); ").size() == 1);
-  CHECK(LinesWith(best.output, "best b: trial " + std::to_string(b1) + ", recall 0.7 (max); ").size() == 1);
+  CHECK(LinesWith(best.output, "best a: trial " + std::to_string(a2) + ", recall 0.9 (max); ")
+            .size() == 1);
+  CHECK(LinesWith(best.output, "best b: trial " + std::to_string(b1) + ", recall 0.7 (max); ")
+            .size() == 1);
   CHECK(best.output.find("-0.9") == std::string::npos);
   CHECK(best.output.find("params oracle_top_k.heavy_size=0.3") != std::string::npos);
 
@@ -219,13 +230,19 @@ TEST_CASE("best: one line per stack under --objective, maximised metrics real, P
   const Ran sparsity = Masktune("best r" + db + " --objective sparsity_10");
   CAPTURE(sparsity.output);
   CHECK(sparsity.code == 0);
-  CHECK(LinesWith(sparsity.output, "best a: trial " + std::to_string(a1) + ", objective ").size() == 1);
-  CHECK(LinesWith(sparsity.output, "best b: trial " + std::to_string(b1) + ", objective ").size() == 1);
-  CHECK(LinesWith(sparsity.output, "(sparsity_10); density 0.1, error 0.3, recall 0.8;").size() == 1);
+  CHECK(LinesWith(sparsity.output, "best a: trial " + std::to_string(a1) + ", objective ").size() ==
+        1);
+  CHECK(LinesWith(sparsity.output, "best b: trial " + std::to_string(b1) + ", objective ").size() ==
+        1);
+  CHECK(LinesWith(sparsity.output, "(sparsity_10); density 0.1, error 0.3, recall 0.8;").size() ==
+        1);
   const Ran recall = Masktune("best r" + db + " --objective recall:max");
-  CHECK(LinesWith(recall.output, "best a: trial " + std::to_string(a2) + ", recall 0.9 (max)").size() == 1);
+  CHECK(LinesWith(recall.output, "best a: trial " + std::to_string(a2) + ", recall 0.9 (max)")
+            .size() == 1);
   const Ran error = Masktune("best r" + db + " --objective error");
-  CHECK(LinesWith(error.output, "best b: trial " + std::to_string(b1) + ", error 0.2 (min)").size() == 1);
+  CHECK(
+      LinesWith(error.output, "best b: trial " + std::to_string(b1) + ", error 0.2 (min)").size() ==
+      1);
 
   // A Pareto front: a table with the trial, the objective's metrics and the
   // params, best first on the first metric.
@@ -269,7 +286,8 @@ struct Progress {
     const std::string all = Lines();
     const size_t end = all.find_last_of('\n');
     const size_t begin = all.find_last_of('\n', end - 1);
-    return all.substr(begin == std::string::npos ? 0 : begin + 1, end - (begin == std::string::npos ? 0 : begin + 1));
+    return all.substr(begin == std::string::npos ? 0 : begin + 1,
+                      end - (begin == std::string::npos ? 0 : begin + 1));
   }
 };
 
@@ -280,7 +298,9 @@ storage::Progress P(int64_t total, int64_t done, int64_t running, int64_t failed
   return p;
 }
 
-TEST_CASE("progress: Start prints at once; ETA -- until a trial settles, then from the rate since Start") {
+TEST_CASE(
+    "progress: Start prints at once; ETA -- until a trial settles, then from the rate since "
+    "Start") {
   Progress t;
   t.printer.Start(10, 0, "4 workers");
   CHECK(t.Lines() == "0/10 done, preparing 4 workers, ETA --\n");
@@ -338,10 +358,12 @@ TEST_CASE("export json: a masker list attend loads as written, side files absolu
          "    - double_sparsity_top_k:\n        heavy_size: {grid_search: [0.05, 0.1]}\n"
          "        sorted_channel_file: side/channels.json\n        label_bits: 16\n";
   // Run from the sweep's folder with a relative path, as a user would.
-  const Ran run = Shell("cd " + dir.path.string() + " && " + MASKTUNE_BINARY + " run s.yaml --workers 1");
+  const Ran run =
+      Shell("cd " + dir.path.string() + " && " + MASKTUNE_BINARY + " run s.yaml --workers 1");
   CAPTURE(run.output);
   REQUIRE(run.code == 0);
-  const Ran exported = Masktune("export ds --db " + dir / "s.db" + " --format json --out " + dir / "out");
+  const Ran exported =
+      Masktune("export ds --db " + dir / "s.db" + " --format json --out " + dir / "out");
   CAPTURE(exported.output);
   REQUIRE(exported.code == 0);
   CHECK(exported.output == dir / "out/ds.json" + "\n");
@@ -364,11 +386,13 @@ TEST_CASE("export json: a masker list attend loads as written, side files absolu
 
   // attend reads it back, from another folder, on generated inputs.
   fs::create_directories(dir / "in");
-  const Tensor q = testing::RandomTensor({1, 4, 2, 64}, 1), k = testing::RandomTensor({1, 4, 256, 64}, 2),
+  const Tensor q = testing::RandomTensor({1, 4, 2, 64}, 1),
+               k = testing::RandomTensor({1, 4, 256, 64}, 2),
                v = testing::RandomTensor({1, 4, 256, 64}, 3);
   REQUIRE(WriteSafetensors(dir / "in/x.safetensors", {{"q", &q}, {"k", &k}, {"v", &v}}).ok());
-  const Ran attend = Shell("cd / && " + std::string(MASKTUNE_BINARY) + " attend --device cpu --input " +
-                           dir / "in/x.safetensors" + " --maskers @" + dir / "out/ds.json");
+  const Ran attend =
+      Shell("cd / && " + std::string(MASKTUNE_BINARY) + " attend --device cpu --input " +
+            dir / "in/x.safetensors" + " --maskers @" + dir / "out/ds.json");
   CAPTURE(attend.output);
   CHECK(attend.code == 0);
   const json line = json::parse(attend.output);
@@ -385,7 +409,8 @@ json ReferenceFields() {
 }
 
 // Checks one exported sah file against the fixture; returns the classes seen.
-std::set<std::string> CheckSahFile(const json& file, const json& reference, const std::string& stack) {
+std::set<std::string> CheckSahFile(const json& file, const json& reference,
+                                   const std::string& stack) {
   CAPTURE(stack);
   std::set<std::string> seen;
   for (const char* key : {"model", "task", "masker_name"}) CHECK(file[key].is_string());
@@ -417,7 +442,8 @@ TEST_CASE("export sah: every stack of the shipped examples loads in the referenc
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   std::set<std::string> classes;
   int files = 0;
-  for (const auto& entry : fs::directory_iterator(std::string(MASKTUNE_SOURCE_DIR) + "/configs/examples")) {
+  for (const auto& entry :
+       fs::directory_iterator(std::string(MASKTUNE_SOURCE_DIR) + "/configs/examples")) {
     if (entry.path().extension() != ".yaml") continue;
     const std::string path = fs::absolute(entry.path()).lexically_normal().string();
     CAPTURE(path);
@@ -449,8 +475,10 @@ TEST_CASE("export sah: every stack of the shipped examples loads in the referenc
       const json file = json::parse(f);
       const auto seen = CheckSahFile(file, reference, stack.name);
       classes.insert(seen.begin(), seen.end());
-      if (stack.maskers.empty()) CHECK(file["sparse_config"].is_null());
-      else CHECK(file["sparse_config"]["masker_configs"].size() == stack.maskers.size());
+      if (stack.maskers.empty())
+        CHECK(file["sparse_config"].is_null());
+      else
+        CHECK(file["sparse_config"]["masker_configs"].size() == stack.maskers.size());
       ++files;
       std::ifstream t(dir / ("out/" + stack.name + "_trials.json"));
       REQUIRE(t.good());
@@ -470,27 +498,36 @@ TEST_CASE("export sah: masktune-only fields are left out, one stderr line each w
   const std::string text =
       "study: x\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
       "attention:\n"
-      "  pq:\n    - pq_top_k: {heavy_size: 0.1, pq_sub_dim: 8, pq_bits: 4, kmeans_iterations: 20, seed: 7}\n"
+      "  pq:\n    - pq_top_k: {heavy_size: 0.1, pq_sub_dim: 8, pq_bits: 4, kmeans_iterations: 20, "
+      "seed: 7}\n"
       "  pig:\n    - magic_pig: {lsh_k: 4, lsh_l: 8, seed: 3, transform: none}\n"
       "  vatt:\n    - adaptive_sampling: {base_rate_sampling: 0.05, epsilon: 0.2, delta: 0.2}\n"
       "  causal:\n    - causal: {}\n    - sink: {sink_size: 4}\n";
   {
     Study s = Study::Make(dir / "x.db", dir / "x.yaml", text);
-    for (const char* stack : {"pq", "pig", "vatt", "causal"}) s.Done(stack, "{}", {{"density", 0.1}, {"error", 0.2}});
+    for (const char* stack : {"pq", "pig", "vatt", "causal"})
+      s.Done(stack, "{}", {{"density", 0.1}, {"error", 0.2}});
   }
   const Ran exported = Masktune("export x --db " + dir / "x.db" +
-                                " --format sah --model HuggingFaceTB/SmolLM2-135M-Instruct --task ruler/niah_single_1 --out " +
+                                " --format sah --model HuggingFaceTB/SmolLM2-135M-Instruct --task "
+                                "ruler/niah_single_1 --out " +
                                 dir / "out");
   CAPTURE(exported.output);
   REQUIRE(exported.code == 0);
-  CHECK(LinesWith(exported.output, "masktune export: stack pq: maskers[0] (pq_top_k) kmeans_iterations = 20: "
-                                   "PQCacheConfig has no such field").size() == 1);
-  CHECK(LinesWith(exported.output, "masktune export: stack pq: maskers[0] (pq_top_k) seed = 7: ").size() == 1);
+  CHECK(LinesWith(exported.output,
+                  "masktune export: stack pq: maskers[0] (pq_top_k) kmeans_iterations = 20: "
+                  "PQCacheConfig has no such field")
+            .size() == 1);
+  CHECK(LinesWith(exported.output, "masktune export: stack pq: maskers[0] (pq_top_k) seed = 7: ")
+            .size() == 1);
   CHECK(LinesWith(exported.output, "train_keys_per_centroid").empty());  // its default
-  CHECK(LinesWith(exported.output, "stack pig: maskers[0] (magic_pig) transform = none: ").size() == 1);
+  CHECK(LinesWith(exported.output, "stack pig: maskers[0] (magic_pig) transform = none: ").size() ==
+        1);
   CHECK(LinesWith(exported.output, "projections_file").empty());
   CHECK(LinesWith(exported.output, "stack vatt").empty());  // seed 42, the default
-  CHECK(LinesWith(exported.output, "stack causal: maskers[0] (causal): the reference has no config class").size() == 1);
+  CHECK(LinesWith(exported.output,
+                  "stack causal: maskers[0] (causal): the reference has no config class")
+            .size() == 1);
   CHECK(LinesWith(exported.output, "model:").empty());  // given
   const json reference = ReferenceFields();
   auto read = [&](const std::string& stack) {
@@ -501,16 +538,20 @@ TEST_CASE("export sah: masktune-only fields are left out, one stderr line each w
   CHECK(pq["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct");
   CHECK(pq["task"] == "ruler/niah_single_1");
   CHECK(pq["sparse_config"]["masker_configs"][0] ==
-        json{{"type", "PQCacheConfig"}, {"params", {{"heavy_size", 0.1}, {"pq_sub_dim", 8}, {"pq_bits", 4}}}});
+        json{{"type", "PQCacheConfig"},
+             {"params", {{"heavy_size", 0.1}, {"pq_sub_dim", 8}, {"pq_bits", 4}}}});
   CHECK(pq["masker_classes"] == json{"PQCacheConfig"});
   CHECK(pq["num_trials"] == 1);
   const json pig = read("pig")["sparse_config"]["masker_configs"][0];
-  CHECK(pig == json{{"type", "MagicPigConfig"},
-                    {"params", {{"lsh_k", 4}, {"lsh_l", 8}, {"center", true}, {"packing", "int64"}, {"seed", 3}}}});
+  CHECK(pig ==
+        json{{"type", "MagicPigConfig"},
+             {"params",
+              {{"lsh_k", 4}, {"lsh_l", 8}, {"center", true}, {"packing", "int64"}, {"seed", 3}}}});
   const json vatt = read("vatt")["sparse_config"]["masker_configs"][0]["params"];
   CHECK(!vatt.contains("seed"));
   CHECK(read("causal")["sparse_config"]["masker_configs"].size() == 1);
-  for (const char* stack : {"pq", "pig", "vatt", "causal"}) CheckSahFile(read(stack), reference, stack);
+  for (const char* stack : {"pq", "pig", "vatt", "causal"})
+    CheckSahFile(read(stack), reference, stack);
 }
 
 }  // namespace

@@ -23,11 +23,12 @@ TEST_CASE("registry knows every deterministic masker") {
 }
 
 TEST_CASE("validation errors name the masker and the field") {
-  CHECK(ParseError(R"([{"type":"snk","sink_size":4}])") ==
-        "maskers[0] (snk): unknown masker type 'snk' (known: adaptive_sampling, causal, "
-        "double_sparsity_top_k, "
-        "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, pq_top_k, quest_top_k, "
-        "random_sampling, sink)");
+  CHECK(
+      ParseError(R"([{"type":"snk","sink_size":4}])") ==
+      "maskers[0] (snk): unknown masker type 'snk' (known: adaptive_sampling, causal, "
+      "double_sparsity_top_k, "
+      "hash_attention_top_k, local, magic_pig, oracle_top_k, oracle_top_p, pq_top_k, quest_top_k, "
+      "random_sampling, sink)");
   CHECK(ParseError(R"([{"type":"sink","sink_size":4},{"type":"local","window":4}])") ==
         "maskers[1] (local): unknown field 'window' (local has: window_size)");
   CHECK(ParseError(R"([{"type":"oracle_top_k","heavy_size":"ten"}])") ==
@@ -45,10 +46,11 @@ TEST_CASE("validation errors name the masker and the field") {
         "maskers[0] (quest_top_k): field 'page_size': expected an integer, found 4.0");
   CHECK(ParseError(R"([{"type":"quest_top_k","heavy_size":8}])") ==
         "maskers[0] (quest_top_k): missing required field 'page_size'");
-  CHECK(Contains(ParseError(R"([{"type":"hash_attention_top_k","heavy_size":8,"hat_bits":8,
+  CHECK(Contains(
+      ParseError(R"([{"type":"hash_attention_top_k","heavy_size":8,"hat_bits":8,
       "hat_mlp_layers":1,"hat_mlp_hidden_size":8,"hat_mlp_activation":"swish",
       "hat_weight_file":"w.safetensors"}])"),
-                 "field 'hat_mlp_activation': expected one of relu, silu, gelu, tanh, found \"swish\""));
+      "field 'hat_mlp_activation': expected one of relu, silu, gelu, tanh, found \"swish\""));
   CHECK(ParseError(R"({"type":"sink"})") == "masker list must be a JSON array of objects");
   CHECK(ParseError(R"([{"sink_size":3}])") == "maskers[0]: missing string field 'type'");
   CHECK(Contains(ParseError("[{"), "masker list is not valid JSON"));
@@ -106,7 +108,8 @@ TEST_CASE("a stack holds at most one sampling masker") {
 TEST_CASE("a missing side file fails when the stack is built, naming the field") {
   auto registry = MaskerRegistry::WithBuiltins();
   auto configs = registry.ParseJsonList(
-      R"([{"type":"double_sparsity_top_k","heavy_size":8,"sorted_channel_file":"/no/c.json"}])", "");
+      R"([{"type":"double_sparsity_top_k","heavy_size":8,"sorted_channel_file":"/no/c.json"}])",
+      "");
   REQUIRE(configs.ok());
   auto stack = MaskerStack::Build(registry, configs.value());
   REQUIRE_FALSE(stack.ok());

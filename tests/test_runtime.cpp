@@ -1,7 +1,6 @@
 // The sweep runtime with its real parts: ZeroMQ sockets (inproc and tcp on
 // 127.0.0.1), SQLite files in temporary folders, YAML sweeps.
 #include <doctest/doctest.h>
-
 #include <sys/stat.h>
 
 #include <atomic>
@@ -11,11 +10,11 @@
 #include <thread>
 
 #include "coordinator/coordinator.h"
+#include "local/local.h"
 #include "protocol/protocol.h"
 #include "protocol/security.h"
 #include "search/objective.h"
 #include "tests/helpers.h"
-#include "local/local.h"
 #include "worker/worker.h"
 
 namespace masktune {
@@ -98,7 +97,10 @@ TEST_CASE("a sweep runs end to end with two workers and every trial is stored on
   REQUIRE(sorted.ok());
   double best_topk = INFINITY;
   for (const auto& r : sorted.value())
-    if (r.stack == "topk") { best_topk = *r.objective; break; }
+    if (r.stack == "topk") {
+      best_topk = *r.objective;
+      break;
+    }
   CHECK(best_topk == best);
   double overall = INFINITY;
   for (const auto& r : rows.value()) overall = std::min(overall, *r.objective);
@@ -122,10 +124,10 @@ struct NoopStudy {
   int64_t id = 0;
 };
 NoopStudy PrepareNoop(const std::string& db, const std::string& name, int samples) {
-  const std::string yaml = "study: " + name + "\nbenchmark: {name: noop, sleep_ms: 5}\n" +
-                           "search: {algorithm: random, num_samples: " + std::to_string(samples) +
-                           ", seed: 1}\n" +
-                           "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
+  const std::string yaml =
+      "study: " + name + "\nbenchmark: {name: noop, sleep_ms: 5}\n" +
+      "search: {algorithm: random, num_samples: " + std::to_string(samples) + ", seed: 1}\n" +
+      "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}]}\n";
   auto sweep = Sweep(yaml);
   auto store = storage::Store::Open(db);
   REQUIRE(store.ok());
@@ -144,22 +146,24 @@ TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
   // run's context until the run ends.
   zmq::context_t context;  // outlives the rogue socket
   std::unique_ptr<zmq::socket_t> rogue;
-  const CoordinatorStats stats = RunLocal(n.store, n.id, sweep, 2, "tcp://127.0.0.1:*",
-                                          [&](zmq::context_t& ctx, const std::string& e) {
-    bound = e;
-    rogue = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
-    rogue->set(zmq::sockopt::linger, 0);
-    rogue->connect(e);
-    rogue->send(zmq::str_buffer("garbage"), zmq::send_flags::none);
-    rogue->send(zmq::str_buffer("MT0"), zmq::send_flags::sndmore);
-    rogue->send(zmq::str_buffer("READY"), zmq::send_flags::sndmore);
-    rogue->send(zmq::str_buffer("{}"), zmq::send_flags::none);
-    protocol::SendRaw(*rogue, "EXPLODE", "{}");
-    rogue->send(zmq::str_buffer("MT1"), zmq::send_flags::sndmore);
-    rogue->send(zmq::str_buffer("RESULT"), zmq::send_flags::sndmore);
-    rogue->send(zmq::str_buffer("{not json"), zmq::send_flags::none);
-    protocol::Send(*rogue, protocol::TrialResult{1, 1, {{"error", -5}}});
-  }, &context);
+  const CoordinatorStats stats = RunLocal(
+      n.store, n.id, sweep, 2, "tcp://127.0.0.1:*",
+      [&](zmq::context_t& ctx, const std::string& e) {
+        bound = e;
+        rogue = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+        rogue->set(zmq::sockopt::linger, 0);
+        rogue->connect(e);
+        rogue->send(zmq::str_buffer("garbage"), zmq::send_flags::none);
+        rogue->send(zmq::str_buffer("MT0"), zmq::send_flags::sndmore);
+        rogue->send(zmq::str_buffer("READY"), zmq::send_flags::sndmore);
+        rogue->send(zmq::str_buffer("{}"), zmq::send_flags::none);
+        protocol::SendRaw(*rogue, "EXPLODE", "{}");
+        rogue->send(zmq::str_buffer("MT1"), zmq::send_flags::sndmore);
+        rogue->send(zmq::str_buffer("RESULT"), zmq::send_flags::sndmore);
+        rogue->send(zmq::str_buffer("{not json"), zmq::send_flags::none);
+        protocol::Send(*rogue, protocol::TrialResult{1, 1, {{"error", -5}}});
+      },
+      &context);
   rogue.reset();
   CHECK(bound.rfind("tcp://127.0.0.1:", 0) == 0);
   CHECK(stats.malformed >= 4);
@@ -175,9 +179,10 @@ TEST_CASE("over tcp on 127.0.0.1, garbage frames change nothing") {
 
 TEST_CASE("a worker that goes silent mid-trial loses it to another worker") {
   testing::TempDir dir;
-  const std::string yaml = "study: silent\nbenchmark: {name: noop}\n"
-                           "search: {algorithm: grid}\n"
-                           "attention: {a: [{sink: {sink_size: {grid_search: [1, 2, 3, 4]}}}]}\n";
+  const std::string yaml =
+      "study: silent\nbenchmark: {name: noop}\n"
+      "search: {algorithm: grid}\n"
+      "attention: {a: [{sink: {sink_size: {grid_search: [1, 2, 3, 4]}}}]}\n";
   const auto sweep = Sweep(yaml);
   auto store = storage::Store::Open(dir / "f.db");
   REQUIRE(store.ok());
@@ -191,7 +196,9 @@ TEST_CASE("a worker that goes silent mid-trial loses it to another worker") {
   Result<CoordinatorStats> stats = Status::Error("not run");
   std::atomic<bool> ready{false};
   copt.on_bound = [&](const std::string&) { ready = true; };
-  std::thread coordinator([&] { stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt); });
+  std::thread coordinator([&] {
+    stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt);
+  });
   while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   // The doomed worker: takes a trial, then never speaks again (as if SIGKILLed).
   zmq::socket_t doomed(context, zmq::socket_type::dealer);
@@ -240,11 +247,13 @@ TEST_CASE("a failing trial is retried, then stored as failed with its error") {
   // cluster's shared folder gone): every attempt fails when the stack is built.
   const std::string channels = dir / "channels.json";
   std::ofstream(channels) << "{}";
-  const std::string yaml = "study: fails\nbenchmark: {name: attention_error, data: {synthetic: "
-                           "{keys: 64, heads: 2, kv_heads: 1, head_dim: 8, samples: 1}}}\n"
-                           "search: {algorithm: random, num_samples: 2, max_failures: 2}\n"
-                           "attention: {a: [{double_sparsity_top_k: {heavy_size: {randint: [4, 16]}, "
-                           "sorted_channel_file: " + channels + "}}]}\n";
+  const std::string yaml =
+      "study: fails\nbenchmark: {name: attention_error, data: {synthetic: "
+      "{keys: 64, heads: 2, kv_heads: 1, head_dim: 8, samples: 1}}}\n"
+      "search: {algorithm: random, num_samples: 2, max_failures: 2}\n"
+      "attention: {a: [{double_sparsity_top_k: {heavy_size: {randint: [4, 16]}, "
+      "sorted_channel_file: " +
+      channels + "}}]}\n";
   const auto sweep = Sweep(yaml);
   std::filesystem::remove(channels);
   auto store = storage::Store::Open(dir / "x.db");
@@ -265,10 +274,11 @@ TEST_CASE("a failing trial is retried, then stored as failed with its error") {
 
 TEST_CASE("a TPE sweep suggests its trials from results and runs exactly num_samples") {
   testing::TempDir dir;
-  const std::string yaml = "study: tpe\nbenchmark: {name: noop}\n"
-                           "search: {algorithm: tpe, num_samples: 30, seed: 5, n_startup_trials: 8}\n"
-                           "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}],\n"
-                           "            b: [{sink: {sink_size: {randint: [1, 200]}}}]}\n";
+  const std::string yaml =
+      "study: tpe\nbenchmark: {name: noop}\n"
+      "search: {algorithm: tpe, num_samples: 30, seed: 5, n_startup_trials: 8}\n"
+      "attention: {a: [{oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}}],\n"
+      "            b: [{sink: {sink_size: {randint: [1, 200]}}}]}\n";
   const auto sweep = Sweep(yaml);
   auto store = storage::Store::Open(dir / "p.db");
   REQUIRE(store.ok());
@@ -294,9 +304,10 @@ TEST_CASE("a TPE sweep suggests its trials from results and runs exactly num_sam
 
 TEST_CASE("resume keeps finished trials, requeues running ones and completes the plan") {
   testing::TempDir dir;
-  const std::string yaml = "study: again\nbenchmark: {name: noop}\n"
-                           "search: {algorithm: random, num_samples: 6, seed: 4}\n"
-                           "attention: {a: [{oracle_top_p: {top_p: {uniform: [0.1, 0.9]}}}]}\n";
+  const std::string yaml =
+      "study: again\nbenchmark: {name: noop}\n"
+      "search: {algorithm: random, num_samples: 6, seed: 4}\n"
+      "attention: {a: [{oracle_top_p: {top_p: {uniform: [0.1, 0.9]}}}]}\n";
   const auto sweep = Sweep(yaml);
   {
     auto store = storage::Store::Open(dir / "r.db");
@@ -307,7 +318,9 @@ TEST_CASE("resume keeps finished trials, requeues running ones and completes the
     for (int i = 0; i < 3; ++i) {
       auto t = store->StartNext(study.value(), "gone");
       REQUIRE(t.ok());
-      if (i < 2) REQUIRE(store->RecordResult(t.value()->id, 1, {{"density", 0.5}, {"error", 0.1}}, 0.3).ok());
+      if (i < 2)
+        REQUIRE(
+            store->RecordResult(t.value()->id, 1, {{"density", 0.5}, {"error", 0.1}}, 0.3).ok());
     }
   }
   auto store = storage::Store::Open(dir / "r.db");
@@ -336,7 +349,9 @@ TEST_CASE("resume keeps finished trials, requeues running ones and completes the
 namespace masktune {
 namespace {
 
-TEST_CASE("CURVE: workers with the key complete the sweep; wrong-key, plain and garbage peers are refused") {
+TEST_CASE(
+    "CURVE: workers with the key complete the sweep; wrong-key, plain and garbage peers are "
+    "refused") {
   testing::TempDir dir;
   REQUIRE(security::WriteKeyDir(dir / "keys").ok());
   auto server = security::LoadServerKeys(dir / "keys");
@@ -382,8 +397,8 @@ TEST_CASE("CURVE: workers with the key complete the sweep; wrong-key, plain and 
     rogues.push_back(std::move(raw));
   };
   zmq::context_t context;
-  auto stats = RunWithLocalWorkers(context, n.store, n.id, sweep,
-                                   MaskerRegistry::WithBuiltins(), copt, local);
+  auto stats = RunWithLocalWorkers(context, n.store, n.id, sweep, MaskerRegistry::WithBuiltins(),
+                                   copt, local);
   rogues.clear();
   REQUIRE_MESSAGE(stats.ok(), stats.status().message());
   CHECK(stats->results == 30);
@@ -408,7 +423,8 @@ TEST_CASE("CURVE key files: modes, formats and the errors that name them") {
   CHECK(security::WriteKeyDir(dir / "k").message().find("exists") != std::string::npos);
   ::chmod((dir / "k/worker.key").c_str(), 0644);
   CHECK(security::LoadClientKeys(dir / "k").status().message() ==
-        dir / "k/worker.key" + ": a secret key readable by others; run chmod 600 " + dir / "k/worker.key");
+        dir / "k/worker.key" + ": a secret key readable by others; run chmod 600 " +
+            dir / "k/worker.key");
   std::ofstream(dir / "bad.pub") << "public = tooshort\n";
   CHECK(security::ReadKeyFile(dir / "bad.pub", false).status().message() ==
         dir / "bad.pub" + ":1: public: not a 40-character Z85 key");
@@ -423,7 +439,8 @@ TEST_CASE("CURVE key files: modes, formats and the errors that name them") {
 namespace masktune {
 namespace {
 
-TEST_CASE("storage: processes opening a new database at once all succeed (one creates the schema)") {
+TEST_CASE(
+    "storage: processes opening a new database at once all succeed (one creates the schema)") {
   // A coordinator and a `masktune status` (or a test's poller) can open a
   // fresh file in the same instant; the schema must be made exactly once.
   for (int round = 0; round < 20; ++round) {
@@ -434,8 +451,10 @@ TEST_CASE("storage: processes opening a new database at once all succeed (one cr
     for (int t = 0; t < 8; ++t)
       threads.emplace_back([&, t] {
         auto s = storage::Store::Open(dir / "new.db");
-        if (s.ok()) ++ok;
-        else errors[t] = s.status().message();
+        if (s.ok())
+          ++ok;
+        else
+          errors[t] = s.status().message();
       });
     for (auto& th : threads) th.join();
     for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);

@@ -32,7 +32,8 @@ TEST_CASE("safetensors round-trips F32 tensors and metadata") {
   TempDir dir;
   Tensor a({2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6.5f});
   Tensor b({1, 1, 2, 1}, std::vector<float>{-1, 0.25f});
-  REQUIRE(WriteSafetensors(dir / "x.safetensors", {{"zeta", &a}, {"alpha", &b}}, {{"case", "{}"}}).ok());
+  REQUIRE(WriteSafetensors(dir / "x.safetensors", {{"zeta", &a}, {"alpha", &b}}, {{"case", "{}"}})
+              .ok());
   auto f = SafetensorsFile::Read(dir / "x.safetensors");
   REQUIRE(f.ok());
   CHECK(f->metadata().at("case") == "{}");
@@ -47,9 +48,8 @@ TEST_CASE("safetensors reads F16 and BF16 as float32") {
   TempDir dir;
   // half: 1.0, -2.0, 0.5, 65504 (max), smallest subnormal 2^-24
   // bf16: 1.0, 3.140625, -0.0
-  const std::string header =
-      R"({"h":{"dtype":"F16","shape":[5],"data_offsets":[0,10]},)"
-      R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[10,16]}})";
+  const std::string header = R"({"h":{"dtype":"F16","shape":[5],"data_offsets":[0,10]},)"
+                             R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[10,16]}})";
   WriteRaw(dir / "h.safetensors", header,
            Bytes16({0x3C00, 0xC000, 0x3800, 0x7BFF, 0x0001}) + Bytes16({0x3F80, 0x4049, 0x8000}));
   auto f = SafetensorsFile::Read(dir / "h.safetensors");
@@ -80,7 +80,8 @@ TEST_CASE("safetensors errors name the file and the problem") {
     CHECK(f.status().message().find("truncated: 3 bytes") != std::string::npos);
   }
   SUBCASE("header length beyond the file") {
-    WriteRaw(dir / "t.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "");
+    WriteRaw(dir / "t.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+             "");
     // Cut the header itself short.
     std::filesystem::resize_file(dir / "t.safetensors", 20);
     auto f = SafetensorsFile::Read(dir / "t.safetensors");

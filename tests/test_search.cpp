@@ -1,8 +1,7 @@
 #include <doctest/doctest.h>
 
-#include <filesystem>
-
 #include <cmath>
+#include <filesystem>
 #include <set>
 
 #include "search/objective.h"
@@ -43,9 +42,10 @@ TEST_CASE("grid fields are crossed and repeated num_samples times") {
   std::map<std::pair<int64_t, int64_t>, int> seen;
   for (int64_t t = 0; t < plans[0].trials; ++t) {
     const TrialParams p = SampleBasic(sweep, plans[0], t);
-    ++seen[{std::get<int64_t>(p.at("sink.sink_size")), std::get<int64_t>(p.at("quest_top_k.page_size"))}];
+    ++seen[{std::get<int64_t>(p.at("sink.sink_size")),
+            std::get<int64_t>(p.at("quest_top_k.page_size"))}];
   }
-  CHECK(seen.size() == 6);  // every combination ...
+  CHECK(seen.size() == 6);                                    // every combination ...
   for (const auto& [combo, count] : seen) CHECK(count == 3);  // ... once per sample
   // The first grid field varies slowest.
   CHECK(std::get<int64_t>(SampleBasic(sweep, plans[0], 0).at("sink.sink_size")) == 4);
@@ -140,12 +140,13 @@ double Landscape(const TrialParams& p) {
 }
 
 double BestAfter(const std::string& algorithm, int64_t seed, int trials) {
-  const std::string yaml = "study: t\nbenchmark: {name: noop}\nsearch: {algorithm: " + algorithm +
-                           ", num_samples: " + std::to_string(trials) + ", seed: " + std::to_string(seed) +
-                           ", n_startup_trials: 10}\nattention:\n  a:\n"
-                           "    - oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}\n"
-                           "    - oracle_top_p: {top_p: {loguniform: [0.001, 1.0]}}\n"
-                           "    - quest_top_k: {heavy_size: 8, page_size: {choice: [8, 16, 32, 64]}}\n";
+  const std::string yaml =
+      "study: t\nbenchmark: {name: noop}\nsearch: {algorithm: " + algorithm +
+      ", num_samples: " + std::to_string(trials) + ", seed: " + std::to_string(seed) +
+      ", n_startup_trials: 10}\nattention:\n  a:\n"
+      "    - oracle_top_k: {heavy_size: {uniform: [0.01, 0.9]}}\n"
+      "    - oracle_top_p: {top_p: {loguniform: [0.001, 1.0]}}\n"
+      "    - quest_top_k: {heavy_size: 8, page_size: {choice: [8, 16, 32, 64]}}\n";
   const auto sweep = Parse(yaml);
   const auto plans = PlanSweep(sweep);
   std::vector<Observation> history;
@@ -177,7 +178,8 @@ TEST_CASE("TPE beats random search on a known objective over fixed seeds") {
 }
 
 TEST_CASE("stored parameters round-trip, floats stay floats, damage is an error") {
-  const TrialParams p = {{"a.size", 1.0}, {"b.count", int64_t{2}}, {"c.mode", std::string("x")}, {"d.on", true}};
+  const TrialParams p = {
+      {"a.size", 1.0}, {"b.count", int64_t{2}}, {"c.mode", std::string("x")}, {"d.on", true}};
   auto back = ParamsFromJson(ParamsToJson(p));
   REQUIRE(back.ok());
   CHECK(back.value() == p);
@@ -208,7 +210,7 @@ TEST_CASE("the Pareto front keeps the points nothing dominates") {
   o.metrics = {{"error", true}, {"density", true}};
   const std::vector<Metrics> pts = {{{"error", 0.1}, {"density", 0.5}},
                                     {{"error", 0.2}, {"density", 0.2}},
-                                    {{"error", 0.3}, {"density", 0.3}},   // dominated by 1
+                                    {{"error", 0.3}, {"density", 0.3}},  // dominated by 1
                                     {{"error", 0.5}, {"density", 0.05}},
                                     {{"error", 0.1}, {"density", 0.6}}};  // dominated by 0
   CHECK(ParetoFront(o, pts) == std::vector<size_t>{0, 1, 3});

@@ -69,10 +69,13 @@ Run Masktune(const std::string& args, bool unprivileged = false) {
 // A study of `n` finished trials (noop benchmark), made by `masktune run` in
 // `dir`/s.db, closed cleanly (no -wal or -shm left).
 std::string MakeStudy(const testing::TempDir& dir, int n) {
-  std::ofstream(dir / "s.yaml") << "study: c\nstorage: s.db\nbenchmark: {name: noop}\n"
-                                   "search: {algorithm: random, num_samples: " << n << ", seed: 2}\n"
-                                   "attention:\n  a:\n    - sink:\n        sink_size: 4\n"
-                                   "    - oracle_top_k:\n        heavy_size: {uniform: [0.05, 0.5]}\n";
+  std::ofstream(dir / "s.yaml")
+      << "study: c\nstorage: s.db\nbenchmark: {name: noop}\n"
+         "search: {algorithm: random, num_samples: "
+      << n
+      << ", seed: 2}\n"
+         "attention:\n  a:\n    - sink:\n        sink_size: 4\n"
+         "    - oracle_top_k:\n        heavy_size: {uniform: [0.05, 0.5]}\n";
   const Run run = Masktune("run " + dir / "s.yaml" + " --workers 2 --heartbeat-ms 50");
   CAPTURE(run.output);
   REQUIRE(run.code == 0);
@@ -85,7 +88,8 @@ std::string Query(const std::string& db, const std::string& sql) {
   sqlite3* c = nullptr;
   REQUIRE(sqlite3_open_v2(db.c_str(), &c, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
   sqlite3_stmt* st = nullptr;
-  REQUIRE_MESSAGE(sqlite3_prepare_v2(c, sql.c_str(), -1, &st, nullptr) == SQLITE_OK, sqlite3_errmsg(c));
+  REQUIRE_MESSAGE(sqlite3_prepare_v2(c, sql.c_str(), -1, &st, nullptr) == SQLITE_OK,
+                  sqlite3_errmsg(c));
   std::string out;
   const int rc = sqlite3_step(st);
   if (rc == SQLITE_ROW && sqlite3_column_text(st, 0))
@@ -110,7 +114,8 @@ void Exec(const std::string& db, const std::string& sql) {
 
 // Overwrites the first 512 bytes of `table`'s root page with 0xff.
 int64_t CorruptRootPage(const std::string& db, const std::string& table) {
-  const int64_t root = std::stoll(Query(db, "SELECT rootpage FROM sqlite_master WHERE name = '" + table + "'"));
+  const int64_t root =
+      std::stoll(Query(db, "SELECT rootpage FROM sqlite_master WHERE name = '" + table + "'"));
   const int64_t page = std::stoll(Query(db, "PRAGMA page_size"));
   REQUIRE(root > 1);
   std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
@@ -126,7 +131,9 @@ std::string ReadAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 TEST_CASE("storage: a corrupt metrics table is an error naming the file, never silent") {
   testing::TempDir dir;
@@ -134,8 +141,9 @@ TEST_CASE("storage: a corrupt metrics table is an error naming the file, never s
   fs::copy_file(db, dir / "good.db");
   const int64_t root = CorruptRootPage(db, "metrics");
   // Every reading command fails with exit 1 and says which file and what.
-  for (const std::string& cmd : {"trials c --db " + db, "trials c --csv --db " + db, "best c --db " + db,
-                                "export c --format json --out " + dir / "out" + " --db " + db}) {
+  for (const std::string& cmd :
+       {"trials c --db " + db, "trials c --csv --db " + db, "best c --db " + db,
+        "export c --format json --out " + dir / "out" + " --db " + db}) {
     CAPTURE(cmd);
     const Run r = Masktune(cmd);
     CAPTURE(r.output);
@@ -172,7 +180,8 @@ TEST_CASE("storage: a corrupt metrics table is an error naming the file, never s
   // The intact copy: everything reads, and the checks say ok.
   const Run good = Masktune("check c --db " + dir / "good.db");
   CHECK(good.code == 0);
-  CHECK(good.output == dir / "good.db" + ": ok (integrity_check and foreign_key_check found no problem)\n");
+  CHECK(good.output ==
+        dir / "good.db" + ": ok (integrity_check and foreign_key_check found no problem)\n");
   const Run good_status = Masktune("status c --check --db " + dir / "good.db");
   CHECK(good_status.code == 0);
   CHECK(Contains(good_status.output, ": ok (integrity_check"));
@@ -181,7 +190,8 @@ TEST_CASE("storage: a corrupt metrics table is an error naming the file, never s
   CHECK(std::count(csv.output.begin(), csv.output.end(), '\n') == 41);
 }
 
-TEST_CASE("storage: a corrupt trials index fails status, and a metric of the wrong type fails Trials") {
+TEST_CASE(
+    "storage: a corrupt trials index fails status, and a metric of the wrong type fails Trials") {
   testing::TempDir dir;
   const std::string db = MakeStudy(dir, 40);
   fs::copy_file(db, dir / "typed.db");
@@ -210,7 +220,8 @@ TEST_CASE("storage: reading commands open the database read-only, in a read-only
   const std::string before = ReadAll(db);
   fs::permissions(out.path, fs::perms::all);  // export writes here, as whoever runs it
   fs::permissions(dir.path, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
-                                fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec);
+                                fs::perms::group_exec | fs::perms::others_read |
+                                fs::perms::others_exec);
   struct Writable {  // again, so that TempDir can remove it whatever happens
     fs::path p;
     ~Writable() { fs::permissions(p, fs::perms::owner_all); }
@@ -218,12 +229,13 @@ TEST_CASE("storage: reading commands open the database read-only, in a read-only
   struct Case {
     std::string args, expect;
   };
-  for (const Case& c : {Case{"status c --db " + db, "study c (finished): 5 trials: 5 done"},
-                        Case{"status c --check --db " + db, ": ok (integrity_check"},
-                        Case{"check c --db " + db, ": ok (integrity_check"},
-                        Case{"trials c --csv --db " + db, "trial_id,stack,number,status"},
-                        Case{"best c --db " + db, "best a: trial"},
-                        Case{"export c --format json --out " + out.path.string() + " --db " + db, "a.json"}}) {
+  for (const Case& c :
+       {Case{"status c --db " + db, "study c (finished): 5 trials: 5 done"},
+        Case{"status c --check --db " + db, ": ok (integrity_check"},
+        Case{"check c --db " + db, ": ok (integrity_check"},
+        Case{"trials c --csv --db " + db, "trial_id,stack,number,status"},
+        Case{"best c --db " + db, "best a: trial"},
+        Case{"export c --format json --out " + out.path.string() + " --db " + db, "a.json"}}) {
     CAPTURE(c.args);
     const Run r = Masktune(c.args, /*unprivileged=*/true);
     CAPTURE(r.output);
@@ -237,7 +249,8 @@ TEST_CASE("storage: reading commands open the database read-only, in a read-only
   // A writing command there fails, naming the file.
   const Run resume = Masktune("resume c --db " + db, /*unprivileged=*/true);
   CHECK(resume.code == 1);
-  CHECK(Contains(resume.output, db + ": the database is read-only here (a writing command needs write"));
+  CHECK(Contains(resume.output,
+                 db + ": the database is read-only here (a writing command needs write"));
 }
 
 TEST_CASE("storage: read-only stores refuse writes and missing files; errors name the file") {
@@ -421,8 +434,9 @@ TEST_CASE("storage: a study's lease: acquire, renew, expire, take over, release"
   // a lost it: renewing is an error that says who holds it now.
   Status lost = store->RenewLease(study, "a", now + 240);
   REQUIRE(!lost.ok());
-  CHECK(lost.message() == dir / "s.db" +
-                              ": renew lease: a no longer holds the study's lease: taken by b on host-b pid 22");
+  CHECK(lost.message() ==
+        dir / "s.db" +
+            ": renew lease: a no longer holds the study's lease: taken by b on host-b pid 22");
   // Another connection (a `masktune status`) sees b's lease.
   auto reader = Store::OpenReadOnly(dir / "s.db");
   REQUIRE(reader.ok());
@@ -457,7 +471,8 @@ TEST_CASE("storage: processes racing for one study's lease: exactly one wins") {
       REQUIRE(store.ok());
       // Free, or held by a coordinator whose lease ran out.
       Exec(db, "DELETE FROM leases");
-      if (round % 2) REQUIRE(!store->AcquireLease(study, Lease{"old", "h", 1, UnixNow() - 1}).value());
+      if (round % 2)
+        REQUIRE(!store->AcquireLease(study, Lease{"old", "h", 1, UnixNow() - 1}).value());
     }
     int go[2];
     REQUIRE(pipe(go) == 0);
@@ -471,7 +486,8 @@ TEST_CASE("storage: processes racing for one study's lease: exactly one wins") {
         if (!store.ok()) _exit(3);
         char c;
         (void)!read(go[0], &c, 1);  // all start together: the parent closes the pipe
-        auto r = store->AcquireLease(study, Lease{"w" + std::to_string(i), "h", getpid(), UnixNow() + 60});
+        auto r = store->AcquireLease(study,
+                                     Lease{"w" + std::to_string(i), "h", getpid(), UnixNow() + 60});
         _exit(!r.ok() ? 2 : r.value() ? 1 : 0);
       }
       children.push_back(pid);
@@ -515,8 +531,10 @@ TEST_CASE("storage: status tells finished, running (who holds the lease) and int
   }
   const Run interrupted = Masktune("status c --db " + db);
   CHECK(interrupted.code == 0);
-  CHECK(interrupted.output == "study c (interrupted): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
-                              "  no live coordinator: resume with `masktune resume c --db " + db + "`\n");
+  CHECK(interrupted.output ==
+        "study c (interrupted): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
+        "  no live coordinator: resume with `masktune resume c --db " +
+            db + "`\n");
   {
     auto store = Store::Open(db);
     REQUIRE(store.ok());
@@ -524,8 +542,9 @@ TEST_CASE("storage: status tells finished, running (who holds the lease) and int
   }
   const Run running = Masktune("status c --db " + db);
   CHECK(running.code == 0);
-  CHECK(running.output == "study c (running): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
-                          "  held by coord-7 on node-3 pid 4242 (lease until 2100-01-01 00:00:00 UTC)\n");
+  CHECK(running.output ==
+        "study c (running): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
+        "  held by coord-7 on node-3 pid 4242 (lease until 2100-01-01 00:00:00 UTC)\n");
   {  // the lease ran out: interrupted again
     auto store = Store::Open(db);
     REQUIRE(store.ok());
@@ -545,9 +564,11 @@ TEST_CASE("storage: status tells finished, running (who holds the lease) and int
     REQUIRE(!store->AcquireLease(study, Lease{"coord-9", host, dead, UnixNow() + 600}).value());
   }
   const Run gone = Masktune("status c --db " + db);
-  CHECK(gone.output == "study c (interrupted): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
-                       "  no live coordinator: coord-9 (pid " + std::to_string(dead) +
-                       " on this host) is gone; resume with `masktune resume c --db " + db + "`\n");
+  CHECK(gone.output ==
+        "study c (interrupted): 5 trials: 5 done, 0 failed, 0 running, 0 queued\n"
+        "  no live coordinator: coord-9 (pid " +
+            std::to_string(dead) + " on this host) is gone; resume with `masktune resume c --db " +
+            db + "`\n");
   const Run nope = Masktune("status nope --db " + db);
   CHECK(nope.code == 2);
   CHECK(nope.output == "masktune status: no study 'nope' in " + db + "\n");

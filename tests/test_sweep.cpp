@@ -94,8 +94,10 @@ TEST_CASE("malformed sweep files: each error names file, line, column and field"
         "resources, search, storage, study, workers)");
   const std::string head = "study: s\nbenchmark: {name: noop}\nattention:\n  a:\n";
   // Unknown masker, unknown field.
-  CHECK(Error(head + "    - sinc: {sink_size: 4}\n").rfind(
-            "sweep.yaml:5:7: attention.a[0]: unknown masker type 'sinc' (known: adaptive_sampling, causal,", 0) == 0);
+  CHECK(Error(head + "    - sinc: {sink_size: 4}\n")
+            .rfind("sweep.yaml:5:7: attention.a[0]: unknown masker type 'sinc' (known: "
+                   "adaptive_sampling, causal,",
+                   0) == 0);
   CHECK(Error(head + "    - sink: {size: 4}\n") ==
         "sweep.yaml:5:14: attention.a[0] (sink): unknown field 'size' (sink has: sink_size)");
   // Wrong types and out-of-range values, constant and inside spaces.
@@ -130,10 +132,12 @@ TEST_CASE("malformed sweep files: each error names file, line, column and field"
               "kv_heads: 4}}}\nattention: {a: [causal]}\n") ==
         "sweep.yaml:2:75: benchmark.data.synthetic.kv_heads: heads (6) must be a multiple of "
         "kv_heads (4)");
-  CHECK(Error("study: s\nbenchmark: {name: noop}\nobjective: sparsity_30\nattention: {a: [causal]}\n") ==
+  CHECK(Error("study: s\nbenchmark: {name: noop}\nobjective: sparsity_30\nattention: {a: "
+              "[causal]}\n") ==
         "sweep.yaml:3:12: objective: expected default, sparsity_5, sparsity_10, sparsity_15, "
         "sparsity_20, sparsity_25 or {metric: NAME, mode: min|max}, found 'sparsity_30'");
-  CHECK(Error("study: s\nbenchmark: {name: noop}\nsearch: {num_samples: 0}\nattention: {a: [causal]}\n") ==
+  CHECK(Error("study: s\nbenchmark: {name: noop}\nsearch: {num_samples: 0}\nattention: {a: "
+              "[causal]}\n") ==
         "sweep.yaml:3:23: search.num_samples: expected an integer in [1, 1073741824], found 0");
   CHECK(Error("study: s\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\nattention:\n  a:\n"
               "    - oracle_top_k: {heavy_size: {uniform: [0.1, 0.2]}}\n") ==
@@ -151,9 +155,9 @@ TEST_CASE("objectives: reference names, one metric, or a Pareto pair") {
   REQUIRE(one.ok());
   CHECK(one->objective.name == "error");
   CHECK_FALSE(one->objective.multi());
-  auto two = ParseSweep(
-      "study: s\nobjective: [{metric: error}, {metric: recall, mode: max}]\n" + rest, "f.yaml",
-      MaskerRegistry::WithBuiltins());
+  auto two =
+      ParseSweep("study: s\nobjective: [{metric: error}, {metric: recall, mode: max}]\n" + rest,
+                 "f.yaml", MaskerRegistry::WithBuiltins());
   REQUIRE(two.ok());
   CHECK(two->objective.multi());
   CHECK(two->objective.metrics[1] == std::pair<std::string, bool>{"recall", false});
@@ -177,7 +181,9 @@ TEST_CASE("the shipped example sweeps are valid") {
 
 // The masktune binary run by the shell in folder `cwd`, as a user runs it.
 using testing::Run;
-Run Masktune(const std::string& cwd, const std::string& args) { return testing::Masktune(args, cwd); }
+Run Masktune(const std::string& cwd, const std::string& args) {
+  return testing::Masktune(args, cwd);
+}
 
 size_t Lines(const std::string& s) {
   return static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
@@ -359,10 +365,12 @@ TEST_CASE(
   CHECK_FALSE(fs::exists(dir.path / "masktune.db"));  // no trial queued, no disk filled
 }
 
-TEST_CASE("side files get the masker's own JSON checks at parse time: nesting, 1e999, repeated keys") {
+TEST_CASE(
+    "side files get the masker's own JSON checks at parse time: nesting, 1e999, repeated keys") {
   testing::TempDir dir;
-  const std::string yaml = "study: s\nbenchmark: {name: noop}\nattention: {a: [{double_sparsity_top_k: "
-                           "{heavy_size: 8, sorted_channel_file: c.json}}]}\n";
+  const std::string yaml =
+      "study: s\nbenchmark: {name: noop}\nattention: {a: [{double_sparsity_top_k: "
+      "{heavy_size: 8, sorted_channel_file: c.json}}]}\n";
   auto error = [&](const std::string& contents) {
     std::ofstream(dir / "c.json") << contents;
     auto r = ParseSweep(yaml, dir / "s.yaml", MaskerRegistry::WithBuiltins());
@@ -372,7 +380,8 @@ TEST_CASE("side files get the masker's own JSON checks at parse time: nesting, 1
   for (int i = 0; i < 100000; ++i) deep += "{\"a\":";
   deep += "1";
   for (int i = 0; i < 100000; ++i) deep += "}";
-  CHECK(error(deep).find("c.json': a.a.a.a.a.a.a.a...: nested deeper than 64 levels") != std::string::npos);
+  CHECK(error(deep).find("c.json': a.a.a.a.a.a.a.a...: nested deeper than 64 levels") !=
+        std::string::npos);
   CHECK(error(R"({"a": 1e999})").find("c.json': a: number 1e999 is beyond the range of a double") !=
         std::string::npos);
   CHECK(error(R"({"a": [[1]], "a": [[2]]})").find("duplicate key 'a'") != std::string::npos);
@@ -695,8 +704,9 @@ TEST_CASE("PlanFingerprintText: the plan's parts, not the study's name, storage 
 }
 
 TEST_CASE("fuzz: mutated example sweeps never crash or hang validate (scripts/fuzz_sweep.py)") {
-  const Run fuzz = testing::Shell(std::string("python3 ") + MASKTUNE_SOURCE_DIR +
-                                  "/scripts/fuzz_sweep.py --count 60 --seed 7 --binary " + MASKTUNE_BINARY);
+  const Run fuzz =
+      testing::Shell(std::string("python3 ") + MASKTUNE_SOURCE_DIR +
+                     "/scripts/fuzz_sweep.py --count 60 --seed 7 --binary " + MASKTUNE_BINARY);
   const std::string& output = fuzz.output;
   CAPTURE(output);
   CHECK(fuzz.code == 0);

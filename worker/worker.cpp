@@ -3,21 +3,20 @@
 #include <omp.h>
 #include <unistd.h>
 
-#include <cmath>
-#include <cstdio>
-
-#include <chrono>
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <cstdio>
+#include <memory>
 #include <mutex>
 #include <optional>
-#include <memory>
 #include <thread>
 
+#include "engine/benchmarks/benchmark.h"
 #include "protocol/protocol.h"
 #include "protocol/security.h"
 #include "protocol/throttled_log.h"
-#include "engine/benchmarks/benchmark.h"
 
 // Clang thread-safety annotations; no-ops elsewhere.
 #if defined(__clang__)
@@ -50,9 +49,11 @@ struct Outcome {
 // built on the first trial of a study and kept; only this thread touches it.
 class TrialRunner {
  public:
-  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, std::string device, int threads,
-              std::string pipe)
-      : registry_(registry), device_(std::move(device)), thread_([this, &context, threads, pipe] { Loop(context, threads, pipe); }) {}
+  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, std::string device,
+              int threads, std::string pipe)
+      : registry_(registry),
+        device_(std::move(device)),
+        thread_([this, &context, threads, pipe] { Loop(context, threads, pipe); }) {}
   ~TrialRunner() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -123,7 +124,8 @@ class TrialRunner {
     }
   }
 
-  Outcome RunChecked(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark, Outcome& o) {
+  Outcome RunChecked(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark,
+                     Outcome& o) {
     if (!benchmark || spec != job.benchmark_spec) {
       json bench_spec = json::parse(job.benchmark_spec);
       bench_spec["device"] = device_;  // where this worker's attention runs
@@ -193,7 +195,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         std::fprintf(stderr, "masktune worker %s: %s\n", name.c_str(), line.c_str());
       };
   protocol::ThrottledLog drop_log(log);
-  protocol::ThrottledLog why_log(log, std::chrono::milliseconds(std::max<int64_t>(1000, options.welcome_timeout_ms)));
+  protocol::ThrottledLog why_log(
+      log, std::chrono::milliseconds(std::max<int64_t>(1000, options.welcome_timeout_ms)));
   static std::atomic<int64_t> next_pipe{0};
   const int64_t instance = next_pipe++;
   const std::string pipe = "inproc://masktune-worker-done-" + std::to_string(instance);
@@ -208,12 +211,15 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   dealer.set(zmq::sockopt::linger, 0);
   dealer.set(zmq::sockopt::routing_id, options.name);
   dealer.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
-  dealer.set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(std::max<int64_t>(100, options.heartbeat_interval_ms)));
+  dealer.set(zmq::sockopt::reconnect_ivl_max,
+             static_cast<int>(std::max<int64_t>(100, options.heartbeat_interval_ms)));
   if (options.curve) security::ConfigureClient(dealer, *options.curve);
-  protocol::HandshakeMonitor monitor(context, dealer, "worker-" + std::to_string(::getpid()) + "-" + std::to_string(instance));
+  protocol::HandshakeMonitor monitor(
+      context, dealer, "worker-" + std::to_string(::getpid()) + "-" + std::to_string(instance));
   dealer.connect(options.connect);
 
-  const protocol::Ready ready{options.name, static_cast<int64_t>(std::thread::hardware_concurrency()), 0};
+  const protocol::Ready ready{options.name,
+                              static_cast<int64_t>(std::thread::hardware_concurrency()), 0};
   // READY goes out when the worker is idle and the socket takes it (a
   // refused handshake leaves no peer to queue it for: retried each turn).
   bool welcomed = false, ready_pending = true, first_ready = true;
@@ -231,7 +237,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
     const auto now = Clock::now();
     while (auto e = monitor.Next()) {
       if (e->event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED || e->event == ZMQ_EVENT_DISCONNECTED) continue;
-      if (e->event == ZMQ_EVENT_CONNECT_RETRIED && welcomed) continue;  // the coordinator went away: said below
+      if (e->event == ZMQ_EVENT_CONNECT_RETRIED && welcomed)
+        continue;  // the coordinator went away: said below
       why_log(options.connect + ": " + e->text);
     }
     if (items[1].revents & ZMQ_POLLIN) {
@@ -243,7 +250,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       // REJOIN in between means it requeued it).
       if (o->trial == running_trial && o->attempt == running_attempt) {
         if (o->ok) {
-          protocol::Send(dealer, protocol::TrialResult{o->trial, o->attempt, std::move(o->metrics)});
+          protocol::Send(dealer,
+                         protocol::TrialResult{o->trial, o->attempt, std::move(o->metrics)});
           ++stats.trials;
         } else {
           protocol::Send(dealer, protocol::TrialFailure{o->trial, o->attempt, o->error});
@@ -273,10 +281,12 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         if (frames->value().command == protocol::kTrial) {
           const json body = json::parse(frames->value().body, nullptr, false);
           if (body.is_object() && body.contains("trial") && body["trial"].is_number_integer() &&
-              body.contains("attempt") && body["attempt"].is_number_integer() && body["trial"].get<int64_t>() > 0 &&
-              body["attempt"].get<int64_t>() > 0)
-            protocol::Send(dealer, protocol::TrialFailure{body["trial"].get<int64_t>(), body["attempt"].get<int64_t>(),
-                                                          "worker " + options.name + ": " + parsed.status().message()});
+              body.contains("attempt") && body["attempt"].is_number_integer() &&
+              body["trial"].get<int64_t>() > 0 && body["attempt"].get<int64_t>() > 0)
+            protocol::Send(dealer,
+                           protocol::TrialFailure{
+                               body["trial"].get<int64_t>(), body["attempt"].get<int64_t>(),
+                               "worker " + options.name + ": " + parsed.status().message()});
         }
         continue;
       }
@@ -293,11 +303,14 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         welcomed = true;
       } else if (auto* t = std::get_if<protocol::TrialRequest>(&m)) {
         std::string refuse;
-        if (!welcomed) refuse = "TRIAL before WELCOME: no benchmark to run it on";
-        else if (runner.busy()) refuse = "busy with trial " + std::to_string(running_trial);
+        if (!welcomed)
+          refuse = "TRIAL before WELCOME: no benchmark to run it on";
+        else if (runner.busy())
+          refuse = "busy with trial " + std::to_string(running_trial);
         if (!refuse.empty()) {
           drop_log("refused trial " + std::to_string(t->trial) + ": " + refuse);
-          protocol::Send(dealer, protocol::TrialFailure{t->trial, t->attempt, "worker " + options.name + ": " + refuse});
+          protocol::Send(dealer, protocol::TrialFailure{t->trial, t->attempt,
+                                                        "worker " + options.name + ": " + refuse});
           continue;
         }
         running_trial = t->trial;
@@ -309,7 +322,9 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         // REJOINs answering what we sent before our READY arrive before its
         // WELCOME (one connection keeps order): while a READY is that fresh,
         // they are already answered.
-        if (!welcomed && !ready_pending && now - ready_sent < protocol::kHeartbeatLiveness * interval) continue;
+        if (!welcomed && !ready_pending &&
+            now - ready_sent < protocol::kHeartbeatLiveness * interval)
+          continue;
         welcomed = false;
         running_trial = running_attempt = 0;
         if (!ready_pending) log("the coordinator does not know us: joining again");
@@ -330,8 +345,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       said_silent = true;
     }
     if (now - last_heard > std::chrono::milliseconds(options.give_up_after_ms))
-      return Status::Error("no answer from " + options.connect + " for " + Seconds(options.give_up_after_ms) +
-                           ": giving up");
+      return Status::Error("no answer from " + options.connect + " for " +
+                           Seconds(options.give_up_after_ms) + ": giving up");
   }
   return stats;
 }

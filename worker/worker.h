@@ -14,25 +14,23 @@
 // been silent for `give_up_after_ms`.
 #pragma once
 
-#include "protocol/security.h"
-
-#include <zmq.hpp>
-
 #include <atomic>
 #include <functional>
 #include <string>
+#include <zmq.hpp>
 
 #include "engine/registry.h"
 #include "engine/status.h"
+#include "protocol/security.h"
 
 namespace masktune {
 
 struct WorkerOptions {
-  std::string connect;   // the coordinator's endpoint
+  std::string connect;                                // the coordinator's endpoint
   std::shared_ptr<const security::ClientKeys> curve;  // null: plain
-  std::string name;      // shown in the trials table; unique per worker (DefaultWorkerName)
+  std::string name;  // shown in the trials table; unique per worker (DefaultWorkerName)
   int64_t heartbeat_interval_ms = 1000;
-  int threads = 0;       // OpenMP threads for this worker's trials (0: the default)
+  int threads = 0;             // OpenMP threads for this worker's trials (0: the default)
   std::string device = "cpu";  // where attention runs: cpu or cuda
   const std::atomic<bool>* stop = nullptr;
   // With no message from the coordinator for this long, give up (an error).
@@ -49,9 +47,9 @@ std::string DefaultWorkerName(const std::string& prefix);
 
 struct WorkerStats {
   int64_t trials = 0;
-  int64_t rejoins = 0;    // READY sent again because the coordinator did not know us
-  int64_t dropped = 0;    // malformed messages from the coordinator
-  bool done = false;      // DONE received
+  int64_t rejoins = 0;  // READY sent again because the coordinator did not know us
+  int64_t dropped = 0;  // malformed messages from the coordinator
+  bool done = false;    // DONE received
 };
 
 Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& registry,

@@ -8,8 +8,8 @@
 #include <thread>
 
 #include "engine/attention.h"
-#include "engine/cuda/cuda_attention.h"
 #include "engine/benchmarks/benchmark.h"
+#include "engine/cuda/cuda_attention.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
 
@@ -23,7 +23,7 @@ struct Sample {
   Tensor q, k, v, mask;
   bool has_mask = false;
   float scaling = 1.0f;
-  Tensor dense_out;                  // computed once per worker
+  Tensor dense_out;                            // computed once per worker
   std::vector<std::vector<int32_t>> top_mass;  // per row: keys holding kTopMass of the dense mass
 
   AttentionInputs Inputs() const {
@@ -76,15 +76,16 @@ Sample Synthesize(const nlohmann::json& s, int64_t index) {
     const double scale = std::sqrt(static_cast<double>(D)) / norm;  // |dir| = sqrt(D)
     auto push = [&](int64_t j, double alpha) {  // adds ~alpha to the key's scaled score
       float* k = out.k.data() + (kvh * N + j) * D;
-      for (int64_t d = 0; d < D; ++d) k[d] += static_cast<float>(alpha * dir[d] * scale / std::sqrt(static_cast<double>(D)));
+      for (int64_t d = 0; d < D; ++d)
+        k[d] += static_cast<float>(alpha * dir[d] * scale / std::sqrt(static_cast<double>(D)));
     };
     const RandomKey hk{seed, stream, static_cast<uint32_t>(16 + kvh)};
-    for (int64_t j = 0; j < std::min<int64_t>(4, N); ++j) push(j, 3.0);           // sinks
-    for (int64_t j = std::max<int64_t>(0, N - 64); j < N; ++j)                     // local bias
+    for (int64_t j = 0; j < std::min<int64_t>(4, N); ++j) push(j, 3.0);  // sinks
+    for (int64_t j = std::max<int64_t>(0, N - 64); j < N; ++j)           // local bias
       push(j, 1.5 * std::exp(-static_cast<double>(N - 1 - j) / 32.0));
-    for (int64_t t = 0; t < std::max<int64_t>(1, N / 100); ++t)                     // heavy hitters
+    for (int64_t t = 0; t < std::max<int64_t>(1, N / 100); ++t)  // heavy hitters
       push(static_cast<int64_t>(RandomUniform(hk, 2 * t) * N), 2.0);
-    push(static_cast<int64_t>(RandomUniform(hk, 1 << 30) * N), 5.0);               // a needle
+    push(static_cast<int64_t>(RandomUniform(hk, 1 << 30) * N), 5.0);  // a needle
   }
   if (Q > 1) {  // several queries: causal
     out.has_mask = true;
@@ -175,8 +176,11 @@ class AttentionErrorBenchmark : public Benchmark {
       }
     }
     const double n = static_cast<double>(samples_.size());
-    return Metrics{{"density", density / n}, {"error", error / n}, {"density_max", density_max},
-                   {"error_max", error_max}, {"recall", recall / static_cast<double>(rows)}};
+    return Metrics{{"density", density / n},
+                   {"error", error / n},
+                   {"density_max", density_max},
+                   {"error_max", error_max},
+                   {"recall", recall / static_cast<double>(rows)}};
   }
 
  private:
@@ -195,17 +199,23 @@ class NoopBenchmark : public Benchmark {
     for (const MaskerConfig& c : configs)
       for (const auto& [field, value] : c.values) {
         double x;
-        if (auto* i = std::get_if<int64_t>(&value)) x = static_cast<double>(*i) / (static_cast<double>(*i) + 100.0);
-        else if (auto* d = std::get_if<double>(&value)) x = std::min(1.0, std::fabs(*d));
-        else continue;
+        if (auto* i = std::get_if<int64_t>(&value))
+          x = static_cast<double>(*i) / (static_cast<double>(*i) + 100.0);
+        else if (auto* d = std::get_if<double>(&value))
+          x = std::min(1.0, std::fabs(*d));
+        else
+          continue;
         sum += x;
         count += 1;
       }
     const double density = count > 0 ? sum / count : 1.0;
     // A valley at density 0.2 with ripples: a minimum for a sampler to find.
     const double error = std::pow(density - 0.2, 2) + 0.05 * (1 - std::cos(25 * density));
-    return Metrics{{"density", density}, {"error", error}, {"density_max", density},
-                   {"error_max", error}, {"recall", 1.0 - density / 2}};
+    return Metrics{{"density", density},
+                   {"error", error},
+                   {"density_max", density},
+                   {"error_max", error},
+                   {"recall", 1.0 - density / 2}};
   }
 
  private:
@@ -216,14 +226,16 @@ class NoopBenchmark : public Benchmark {
 
 Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
   const std::string name = spec.value("name", "");
-  if (name == "noop") return std::unique_ptr<Benchmark>(new NoopBenchmark(spec.value("sleep_ms", 0)));
+  if (name == "noop")
+    return std::unique_ptr<Benchmark>(new NoopBenchmark(spec.value("sleep_ms", 0)));
   if (name == "ruler_niah") return CreateRulerNiahBenchmark(spec);
   // Where masked attention runs (the dense reference stays on the CPU).
   const std::string device = spec.value("device", std::string("cpu"));
   if (device != "cpu" && device != "cuda")
     return Status::Error("device: expected cpu or cuda, found '" + device + "'");
   const bool cuda = device == "cuda";
-  if (cuda && !cuda::Available()) return Status::Error("device cuda: no CUDA device on this worker");
+  if (cuda && !cuda::Available())
+    return Status::Error("device cuda: no CUDA device on this worker");
   if (name != "attention_error") return Status::Error("unknown benchmark '" + name + "'");
   std::vector<Sample> samples;
   if (spec.contains("folder")) {
@@ -234,7 +246,8 @@ Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
       if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
     if (ec) return Status::Error("benchmark folder '" + folder + "': " + ec.message());
     std::sort(files.begin(), files.end());
-    if (files.empty()) return Status::Error("benchmark folder '" + folder + "' has no .safetensors files");
+    if (files.empty())
+      return Status::Error("benchmark folder '" + folder + "' has no .safetensors files");
     for (const std::string& f : files) {
       MT_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(f));
       Sample s;

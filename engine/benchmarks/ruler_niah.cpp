@@ -10,12 +10,13 @@
 // densely and only the answer with the stack. The dense part does not depend
 // on the trial: it is computed once per worker, kept in memory, and copied
 // (a Sequence is a value) into each trial.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <unistd.h>
 
 #include "engine/benchmarks/benchmark.h"
 #include "engine/benchmarks/ruler_tasks.h"
@@ -96,9 +97,9 @@ class RulerNiahBenchmark : public Benchmark {
       if (!s.question.empty()) {
         MT_ASSIGN_OR_RETURN(logits, seq.Forward(s.question, &attention));
       }
-      MT_ASSIGN_OR_RETURN(std::vector<int32_t> answer,
-                          seq.Generate(std::move(logits), max_new_, model_->tokenizer().stop_tokens(),
-                                       &attention));
+      MT_ASSIGN_OR_RETURN(
+          std::vector<int32_t> answer,
+          seq.Generate(std::move(logits), max_new_, model_->tokenizer().stop_tokens(), &attention));
       const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
       const auto& stop = model_->tokenizer().stop_tokens();
       if (!answer.empty() && std::find(stop.begin(), stop.end(), answer.back()) != stop.end())
@@ -168,8 +169,9 @@ Result<std::pair<Sequence, std::vector<float>>> DensePrefix(
   if (!file.empty() && std::filesystem::exists(file)) {
     auto loaded = Sequence::Load(model, file, capacity);
     if (loaded.ok() && loaded->first.tokens() == tokens) return loaded;
-    std::fprintf(stderr, "ruler_niah: ignoring prefill cache file %s: %s\n", file.c_str(),
-                 loaded.ok() ? "its tokens differ from the prompt's" : loaded.status().message().c_str());
+    std::fprintf(
+        stderr, "ruler_niah: ignoring prefill cache file %s: %s\n", file.c_str(),
+        loaded.ok() ? "its tokens differ from the prompt's" : loaded.status().message().c_str());
   }
   Sequence seq(model, capacity);
   MT_ASSIGN_OR_RETURN(std::vector<float> logits, seq.Forward(tokens));
@@ -229,17 +231,15 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json
         context.insert(context.end(), question.begin(), question.end());
         question.clear();
       }
-      const int64_t capacity = static_cast<int64_t>(context.size() + question.size()) +
-                               max_new + 1;
+      const int64_t capacity = static_cast<int64_t>(context.size() + question.size()) + max_new + 1;
       MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, cache_dir,
                                                    CacheName(path, task, context_tokens, seed, i,
                                                              setup_a, context)));
       prepared.push_back(PreparedSample{task, s.expected, std::move(question),
                                         std::move(prefix.first), std::move(prefix.second)});
     }
-  return std::unique_ptr<Benchmark>(
-      new RulerNiahBenchmark(std::move(model), tasks, std::move(prepared), std::move(dense_layers),
-                             max_new));
+  return std::unique_ptr<Benchmark>(new RulerNiahBenchmark(
+      std::move(model), tasks, std::move(prepared), std::move(dense_layers), max_new));
 }
 
 }  // namespace masktune

@@ -23,8 +23,6 @@
 // out for (64, 128, 256): a smaller head_dim leaves the lanes past it idle.
 // Scores that are -inf (attention mask) or belong to no key (tails) add
 // nothing; the max is over usable keys only, as on the CPU.
-#include "engine/cuda/cuda_attention.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -38,6 +36,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/cuda/cuda_attention.h"
+
 namespace masktune::cuda {
 namespace {
 
@@ -46,9 +46,9 @@ Status CudaError(const char* call, cudaError_t err) {
 }
 
 // Returns a Status naming the call when a CUDA runtime call fails.
-#define MT_CUDA(call)                                          \
-  do {                                                         \
-    const cudaError_t mt_cuda_err_ = (call);                   \
+#define MT_CUDA(call)                                                       \
+  do {                                                                      \
+    const cudaError_t mt_cuda_err_ = (call);                                \
     if (mt_cuda_err_ != cudaSuccess) return CudaError(#call, mt_cuda_err_); \
   } while (0)
 
@@ -125,7 +125,8 @@ struct F16 {
 struct BF16 {
   using Bits = uint16_t;
   static constexpr int kVec = 8;
-  __device__ static float Decode(const uint32_t (&w)[4], int k) {  // exact: bf16 is float's top half
+  __device__ static float Decode(const uint32_t (&w)[4],
+                                 int k) {  // exact: bf16 is float's top half
     return __uint_as_float((k & 1) ? (w[k >> 1] & 0xffff0000u) : (w[k >> 1] << 16));
   }
   __device__ static void Insert(uint32_t (&w)[4], int k, Bits b) {
@@ -455,8 +456,10 @@ __global__ void CombineKernel(const float2* part_ml, const float* part_o, int ch
 template <typename E>
 __global__ void FillKernel(typename E::Bits* dst, int64_t n, uint32_t seed) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ static_cast<uint32_t>(i >> 32) * 0x9e3779b9u ^ seed;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^
+                 static_cast<uint32_t>(i >> 32) * 0x9e3779b9u ^ seed;
     x ^= x >> 15;
     x *= 2246822519u;
     x ^= x >> 13;
@@ -474,31 +477,43 @@ using KernelFn = void (*)(Params);
 template <typename E>
 KernelFn DenseKernelFor(int dt, int r) {
   switch (dt) {
-    case 64: return r == 4 ? DenseChunkKernel<E, 64, 4> : DenseChunkKernel<E, 64, 8>;
-    case 128: return r == 4 ? DenseChunkKernel<E, 128, 4> : DenseChunkKernel<E, 128, 8>;
-    default: return r == 4 ? DenseChunkKernel<E, 256, 4> : DenseChunkKernel<E, 256, 8>;
+    case 64:
+      return r == 4 ? DenseChunkKernel<E, 64, 4> : DenseChunkKernel<E, 64, 8>;
+    case 128:
+      return r == 4 ? DenseChunkKernel<E, 128, 4> : DenseChunkKernel<E, 128, 8>;
+    default:
+      return r == 4 ? DenseChunkKernel<E, 256, 4> : DenseChunkKernel<E, 256, 8>;
   }
 }
 KernelFn DenseKernelFor(DType t, int dt, int r) {
   switch (t) {
-    case DType::kF32: return DenseKernelFor<F32>(dt, r);
-    case DType::kF16: return DenseKernelFor<F16>(dt, r);
-    default: return DenseKernelFor<BF16>(dt, r);
+    case DType::kF32:
+      return DenseKernelFor<F32>(dt, r);
+    case DType::kF16:
+      return DenseKernelFor<F16>(dt, r);
+    default:
+      return DenseKernelFor<BF16>(dt, r);
   }
 }
 template <typename E>
 KernelFn MaskedKernelFor(int dt) {
   switch (dt) {
-    case 64: return MaskedChunkKernel<E, 64>;
-    case 128: return MaskedChunkKernel<E, 128>;
-    default: return MaskedChunkKernel<E, 256>;
+    case 64:
+      return MaskedChunkKernel<E, 64>;
+    case 128:
+      return MaskedChunkKernel<E, 128>;
+    default:
+      return MaskedChunkKernel<E, 256>;
   }
 }
 KernelFn MaskedKernelFor(DType t, int dt) {
   switch (t) {
-    case DType::kF32: return MaskedKernelFor<F32>(dt);
-    case DType::kF16: return MaskedKernelFor<F16>(dt);
-    default: return MaskedKernelFor<BF16>(dt);
+    case DType::kF32:
+      return MaskedKernelFor<F32>(dt);
+    case DType::kF16:
+      return MaskedKernelFor<F16>(dt);
+    default:
+      return MaskedKernelFor<BF16>(dt);
   }
 }
 
@@ -550,7 +565,9 @@ class DeviceBuffer {
     size_ = 0;
   }
   template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
 
  private:
   void* ptr_ = nullptr;
@@ -581,7 +598,8 @@ Status FillRandom(DType dtype, DeviceBuffer& dst, int64_t n, uint32_t seed) {
                                               : reinterpret_cast<const void*>(FillKernel<BF16>);
   void* ptr = dst.as<void>();  // uint32_t* or uint16_t*: the same pointer value
   void* args[] = {&ptr, &n, &seed};
-  MT_CUDA(cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(256), args, 0, nullptr));
+  MT_CUDA(
+      cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(256), args, 0, nullptr));
   return Status::Ok();
 }
 
@@ -597,8 +615,8 @@ struct Plan {
 // Blocks of `kernel` that fit on the device at once.
 Result<int64_t> Wave(KernelFn kernel) {
   int per_sm = 0;
-  MT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(kernel),
-                                                        kThreads, 0));
+  MT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, reinterpret_cast<const void*>(kernel), kThreads, 0));
   return static_cast<int64_t>(std::max(per_sm, 1)) * std::max(Info().sms, 1);
 }
 
@@ -610,7 +628,8 @@ void Split(int64_t work, int64_t items, int64_t wave, int64_t min_chunk, Plan& p
   chunks = std::min<int64_t>(chunks, 65535);
   const int64_t len = std::max<int64_t>(1, CeilDiv(work, chunks));
   plan.chunk_len = static_cast<int>(len);
-  plan.chunks = static_cast<int>(std::max<int64_t>(1, CeilDiv(work, len)));  // every chunk non-empty
+  plan.chunks =
+      static_cast<int>(std::max<int64_t>(1, CeilDiv(work, len)));  // every chunk non-empty
 }
 
 }  // namespace
@@ -623,9 +642,12 @@ double PeakBandwidthBytesPerSecond() { return Info().peak_bandwidth; }
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kF16: return "f16";
-    case DType::kBF16: return "bf16";
+    case DType::kF32:
+      return "f32";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      return "bf16";
   }
   return "?";
 }
@@ -758,8 +780,8 @@ Result<DeviceAttention> DeviceAttention::Upload(const AttentionInputs& in, DType
   MT_RETURN_IF_ERROR(CheckAttentionInputs(in));
   auto impl = std::make_unique<Impl>();
   impl->dtype = dtype;
-  impl->dims = {in.batch(), in.heads(), in.kv_heads(), in.num_queries(), in.num_keys(),
-                in.head_dim(), in.scaling};
+  impl->dims = {in.batch(),    in.heads(),    in.kv_heads(), in.num_queries(),
+                in.num_keys(), in.head_dim(), in.scaling};
   impl->cap = in.keys->dim(2);
   MT_RETURN_IF_ERROR(CheckDims(impl->dims, impl->cap));
   MT_RETURN_IF_ERROR(UploadConverted(in.queries->data(), in.queries->size(), dtype, impl->q));
@@ -767,8 +789,8 @@ Result<DeviceAttention> DeviceAttention::Upload(const AttentionInputs& in, DType
   MT_RETURN_IF_ERROR(UploadConverted(in.values->data(), in.values->size(), dtype, impl->v));
   if (in.attention_mask) {
     impl->has_amask = true;
-    MT_RETURN_IF_ERROR(impl->amask.Upload(in.attention_mask->data(),
-                                          static_cast<size_t>(in.attention_mask->size()) * sizeof(float)));
+    MT_RETURN_IF_ERROR(impl->amask.Upload(
+        in.attention_mask->data(), static_cast<size_t>(in.attention_mask->size()) * sizeof(float)));
   }
   MT_RETURN_IF_ERROR(impl->PlanDense());
   return DeviceAttention(std::move(impl));
@@ -845,8 +867,8 @@ Status DeviceAttention::RunMasked() { return impl_->Launch(true); }
 Result<Tensor> DeviceAttention::Output() const {
   const AttentionDims& d = impl_->dims;
   Tensor out({d.batch, d.heads, d.queries, d.head_dim});
-  MT_CUDA(cudaMemcpy(out.data(), impl_->out.as<float>(), static_cast<size_t>(out.size()) * sizeof(float),
-                     cudaMemcpyDeviceToHost));
+  MT_CUDA(cudaMemcpy(out.data(), impl_->out.as<float>(),
+                     static_cast<size_t>(out.size()) * sizeof(float), cudaMemcpyDeviceToHost));
   return out;
 }
 

@@ -57,8 +57,8 @@ class AdaptiveSamplingMasker : public Masker {
         sum2 += static_cast<double>(s[start + t]) * s[start + t];
       }
       const double mean = sum / static_cast<double>(nb);
-      const double sigma =
-          std::max(1e-8, std::sqrt(std::max(0.0, (sum2 - nb * mean * mean) / static_cast<double>(nb - 1))));
+      const double sigma = std::max(
+          1e-8, std::sqrt(std::max(0.0, (sum2 - nb * mean * mean) / static_cast<double>(nb - 1))));
       const double Sb = sum * static_cast<double>(R) / static_cast<double>(nb);
       const double ratio = (z * sigma * static_cast<double>(R)) / std::max(eps * (S + Sb), 1e-8);
       int64_t b = static_cast<int64_t>(std::min(ratio * ratio, 1e18));
@@ -67,7 +67,8 @@ class AdaptiveSamplingMasker : public Masker {
       kept[row].resize(static_cast<size_t>(b));
       SampleDistinct(budget_key, row, R, b, kept[row].data());
       for (int32_t& t : kept[row]) t += static_cast<int32_t>(start);
-      prob[row].assign(static_cast<size_t>(b), static_cast<float>(static_cast<double>(b) / static_cast<double>(R)));
+      prob[row].assign(static_cast<size_t>(b),
+                       static_cast<float>(static_cast<double>(b) / static_cast<double>(R)));
     });
     return prev.Merge(Mask::FromRows(shape, kept, prob));
   }
@@ -75,12 +76,15 @@ class AdaptiveSamplingMasker : public Masker {
   // Phi^-1(p) for p in (0, 1): Acklam's rational approximation, refined by
   // one Newton step on erfc (error below 1e-12).
   static double NormalQuantile(double p) {
-    static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
-                               1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00};
-    static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                               6.680131188771972e+01, -1.328068155288572e+01};
-    static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-                               -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00};
+    static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,
+                               -2.759285104469687e+02, 1.383577518672690e+02,
+                               -3.066479806614716e+01, 2.506628277459239e+00};
+    static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02,
+                               -1.556989798598866e+02, 6.680131188771972e+01,
+                               -1.328068155288572e+01};
+    static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01,
+                               -2.400758277161838e+00, -2.549732539343734e+00,
+                               4.374664141464968e+00,  2.938163982698783e+00};
     static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
                                3.754408661907416e+00};
     double x;
@@ -115,7 +119,8 @@ MaskerSchema AdaptiveSamplingSchema() {
   s.reference_name = "AdaptiveSamplingMaskerConfig";
   s.help = "vAttention: a per-row budget from a base sample, for an (epsilon, delta) guarantee";
   s.sampling = true;
-  FieldSpec base = SizeField("base_rate_sampling", "base sample: fraction of the range, or a count");
+  FieldSpec base =
+      SizeField("base_rate_sampling", "base sample: fraction of the range, or a count");
   base.int_range = Range{0, 1e300, false, false};
   base.float_range = Range{0, 1, false, true};
   FieldSpec eps;
@@ -132,10 +137,16 @@ MaskerSchema AdaptiveSamplingSchema() {
   FieldSpec local = SizeField("local_offset", "keys after the sampled range", int64_t{0});
   local.int_range = init.int_range;
   local.float_range = init.float_range;
-  s.fields = {base, eps, delta, init, local,
-              IntField("seed", Range{0, 1e18, false, false}, "draw seed (with the layer and row)", int64_t{42})};
+  s.fields = {base,
+              eps,
+              delta,
+              init,
+              local,
+              IntField("seed", Range{0, 1e18, false, false}, "draw seed (with the layer and row)",
+                       int64_t{42})};
   s.create = Factory<AdaptiveSamplingMasker>([](const MaskerConfig& c, const std::string&) {
-    return Result<std::unique_ptr<AdaptiveSamplingMasker>>(std::make_unique<AdaptiveSamplingMasker>(c));
+    return Result<std::unique_ptr<AdaptiveSamplingMasker>>(
+        std::make_unique<AdaptiveSamplingMasker>(c));
   });
   return s;
 }

@@ -1,9 +1,9 @@
 #include "engine/maskers/common.h"
 
 #include <algorithm>
-#include "engine/cpu_kernels.h"
-
 #include <unordered_set>
+
+#include "engine/cpu_kernels.h"
 
 namespace masktune {
 
@@ -79,14 +79,16 @@ void SelectTopK(const float* scores, int64_t n, int64_t k, int32_t* out,
     for (int64_t j = 0; j < n; ++j)
       if (scores[j] >= bound) scratch.push_back(scores[j]);
     if (static_cast<int64_t>(scratch.size()) >= k) {
-      std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
+      std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                       std::greater<float>());
       thr = scratch[static_cast<size_t>(k - 1)];
       found = true;
     }
   }
   if (!found) {
     scratch.assign(scores, scores + n);
-    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                     std::greater<float>());
     thr = scratch[static_cast<size_t>(k - 1)];
   }
   int64_t above = 0;
@@ -106,7 +108,8 @@ void SampleDistinct(const RandomKey& key, int64_t row, int64_t n, int64_t m, int
   std::unordered_set<int64_t> chosen;
   chosen.reserve(static_cast<size_t>(2 * m));
   for (int64_t j = n - m; j < n; ++j) {
-    const double u = RandomUniform(key, (static_cast<uint64_t>(row) << 32) | static_cast<uint64_t>(j));
+    const double u =
+        RandomUniform(key, (static_cast<uint64_t>(row) << 32) | static_cast<uint64_t>(j));
     const int64_t t = std::min(j, static_cast<int64_t>(u * static_cast<double>(j + 1)));
     chosen.insert(chosen.count(t) ? j : t);
   }

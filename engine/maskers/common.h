@@ -65,8 +65,7 @@ void ExcludePrevious(const Mask& prev, int64_t row, float fill, float* scores,
 // Factory glue: wraps `make` (returning Result<unique_ptr<T>>) into a schema's create.
 template <typename T, typename Make>
 auto Factory(Make make) {
-  return [make](const MaskerConfig& c,
-                const std::string& slot) -> Result<std::unique_ptr<Masker>> {
+  return [make](const MaskerConfig& c, const std::string& slot) -> Result<std::unique_ptr<Masker>> {
     Result<std::unique_ptr<T>> m = make(c, slot);
     if (!m.ok()) return m.status();
     return std::unique_ptr<Masker>(std::move(m).value());

@@ -123,20 +123,22 @@ class DoubleSparsityTopKMasker : public Masker {
   Result<std::vector<int32_t>> Channels(int layer, int64_t heads, int64_t D, int64_t c) const {
     const std::string key =
         "model.layers." + std::to_string(layer) + ".self_attn." + config_.Str("channel_selection");
-    const std::string where = "sorted_channel_file '" + config_.Str("sorted_channel_file") +
-                              "': key '" + key + "': ";
+    const std::string where =
+        "sorted_channel_file '" + config_.Str("sorted_channel_file") + "': key '" + key + "': ";
     auto it = channels_.find(key);
     if (it == channels_.end()) return Status::Error(where + "missing");
     if (!it->is_array() || static_cast<int64_t>(it->size()) != heads)
-      return Status::Error(where + "expected a list of " + std::to_string(heads) +
-                           " per-head channel lists, found " +
-                           (it->is_array() ? std::to_string(it->size()) + " entries" : it->type_name()));
+      return Status::Error(
+          where + "expected a list of " + std::to_string(heads) +
+          " per-head channel lists, found " +
+          (it->is_array() ? std::to_string(it->size()) + " entries" : it->type_name()));
     std::vector<int32_t> out;
     for (int64_t h = 0; h < heads; ++h) {
       const json& list = (*it)[static_cast<size_t>(h)];
       if (!list.is_array() || static_cast<int64_t>(list.size()) < c)
-        return Status::Error(where + "head " + std::to_string(h) + ": expected a list of at least " +
-                             std::to_string(c) + " channel indices");
+        return Status::Error(where + "head " + std::to_string(h) +
+                             ": expected a list of at least " + std::to_string(c) +
+                             " channel indices");
       for (int64_t t = 0; t < c; ++t) {
         const json& v = list[static_cast<size_t>(t)];
         if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= D)
@@ -168,8 +170,7 @@ MaskerSchema DoubleSparsityTopKSchema() {
   selection.type = FieldType::kString;
   selection.default_value = std::string("qk_proj");
   selection.help = "which projection's channels: the key suffix in the channel file";
-  s.fields = {SizeField("heavy_size", "keys to keep per row (float: fraction of the keys)"),
-              file,
+  s.fields = {SizeField("heavy_size", "keys to keep per row (float: fraction of the keys)"), file,
               IntField("group_factor", Range{0, 1e300, true, false},
                        "keep head_dim / group_factor channels", int64_t{16}),
               IntField("label_bits", Range{0, 16, true, false},

@@ -13,10 +13,14 @@ enum class Activation { kRelu, kSilu, kGelu, kTanh };
 
 float Activate(Activation a, float x) {
   switch (a) {
-    case Activation::kRelu: return x > 0.0f ? x : 0.0f;
-    case Activation::kSilu: return x / (1.0f + std::exp(-x));
-    case Activation::kGelu: return 0.5f * x * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
-    case Activation::kTanh: return std::tanh(x);
+    case Activation::kRelu:
+      return x > 0.0f ? x : 0.0f;
+    case Activation::kSilu:
+      return x / (1.0f + std::exp(-x));
+    case Activation::kGelu:
+      return 0.5f * x * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
+    case Activation::kTanh:
+      return std::tanh(x);
   }
   return x;
 }
@@ -26,8 +30,8 @@ struct Mlp {
   std::vector<const Tensor*> matrix, bias;
 
   // sign(MLP_h(x)) for head h into sig (bits entries).
-  void Signature(const float* x, int64_t h, Activation act, float* sig,
-                 std::vector<float>& a, std::vector<float>& b) const {
+  void Signature(const float* x, int64_t h, Activation act, float* sig, std::vector<float>& a,
+                 std::vector<float>& b) const {
     a.assign(x, x + matrix[0]->dim(1));
     for (size_t i = 0; i < matrix.size(); ++i) {
       const int64_t in = matrix[i]->dim(1), out = matrix[i]->dim(2);
@@ -51,10 +55,10 @@ class HashAttentionTopKMasker : public Masker {
   HashAttentionTopKMasker(MaskerConfig c, std::string slot, std::shared_ptr<SafetensorsFile> w)
       : config_(std::move(c)), slot_(std::move(slot)), weights_(std::move(w)) {
     const std::string& a = config_.Str("hat_mlp_activation");
-    act_ = a == "relu" ? Activation::kRelu
-         : a == "silu" ? Activation::kSilu
-         : a == "gelu" ? Activation::kGelu
-                       : Activation::kTanh;
+    act_ = a == "relu"   ? Activation::kRelu
+           : a == "silu" ? Activation::kSilu
+           : a == "gelu" ? Activation::kGelu
+                         : Activation::kTanh;
   }
 
   static Result<std::unique_ptr<HashAttentionTopKMasker>> Create(const MaskerConfig& c,

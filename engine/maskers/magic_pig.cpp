@@ -37,7 +37,8 @@ class MagicPigMasker : public Masker {
     simple_lsh_ = config_.Str("transform") == "simple_lsh";
   }
 
-  static Result<std::unique_ptr<MagicPigMasker>> Create(const MaskerConfig& c, const std::string& slot) {
+  static Result<std::unique_ptr<MagicPigMasker>> Create(const MaskerConfig& c,
+                                                        const std::string& slot) {
     std::shared_ptr<SafetensorsFile> file;
     if (!c.Str("projections_file").empty()) {
       auto f = SafetensorsFile::Read(c.Str("projections_file"));
@@ -47,7 +48,8 @@ class MagicPigMasker : public Masker {
     return std::make_unique<MagicPigMasker>(c, slot, std::move(file));
   }
 
-  Result<Mask> AddMask(const AttentionInputs& in, const Mask& prev, LayerState& state) const override {
+  Result<Mask> AddMask(const AttentionInputs& in, const Mask& prev,
+                       LayerState& state) const override {
     if (prev.is_full()) return prev;
     const MaskShape shape = in.mask_shape();
     const int64_t B = in.batch(), H = in.heads(), Q = shape.queries, N = shape.keys;
@@ -66,7 +68,8 @@ class MagicPigMasker : public Masker {
             for (int64_t j = 0; j < N; ++j)
               for (int64_t d = 0; d < D; ++d) acc[d] += in.key(b, h / g, j)[d];
             for (int64_t d = 0; d < D; ++d)
-              mean.data()[(b * H + h) * D + d] = static_cast<float>(acc[d] / static_cast<double>(N));
+              mean.data()[(b * H + h) * D + d] =
+                  static_cast<float>(acc[d] / static_cast<double>(N));
           }
       }
     } else if (mean.dim(0) != B || mean.dim(1) != H || mean.dim(2) != D) {
@@ -81,7 +84,8 @@ class MagicPigMasker : public Masker {
     const int64_t cached = norms.rank() == 3 ? norms.dim(2) : 0;
     if (cached > N)
       return Status::Error("this call brings " + std::to_string(N) + " keys, fewer than the " +
-                           std::to_string(cached) + " cached for layer " + std::to_string(in.layer));
+                           std::to_string(cached) + " cached for layer " +
+                           std::to_string(in.layer));
     if (cached < N) {
       Tensor grown({B, H, N});
       for (int64_t bh = 0; bh < B * H; ++bh)
@@ -113,7 +117,8 @@ class MagicPigMasker : public Masker {
         std::vector<float> x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
         std::vector<uint64_t> code(static_cast<size_t>(words_));
         for (int64_t j = cached; j < N; ++j) {
-          Transform(in.key(b, h / g, j), mean.data() + bh * D, D, norms.data()[bh * N + j], M, true, x.data());
+          Transform(in.key(b, h / g, j), mean.data() + bh * D, D, norms.data()[bh * N + j], M, true,
+                    x.data());
           Sign(x.data(), *rt, E, proj.data(), code.data(), false);
           for (int64_t w = 0; w < words_; ++w) grown[(bh * words_ + w) * N + j] = code[w];
         }
@@ -127,7 +132,8 @@ class MagicPigMasker : public Masker {
       const int64_t b = shape.batch_of(row), h = (row / Q) % H, i = shape.query_of(row);
       const int64_t bh = b * H + h;
       const float* mu = mean.data() + bh * D;
-      std::vector<float> qc(static_cast<size_t>(D)), x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
+      std::vector<float> qc(static_cast<size_t>(D)), x(static_cast<size_t>(E)),
+          proj(static_cast<size_t>(bits));
       std::vector<uint64_t> qcode(static_cast<size_t>(words_));
       const float* q = in.query(b, h, i);
       float qn2 = 0;
@@ -251,10 +257,12 @@ class MagicPigMasker : public Masker {
         for (int64_t t = 0; t < bits; ++t) rt.data()[t * E + e] = r->data()[e * bits + t];
     } else {
       // Standard normal draws keyed by (seed + layer): the same on any thread count or device.
-      const RandomKey key{static_cast<uint64_t>(config_.Int("seed") + layer), 0, kPurposeProjections};
+      const RandomKey key{static_cast<uint64_t>(config_.Int("seed") + layer), 0,
+                          kPurposeProjections};
       for (int64_t e = 0; e < E; ++e)
         for (int64_t t = 0; t < bits; ++t)
-          rt.data()[t * E + e] = static_cast<float>(RandomNormal(key, static_cast<uint64_t>(e * bits + t)));
+          rt.data()[t * E + e] =
+              static_cast<float>(RandomNormal(key, static_cast<uint64_t>(e * bits + t)));
     }
     return &rt;
   }
@@ -291,7 +299,8 @@ MaskerSchema MagicPigSchema() {
   file.name = "projections_file";
   file.type = FieldType::kPath;
   file.default_value = std::string("");
-  file.help = "safetensors with layer{L}.projections (head_dim+1, lsh_k*lsh_l); default: drawn from seed";
+  file.help =
+      "safetensors with layer{L}.projections (head_dim+1, lsh_k*lsh_l); default: drawn from seed";
   FieldSpec transform;
   transform.name = "transform";
   transform.type = FieldType::kString;
@@ -302,7 +311,8 @@ MaskerSchema MagicPigSchema() {
               IntField("lsh_l", Range{0, 4096, true, false}, "tables"),
               center,
               packing,
-              IntField("seed", Range{0, 1e18, false, false}, "projection seed (with the layer)", int64_t{42}),
+              IntField("seed", Range{0, 1e18, false, false}, "projection seed (with the layer)",
+                       int64_t{42}),
               file,
               transform};
   s.create = Factory<MagicPigMasker>(&MagicPigMasker::Create);

@@ -26,10 +26,18 @@ MaskerSchema AdaptiveSamplingSchema();
 double AdaptiveSamplingQuantile(double p);
 
 inline std::vector<MaskerSchema> BuiltinMaskerSchemas() {
-  return {SinkSchema(),      LocalSchema(),     CausalSchema(),
-          OracleTopKSchema(), OracleTopPSchema(), QuestTopKSchema(), PqTopKSchema(),
-          DoubleSparsityTopKSchema(), HashAttentionTopKSchema(), MagicPigSchema(),
-          RandomSamplingSchema(), AdaptiveSamplingSchema()};
+  return {SinkSchema(),
+          LocalSchema(),
+          CausalSchema(),
+          OracleTopKSchema(),
+          OracleTopPSchema(),
+          QuestTopKSchema(),
+          PqTopKSchema(),
+          DoubleSparsityTopKSchema(),
+          HashAttentionTopKSchema(),
+          MagicPigSchema(),
+          RandomSamplingSchema(),
+          AdaptiveSamplingSchema()};
 }
 
 }  // namespace masktune

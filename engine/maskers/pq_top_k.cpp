@@ -42,7 +42,8 @@ class PqTopKMasker : public Masker {
  public:
   PqTopKMasker(MaskerConfig c, std::string slot) : config_(std::move(c)), slot_(std::move(slot)) {}
 
-  Result<Mask> AddMask(const AttentionInputs& in, const Mask& prev, LayerState& state) const override {
+  Result<Mask> AddMask(const AttentionInputs& in, const Mask& prev,
+                       LayerState& state) const override {
     if (prev.is_full()) return prev;
     const MaskShape shape = in.mask_shape();
     const int64_t N = shape.keys, D = in.head_dim(), B = in.batch(), Hkv = in.kv_heads();
@@ -56,13 +57,15 @@ class PqTopKMasker : public Masker {
 
     Tensor& centroids = state.tensors[slot_ + ".centroids"];
     std::vector<uint16_t>& codes = state.labels[slot_ + ".codes"];
-    const int64_t cached = centroids.rank() == 5 ? static_cast<int64_t>(codes.size()) / (B * Hkv * S) : 0;
+    const int64_t cached =
+        centroids.rank() == 5 ? static_cast<int64_t>(codes.size()) / (B * Hkv * S) : 0;
     if (cached > 0 && (centroids.dim(0) != B || centroids.dim(1) != Hkv || centroids.dim(2) != S))
       return Status::Error("the layer's cached codebook " + ShapeToString(centroids.shape()) +
                            " does not fit this call");
     if (cached > N)
       return Status::Error("this call brings " + std::to_string(N) + " keys, fewer than the " +
-                           std::to_string(cached) + " cached for layer " + std::to_string(in.layer));
+                           std::to_string(cached) + " cached for layer " +
+                           std::to_string(in.layer));
     if (cached == 0) Train(in, S, sub, centroids);
     const int64_t C = centroids.dim(3);
     if (cached < N) {
@@ -122,10 +125,13 @@ class PqTopKMasker : public Masker {
       const int64_t bk = task / S, s = task % S, b = bk / Hkv, kvh = bk % Hkv;
       // The training keys' sub-vectors, contiguous.
       std::vector<int32_t> pick_idx(static_cast<size_t>(M));
-      if (M < N) SampleDistinct(key, 2 * task, N, M, pick_idx.data());
-      else std::iota(pick_idx.begin(), pick_idx.end(), 0);
+      if (M < N)
+        SampleDistinct(key, 2 * task, N, M, pick_idx.data());
+      else
+        std::iota(pick_idx.begin(), pick_idx.end(), 0);
       std::vector<float> xs(static_cast<size_t>(M * sub));
-      for (int64_t j = 0; j < M; ++j) std::copy_n(in.key(b, kvh, pick_idx[j]) + s * sub, sub, &xs[j * sub]);
+      for (int64_t j = 0; j < M; ++j)
+        std::copy_n(in.key(b, kvh, pick_idx[j]) + s * sub, sub, &xs[j * sub]);
       auto x = [&](int64_t j) { return xs.data() + j * sub; };
       float* cent = centroids.data() + task * C * sub;
 
@@ -134,7 +140,8 @@ class PqTopKMasker : public Masker {
       const RandomKey seeding{key.seed, key.stream, key.purpose + 1};
       uint64_t draw = static_cast<uint64_t>(task) << 32;
       std::vector<double> dist(static_cast<size_t>(M), std::numeric_limits<double>::infinity());
-      int64_t pick = std::min<int64_t>(M - 1, static_cast<int64_t>(RandomUniform(seeding, draw++) * M));
+      int64_t pick =
+          std::min<int64_t>(M - 1, static_cast<int64_t>(RandomUniform(seeding, draw++) * M));
       for (int64_t c = 0; c < C; ++c) {
         std::copy_n(x(pick), sub, cent + c * sub);
         double total = 0;
@@ -185,7 +192,8 @@ class PqTopKMasker : public Masker {
         for (int64_t c = 0; c < C; ++c)  // an empty cluster keeps its centre
           if (count[c] > 0)
             for (int64_t d = 0; d < sub; ++d)
-              cent[c * sub + d] = static_cast<float>(sum[c * sub + d] / static_cast<double>(count[c]));
+              cent[c * sub + d] =
+                  static_cast<float>(sum[c * sub + d] / static_cast<double>(count[c]));
       }
     });
   }
@@ -201,17 +209,17 @@ MaskerSchema PqTopKSchema() {
   s.type = "pq_top_k";
   s.reference_name = "PQCacheConfig";
   s.help = "PQCache: top-k on scores approximated by product-quantised keys";
-  s.fields = {SizeField("heavy_size", "keys to keep per row (float: fraction of the keys)"),
-              IntField("pq_sub_dim", Range{0, 4096, true, false},
-                       "dimensions per sub-space (must divide the head dimension)"),
-              IntField("pq_bits", Range{0, 12, true, false}, "bits per code: 2^pq_bits centroids"),
-              IntField("kmeans_iterations", Range{0, 1000, true, false},
-                       "cap on Lloyd iterations (stops earlier when no key moves)", int64_t{10}),
-              IntField("train_keys_per_centroid", Range{0, 1e9, true, false},
-                       "k-means learns on at most this many keys per centroid (a sample)",
-                       int64_t{32}),
-              IntField("seed", Range{0, 1e18, false, false}, "k-means++ seed (with the layer)",
-                       int64_t{42})};
+  s.fields = {
+      SizeField("heavy_size", "keys to keep per row (float: fraction of the keys)"),
+      IntField("pq_sub_dim", Range{0, 4096, true, false},
+               "dimensions per sub-space (must divide the head dimension)"),
+      IntField("pq_bits", Range{0, 12, true, false}, "bits per code: 2^pq_bits centroids"),
+      IntField("kmeans_iterations", Range{0, 1000, true, false},
+               "cap on Lloyd iterations (stops earlier when no key moves)", int64_t{10}),
+      IntField("train_keys_per_centroid", Range{0, 1e9, true, false},
+               "k-means learns on at most this many keys per centroid (a sample)", int64_t{32}),
+      IntField("seed", Range{0, 1e18, false, false}, "k-means++ seed (with the layer)",
+               int64_t{42})};
   s.create = Factory<PqTopKMasker>([](const MaskerConfig& c, const std::string& slot) {
     return Result<std::unique_ptr<PqTopKMasker>>(std::make_unique<PqTopKMasker>(c, slot));
   });

@@ -61,8 +61,7 @@ class QuestTopKMasker : public Masker {
       for (int64_t p = 0; p < pages; ++p) {
         const int64_t base = ((b * Hkv + h / g) * pages + p) * D;
         float s = 0.0f;
-        for (int64_t d = 0; d < D; ++d)
-          s += std::max(q[d] * kmin[base + d], q[d] * kmax[base + d]);
+        for (int64_t d = 0; d < D; ++d) s += std::max(q[d] * kmin[base + d], q[d] * kmax[base + d]);
         if (mrow) {
           bool any_allowed = false;
           for (int64_t j = p * ps; j < std::min(n, (p + 1) * ps) && !any_allowed; ++j)

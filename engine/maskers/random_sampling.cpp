@@ -26,7 +26,8 @@ class RandomSamplingMasker : public Masker {
     const RandomKey key{static_cast<uint64_t>(config_.Int("seed")), static_cast<uint32_t>(in.layer),
                         kPurposeRandomSampling};
     std::vector<int32_t> idx(static_cast<size_t>(shape.rows() * m));
-    ParallelRows(shape.rows(), [&](int64_t row) { SampleDistinct(key, row, n, m, idx.data() + row * m); });
+    ParallelRows(shape.rows(),
+                 [&](int64_t row) { SampleDistinct(key, row, n, m, idx.data() + row * m); });
     const float p = static_cast<float>(static_cast<double>(m) / static_cast<double>(n));
     return prev.Merge(Mask::FromRowIndices(shape, idx, m, p));
   }
@@ -48,7 +49,8 @@ MaskerSchema RandomSamplingSchema() {
   rate.type = FieldType::kFloat;
   rate.float_range = Range{0, 1, true, false};
   rate.help = "share of the keys to draw, in (0, 1]";
-  s.fields = {rate, IntField("seed", Range{0, 1e18, false, false}, "draw seed (with the layer and row)", int64_t{42})};
+  s.fields = {rate, IntField("seed", Range{0, 1e18, false, false},
+                             "draw seed (with the layer and row)", int64_t{42})};
   s.create = Factory<RandomSamplingMasker>([](const MaskerConfig& c, const std::string&) {
     return Result<std::unique_ptr<RandomSamplingMasker>>(std::make_unique<RandomSamplingMasker>(c));
   });

@@ -62,8 +62,8 @@ void RmsNorm(const float* x, const Tensor& weight, float eps, int64_t d, float* 
 void Rope(float* x, int64_t heads, int64_t head_dim, int64_t rope_dim, float base, int64_t pos) {
   for (int64_t i = 0; i < rope_dim / 2; ++i) {
     const double theta = static_cast<double>(pos) *
-                         std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) /
-                                                                 static_cast<double>(rope_dim));
+                         std::pow(static_cast<double>(base),
+                                  -2.0 * static_cast<double>(i) / static_cast<double>(rope_dim));
     const float c = static_cast<float>(std::cos(theta)), s = static_cast<float>(std::sin(theta));
     for (int64_t h = 0; h < heads; ++h) {
       float* p = x + h * head_dim + 2 * i;
@@ -216,14 +216,17 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
           std::copy_n(&q[(i * H + hh) * D], D, qt.data() + (hh * n + i) * D);
       // Keys and values straight into the cache, [kv head][position][dim].
       MatMul(h.data(), n, L.wk, kv.data());
-      for (int64_t i = 0; i < n; ++i) Rope(&kv[i * Hkv * D], Hkv, D, c.rope_dim, c.rope_base, pos0 + i);
+      for (int64_t i = 0; i < n; ++i)
+        Rope(&kv[i * Hkv * D], Hkv, D, c.rope_dim, c.rope_base, pos0 + i);
       for (int64_t i = 0; i < n; ++i)
         for (int64_t kh = 0; kh < Hkv; ++kh)
-          std::copy_n(&kv[(i * Hkv + kh) * D], D, k_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
+          std::copy_n(&kv[(i * Hkv + kh) * D], D,
+                      k_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
       MatMul(h.data(), n, L.wv, kv.data());
       for (int64_t i = 0; i < n; ++i)
         for (int64_t kh = 0; kh < Hkv; ++kh)
-          std::copy_n(&kv[(i * Hkv + kh) * D], D, v_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
+          std::copy_n(&kv[(i * Hkv + kh) * D], D,
+                      v_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
 
       AttentionInputs in;
       in.queries = &qt;
@@ -253,7 +256,8 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
       for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.ffn_norm, c.rms_epsilon, E, &h[i * E]);
       MatMul(h.data(), n, L.w_gate, gate.data());
       MatMul(h.data(), n, L.w_up, up.data());
-      for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+      for (size_t i = 0; i < gate.size(); ++i)
+        gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
       MatMul(gate.data(), n, L.w_down, proj.data());
       for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
     }
@@ -278,12 +282,14 @@ Status Sequence::Save(const std::string& path, const std::vector<float>& logits)
     for (const auto* cache : {&k_cache_, &v_cache_}) {
       Tensor t({1, c.kv_heads, length_, D});
       for (int64_t h = 0; h < c.kv_heads; ++h)
-        std::copy_n((*cache)[l].data() + h * capacity_ * D, length_ * D, t.data() + h * length_ * D);
+        std::copy_n((*cache)[l].data() + h * capacity_ * D, length_ * D,
+                    t.data() + h * length_ * D);
       kv.push_back(std::move(t));
     }
   Tensor tokens({length_}), last({static_cast<int64_t>(logits.size())}, logits);
   for (int64_t i = 0; i < length_; ++i) tokens.data()[i] = static_cast<float>(tokens_[i]);
-  std::vector<std::pair<std::string, const Tensor*>> named = {{"tokens", &tokens}, {"logits", &last}};
+  std::vector<std::pair<std::string, const Tensor*>> named = {{"tokens", &tokens},
+                                                              {"logits", &last}};
   std::vector<std::string> names;
   names.reserve(kv.size());
   for (int64_t l = 0; l < c.layers; ++l) {
@@ -302,8 +308,8 @@ Result<std::pair<Sequence, std::vector<float>>> Sequence::Load(
   MT_ASSIGN_OR_RETURN(const Tensor* logits, f.Get("logits", 1));
   const int64_t n = tokens->dim(0), D = c.head_dim;
   if (logits->dim(0) != c.vocab)
-    return Status::Error(path + ": logits: expected " + std::to_string(c.vocab) + " entries, found " +
-                         std::to_string(logits->dim(0)));
+    return Status::Error(path + ": logits: expected " + std::to_string(c.vocab) +
+                         " entries, found " + std::to_string(logits->dim(0)));
   Sequence seq(model, std::max(capacity, n));
   for (int64_t l = 0; l < c.layers; ++l)
     for (auto [suffix, cache] : {std::pair{".k", &seq.k_cache_}, {".v", &seq.v_cache_}}) {
