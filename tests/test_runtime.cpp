@@ -284,7 +284,10 @@ TEST_CASE("a TPE sweep suggests its trials from results and runs exactly num_sam
   REQUIRE(store.ok());
   auto study = PrepareStudy(store.value(), sweep, yaml);
   REQUIRE(study.ok());
-  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 2);
+  // One worker: each suggestion sees every earlier result, so the outcome
+  // does not depend on timing (with two, a suggestion made while the other
+  // trial runs misses its result, and the count below varied run to run).
+  const CoordinatorStats stats = RunLocal(store.value(), study.value(), sweep, 1);
   CHECK(stats.results == 60);
   auto rows = store->Trials(study.value());
   REQUIRE(rows.ok());
@@ -299,7 +302,7 @@ TEST_CASE("a TPE sweep suggests its trials from results and runs exactly num_sam
       near += std::fabs(json::parse(r.params)["oracle_top_k.heavy_size"].get<double>() - 0.2) < 0.1;
     }
   }
-  CHECK(near * 2 > late);
+  CHECK_MESSAGE(near * 2 > late, near << " of " << late << " late suggestions near 0.2");
 }
 
 TEST_CASE("resume keeps finished trials, requeues running ones and completes the plan") {
