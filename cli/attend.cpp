@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/masker_list.h"
 #include "engine/attention.h"
 #include "engine/cuda/cuda_attention.h"
 #include "engine/registry.h"
@@ -31,9 +32,6 @@ struct AttendOptions {
   int64_t seed = -1;           // >= 0: the seed of every masker that draws
   std::string device;          // cpu | cuda; empty: cuda when a GPU is present
 };
-
-// The most a --maskers @FILE may hold: masker lists are a few hundred bytes.
-constexpr uintmax_t kMaxMaskerFileBytes = 16u << 20;
 
 // One line on stderr: control characters that names or values from the input
 // may carry (a tensor named "q\nx") are escaped.
@@ -70,30 +68,7 @@ Result<nlohmann::json> CaseMetadata(const AttendOptions& o, const SafetensorsFil
 
 // The masker list text: inline JSON, @FILE, or the `case` metadata of the input.
 Result<std::string> MaskerText(const AttendOptions& o, const nlohmann::json& meta) {
-  if (!o.maskers.empty() && o.maskers[0] == '@') {
-    const std::string path = o.maskers.substr(1);
-    // A regular file of bounded size: a folder, /dev/zero or a pipe is refused at once.
-    std::error_code ec;
-    const auto st = std::filesystem::status(path, ec);
-    if (ec || !std::filesystem::exists(st))
-      return Status::Error("--maskers: cannot open '" + path + "'");
-    if (std::filesystem::is_directory(st))
-      return Status::Error("--maskers: '" + path + "' is a folder, not a JSON file");
-    if (!std::filesystem::is_regular_file(st))
-      return Status::Error("--maskers: '" + path + "' is not a regular file (a device or pipe)");
-    const uintmax_t size = std::filesystem::file_size(path, ec);
-    if (ec || size > kMaxMaskerFileBytes)
-      return Status::Error("--maskers: '" + path +
-                           "' is larger than the 16 MiB a masker list may "
-                           "be");
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return Status::Error("--maskers: cannot open '" + path + "'");
-    std::string text(size, '\0');
-    f.read(text.data(), static_cast<std::streamsize>(size));
-    text.resize(static_cast<size_t>(f.gcount()));
-    return text;
-  }
-  if (!o.maskers.empty()) return o.maskers;
+  if (!o.maskers.empty()) return MaskerListText(o.maskers);
   if (meta.is_null())
     return Status::Error("--maskers is required: " + o.input + " carries no case metadata");
   if (!meta.contains("maskers"))

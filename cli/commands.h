@@ -18,6 +18,7 @@ inline constexpr int kExitBadInput = 2;
 using Action = std::function<int()>;
 
 Action AddAttendCommand(CLI::App& app);
+Action AddRulerCommand(CLI::App& app);
 Action AddValidateCommand(CLI::App& app);
 Action AddRunCommand(CLI::App& app);
 Action AddResumeCommand(CLI::App& app);

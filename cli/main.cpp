@@ -19,7 +19,7 @@ int Main(int argc, char** argv) {
   for (auto add :
        {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand, AddTrialsCommand,
         AddStatusCommand, AddCheckCommand, AddExportCommand, AddCoordinatorCommand,
-        AddWorkerCommand, AddAttendCommand, AddKeysCommand, AddLaunchCommand}) {
+        AddWorkerCommand, AddAttendCommand, AddRulerCommand, AddKeysCommand, AddLaunchCommand}) {
     Action action = add(app);
     actions[app.get_subcommands({}).back()] = std::move(action);
   }

@@ -12,6 +12,7 @@
 #include "engine/benchmarks/benchmark.h"
 #include "engine/model/llama.h"
 #include "tests/helpers.h"
+#include "tests/process_helpers.h"
 
 namespace masktune::model {
 namespace {
@@ -246,6 +247,56 @@ TEST_CASE("ruler_niah: bad specs are clear errors") {
       {{"name", "ruler_niah"}, {"model", model::Ref().model->path()}, {"dense_layers", {30}}});
   CHECK(layer.status().message() ==
         "ruler_niah: dense_layers: layer 30 does not exist (the model has 30 layers)");
+}
+
+TEST_CASE(
+    "masktune ruler: a table and a JSON line; a stack keeping every key scores as dense; bad input "
+    "exits 2") {
+  using testing::CheckBadInput;
+  using testing::Masktune;
+  if (!model::Ref().model) {
+    MESSAGE("skipped: no model");
+    return;
+  }
+  const std::string model = " --model " + model::Ref().model->path();
+  const std::string common =
+      model + " --task niah_single_1,niah_multikey_1 --length 384 --samples 2";
+  const auto dense = Masktune("ruler" + common);
+  REQUIRE_MESSAGE(dense.code == 0, dense.output);
+  CHECK(dense.output.rfind("task                accuracy   density  decode tokens/s  samples\n",
+                           0) == 0);
+  CHECK(dense.output.find("\nniah_multikey_1 ") != std::string::npos);
+  CHECK(dense.output.find("\nall ") != std::string::npos);
+  const std::string last =
+      dense.output.substr(dense.output.rfind('\n', dense.output.size() - 2) + 1);
+  const auto d = nlohmann::json::parse(last);
+  CHECK(d["density"] == 1.0);
+  CHECK(d["samples"] == 4);
+  CHECK(d["accuracy"].get<double>() >= 0.0);
+  CHECK(d["accuracy"].get<double>() <= 1.0);
+  CHECK(d["tokens_per_s"].get<double>() > 0.0);
+  CHECK(d["tasks"]["niah_single_1"]["samples"] == 2);
+  // oracle_top_k with every key kept is the dense computation: the same answers.
+  const auto all =
+      Masktune("ruler" + common + " --maskers '[{\"type\":\"oracle_top_k\",\"heavy_size\":1.0}]'");
+  REQUIRE_MESSAGE(all.code == 0, all.output);
+  const auto a =
+      nlohmann::json::parse(all.output.substr(all.output.rfind('\n', all.output.size() - 2) + 1));
+  CHECK(a["accuracy"] == d["accuracy"]);
+  for (const char* t : {"niah_single_1", "niah_multikey_1"})
+    CHECK(a["tasks"][t]["accuracy"] == d["tasks"][t]["accuracy"]);
+  CheckBadInput(Masktune("ruler" + model + " --task nope --length 384"),
+                "unknown task 'nope' (valid: niah_single_1");
+  CheckBadInput(Masktune("ruler" + model + " --length 100000"),
+                "is beyond the model's context of 8192 tokens");
+  CheckBadInput(Masktune("ruler" + model + " --length 384 --maskers '[{\"type\":\"sink\"}]'"),
+                "--maskers: maskers[0] (sink): missing required field 'sink_size'");
+  CheckBadInput(Masktune("ruler" + model + " --length 384 --maskers @/dev/zero"),
+                "is not a regular file");
+  CheckBadInput(Masktune("ruler" + model + " --length 384 --dense-layers 0,x"),
+                "--dense-layers: expected layer numbers");
+  CheckBadInput(Masktune("ruler --model /nonexistent.gguf --length 384"),
+                "no model file '/nonexistent.gguf'");
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 // Thread-safety: Run may be called from one thread at a time.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -40,6 +41,15 @@ Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec);
 //  "max_new_tokens": N, "dense_layers": [..]} (engine/benchmarks/ruler_niah.cpp).
 // Metrics: accuracy, error (1 - accuracy), density, tokens_per_second, and
 // per task "<task>.accuracy", "<task>.density", "<task>.tokens_per_second".
-Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json& spec);
+// `progress`, when given, hears of each sample: once when its dense prefix
+// is ready ("prefill", i of n) and once per Run when it is scored ("sample",
+// i of n, with the task and whether the answer was right).
+struct RulerProgress {
+  std::string phase, task;
+  int64_t index = 0, total = 0;  // 1-based
+  bool correct = false;          // "sample" only
+};
+Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
+    const nlohmann::json& spec, std::function<void(const RulerProgress&)> progress = {});
 
 }  // namespace masktune

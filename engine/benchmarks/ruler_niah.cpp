@@ -72,12 +72,13 @@ class RulerNiahBenchmark : public Benchmark {
  public:
   RulerNiahBenchmark(std::shared_ptr<const LlamaModel> model, std::vector<std::string> tasks,
                      std::vector<PreparedSample> samples, std::set<int> dense_layers,
-                     int64_t max_new)
+                     int64_t max_new, std::function<void(const RulerProgress&)> progress)
       : model_(std::move(model)),
         tasks_(std::move(tasks)),
         samples_(std::move(samples)),
         dense_layers_(std::move(dense_layers)),
-        max_new_(max_new) {}
+        max_new_(max_new),
+        progress_(std::move(progress)) {}
 
   Result<Metrics> Run(const MaskerRegistry& registry,
                       const std::vector<MaskerConfig>& configs) override {
@@ -105,7 +106,11 @@ class RulerNiahBenchmark : public Benchmark {
       if (!answer.empty() && std::find(stop.begin(), stop.end(), answer.back()) != stop.end())
         answer.pop_back();
       TaskSums& t = sums[s.task];
-      t.score += ruler::Score(model_->tokenizer().Decode(answer), s.expected);
+      const double score = ruler::Score(model_->tokenizer().Decode(answer), s.expected);
+      t.score += score;
+      if (progress_)
+        progress_({"sample", s.task, static_cast<int64_t>(&s - samples_.data()) + 1,
+                   static_cast<int64_t>(samples_.size()), score >= 1.0});
       t.density += attention.mean_density();
       t.seconds += seconds;
       t.tokens += static_cast<int64_t>(s.question.size() + answer.size());
@@ -137,6 +142,7 @@ class RulerNiahBenchmark : public Benchmark {
   std::vector<PreparedSample> samples_;
   std::set<int> dense_layers_;
   int64_t max_new_;
+  std::function<void(const RulerProgress&)> progress_;
 };
 
 // The file name of a sample's dense prefix in the prefill cache: readable
@@ -187,7 +193,8 @@ Result<std::pair<Sequence, std::vector<float>>> DensePrefix(
 
 }  // namespace
 
-Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json& spec) {
+Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
+    const nlohmann::json& spec, std::function<void(const RulerProgress&)> progress) {
   const std::string path = spec.value("model", std::string()).empty()
                                ? DefaultModelPath()
                                : spec["model"].get<std::string>();
@@ -198,6 +205,13 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json
   const uint64_t seed = spec.value("seed", uint64_t{0});
   const bool setup_a = spec.value("setup", std::string("B")) == "A";
   const int64_t max_new = spec.value("max_new_tokens", int64_t{32});
+  if (context_tokens < 1 || context_tokens + max_new > model->config().context_length)
+    return Status::Error("ruler_niah: context_tokens " + std::to_string(context_tokens) +
+                         " (plus " + std::to_string(max_new) +
+                         " new tokens) is beyond the model's context of " +
+                         std::to_string(model->config().context_length) + " tokens");
+  for (const auto& task : tasks)
+    MT_RETURN_IF_ERROR(ruler::FindTask(task).status().WithContext("ruler_niah: "));
   std::set<int> dense_layers;
   for (int64_t l : spec.value("dense_layers", std::vector<int64_t>{})) {
     if (l >= model->config().layers)
@@ -237,9 +251,13 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(const nlohmann::json
                                                              setup_a, context)));
       prepared.push_back(PreparedSample{task, s.expected, std::move(question),
                                         std::move(prefix.first), std::move(prefix.second)});
+      if (progress)
+        progress({"prefill", task, static_cast<int64_t>(prepared.size()),
+                  static_cast<int64_t>(tasks.size()) * samples, false});
     }
-  return std::unique_ptr<Benchmark>(new RulerNiahBenchmark(
-      std::move(model), tasks, std::move(prepared), std::move(dense_layers), max_new));
+  return std::unique_ptr<Benchmark>(
+      new RulerNiahBenchmark(std::move(model), tasks, std::move(prepared), std::move(dense_layers),
+                             max_new, std::move(progress)));
 }
 
 }  // namespace masktune
