@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_args.h"
 #include "engine/attention.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
@@ -63,6 +64,15 @@ std::vector<int64_t> ParseList(const char* s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (int rc = masktune::bench::HelpOrArgError(
+          argc, argv,
+          "usage: bench_attention [--keys 32768,131072] [--heads 32] [--kv-heads 8] [--head-dim "
+          "128]\n"
+          "                       [--queries 1] [--repeat 7] [--only NAME]\n"
+          "Times masked attention and each masker on one decode step; prints GB/s beside the\n"
+          "machine's copy bandwidth measured in the same run.\n");
+      rc >= 0)
+    return rc;
   std::vector<int64_t> key_counts = {32768, 131072};
   int64_t heads = 32, kv_heads = 8, head_dim = 128, queries = 1;
   int repeat = 7;

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_args.h"
 #include "engine/cuda/cuda_attention.h"
 
 using namespace masktune;
@@ -49,6 +50,12 @@ Mask RandomKeptSets(const MaskShape& shape, int64_t per_row, uint32_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (int rc = masktune::bench::HelpOrArgError(
+          argc, argv,
+          "usage: bench_cuda [--launches 50]\n"
+          "Times the CUDA attention kernels (dense, 10% and 2% masked) at 8K/32K/128K keys.\n");
+      rc >= 0)
+    return rc;
   int launches = 50;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--launches") == 0 && i + 1 < argc) {

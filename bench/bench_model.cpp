@@ -9,12 +9,19 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_args.h"
 #include "engine/model/llama.h"
 
 using namespace masktune;
 using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
+  if (int rc = masktune::bench::HelpOrArgError(
+          argc, argv,
+          "usage: bench_model [--model FILE.gguf] [--context 2048] [--decode 32]\n"
+          "The Llama runtime's prefill and decode speed, dense and with masker stacks.\n");
+      rc >= 0)
+    return rc;
   std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   int64_t context = 2048, decode = 32;
   for (int i = 1; i + 1 < argc; i += 2) {

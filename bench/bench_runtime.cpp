@@ -12,11 +12,19 @@
 #include <string>
 #include <thread>
 
+#include "bench/bench_args.h"
 #include "local/local.h"
 
 using namespace masktune;
 
 int main(int argc, char** argv) {
+  if (int rc =
+          masktune::bench::HelpOrArgError(argc, argv,
+                                          "usage: bench_runtime [--trials 20000] [--workers 4]\n"
+                                          "Trials/s through the coordinator over tcp (noop "
+                                          "benchmark), and SQLite result writes/s.\n");
+      rc >= 0)
+    return rc;
   int64_t trials = 20000;
   int workers = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
