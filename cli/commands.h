@@ -19,6 +19,7 @@ using Action = std::function<int()>;
 
 Action AddAttendCommand(CLI::App& app);
 Action AddRulerCommand(CLI::App& app);
+Action AddCaptureCommand(CLI::App& app);
 Action AddValidateCommand(CLI::App& app);
 Action AddRunCommand(CLI::App& app);
 Action AddResumeCommand(CLI::App& app);

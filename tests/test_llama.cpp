@@ -4,13 +4,16 @@
 // greedy tokens. Skips, saying so, when the model file is absent.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/benchmarks/benchmark.h"
+#include "engine/benchmarks/ruler_niah.h"
 #include "engine/model/llama.h"
+#include "engine/safetensors.h"
 #include "tests/helpers.h"
 #include "tests/process_helpers.h"
 
@@ -297,6 +300,108 @@ TEST_CASE(
                 "--dense-layers: expected layer numbers");
   CheckBadInput(Masktune("ruler --model /nonexistent.gguf --length 384"),
                 "no model file '/nonexistent.gguf'");
+}
+
+TEST_CASE("capture: files per sample and layer that attend reads, keys equal to the KV cache") {
+  if (!model::Ref().model) {
+    MESSAGE("skipped: no models/SmolLM2-135M-Instruct.Q4_1.gguf (make fetches it)");
+    return;
+  }
+  using testing::Masktune;
+  const auto& m = model::Ref().model;
+  testing::TempDir dir;
+  const std::string out = dir / "cap";
+  const auto r =
+      Masktune("capture --model " + m->path() +
+               " --task niah_single_1 --length 256 --samples 2 --layers 0,29 --out " + out);
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  CHECK(nlohmann::json::parse(r.output)["files"] == 4);
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(out))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  CHECK(names == std::vector<std::string>{
+                     "niah_single_1-s00-l00.safetensors", "niah_single_1-s00-l29.safetensors",
+                     "niah_single_1-s01-l00.safetensors", "niah_single_1-s01-l29.safetensors"});
+
+  // The same prompt through the API: dense prefill, then the first generated token.
+  auto prompt = BuildRulerPrompt(m->tokenizer(), "niah_single_1", 256, 0, 1);
+  REQUIRE(prompt.ok());
+  std::vector<int32_t> tokens = prompt->context;
+  tokens.insert(tokens.end(), prompt->question.begin(), prompt->question.end());
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  model::Sequence seq(m, 16);  // a cache that grows: captured copies hold only the used keys
+  auto logits = seq.Forward(tokens);
+  REQUIRE(logits.ok());
+  const int32_t next[1] = {model::ArgMax(logits.value())};
+  auto step = seq.Forward(next);
+  REQUIRE(step.ok());
+  REQUIRE(seq.Save(dir / "seq.safetensors", step.value()).ok());
+  auto cache = SafetensorsFile::Read(dir / "seq.safetensors");
+  REQUIRE(cache.ok());
+
+  auto file = SafetensorsFile::Read(out + "/niah_single_1-s01-l29.safetensors");
+  REQUIRE(file.ok());
+  const Tensor& q = *file->Get("q", 4).value();
+  const Tensor& k = *file->Get("k", 4).value();
+  const Tensor& v = *file->Get("v", 4).value();
+  CHECK(q.shape() == Shape{1, 9, 1, 64});
+  CHECK(k.shape() == Shape{1, 3, n + 1, 64});
+  CHECK(v.shape() == Shape{1, 3, n + 1, 64});
+  CHECK_FALSE(file->Has("attention_mask"));
+  CHECK(k.vec() == cache->Get("layer29.k").value()->vec());
+  CHECK(v.vec() == cache->Get("layer29.v").value()->vec());
+  CHECK(k.vec() != cache->Get("layer0.k").value()->vec());
+  const auto meta = nlohmann::json::parse(file->metadata().at("case"));
+  CHECK(meta["scaling"].get<double>() == doctest::Approx(0.125));
+  CHECK(meta["task"] == "niah_single_1");
+  CHECK(meta["sample"] == 1);
+  CHECK(meta["layer"] == 29);
+  CHECK(meta["length"] == 256);
+  CHECK(meta["position"] == n);
+
+  // attend takes the file: dense is exact; a sparse stack is not.
+  const std::string input = " --device cpu --input " + out + "/niah_single_1-s01-l29.safetensors";
+  const auto dense = Masktune("attend" + input + " --maskers '[]'");
+  REQUIRE_MESSAGE(dense.code == 0, dense.output);
+  const auto d = nlohmann::json::parse(dense.output);
+  CHECK(d["error"].get<double>() == 0.0);
+  CHECK(d["density"].get<double>() == 1.0);
+  const auto sparse =
+      Masktune("attend" + input + " --maskers '[{\"type\":\"sink\",\"sink_size\":16}]'");
+  REQUIRE_MESSAGE(sparse.code == 0, sparse.output);
+  CHECK(nlohmann::json::parse(sparse.output)["error"].get<double>() > 0.0);
+  // attention_error's folder mode reads the folder: [] is dense there too.
+  auto bench = CreateBenchmark({{"name", "attention_error"}, {"folder", out}});
+  REQUIRE_MESSAGE(bench.ok(), bench.status().message());
+  auto metrics = bench.value()->Run(MaskerRegistry::WithBuiltins(), {});
+  REQUIRE(metrics.ok());
+  CHECK(metrics->at("error") == 0.0);
+  CHECK(metrics->at("density") == 1.0);
+}
+
+TEST_CASE("capture: bad inputs exit 2 with one line") {
+  if (!model::Ref().model) {
+    MESSAGE("skipped: no models/SmolLM2-135M-Instruct.Q4_1.gguf (make fetches it)");
+    return;
+  }
+  using testing::CheckBadInput;
+  using testing::Masktune;
+  testing::TempDir dir;
+  const std::string common =
+      "capture --model " + model::Ref().model->path() + " --out " + (dir / "cap");
+  CheckBadInput(Masktune(common + " --task nope --length 256"),
+                "unknown task 'nope' (valid: niah_single_1");
+  CheckBadInput(Masktune(common + " --length 100000"),
+                "is beyond the model's context of 8192 tokens");
+  CheckBadInput(Masktune(common + " --length 256 --layers 0,x"), "--layers: expected 'all'");
+  CheckBadInput(Masktune(common + " --length 256 --layers 30"),
+                "--layers: layer 30 does not exist (the model has 30 layers)");
+  CheckBadInput(Masktune(common + " --length 256 --layers ''"), "--layers: expected 'all'");
+  CheckBadInput(Masktune("capture --model /nonexistent.gguf --out " + (dir / "cap")),
+                "no model file '/nonexistent.gguf'");
+  CheckBadInput(Masktune("capture --length 256"), "--out is required");
+  CHECK_FALSE(std::filesystem::exists(dir / "cap/niah_single_1-s00-l00.safetensors"));
 }
 
 }  // namespace

@@ -10,6 +10,8 @@
 // densely and only the answer with the stack. The dense part does not depend
 // on the trial: it is computed once per worker, kept in memory, and copied
 // (a Sequence is a value) into each trial.
+#include "engine/benchmarks/ruler_niah.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -29,36 +31,6 @@ using model::LlamaModel;
 using model::Sequence;
 using model::SparseAttention;
 using Clock = std::chrono::steady_clock;
-
-constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-// The default model: $MASKTUNE_MODEL, else models/ under the current folder,
-// else models/ beside the folder holding this binary (build/../models).
-std::string DefaultModelPath() {
-  if (const char* env = std::getenv("MASKTUNE_MODEL"); env && *env) return env;
-  if (std::filesystem::exists(kDefaultModel)) return kDefaultModel;
-  std::error_code ec;
-  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    const auto beside = exe.parent_path().parent_path() / kDefaultModel;
-    if (std::filesystem::exists(beside)) return beside.string();
-  }
-  return kDefaultModel;
-}
-
-// Models are shared by every benchmark of the process (local workers).
-Result<std::shared_ptr<const LlamaModel>> SharedModel(const std::string& path) {
-  static std::mutex mu;
-  static std::map<std::string, std::weak_ptr<const LlamaModel>> loaded;
-  std::lock_guard<std::mutex> lock(mu);
-  if (auto m = loaded[path].lock()) return m;
-  if (!std::filesystem::exists(path))
-    return Status::Error("ruler_niah: no model file '" + path +
-                         "' (scripts/fetch_model.sh fetches the default one)");
-  MT_ASSIGN_OR_RETURN(auto m, LlamaModel::Load(path));
-  loaded[path] = m;
-  return m;
-}
 
 struct PreparedSample {
   std::string task;
@@ -193,6 +165,46 @@ Result<std::pair<Sequence, std::vector<float>>> DensePrefix(
 
 }  // namespace
 
+std::string DefaultModelPath() {
+  constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (const char* env = std::getenv("MASKTUNE_MODEL"); env && *env) return env;
+  if (std::filesystem::exists(kDefaultModel)) return kDefaultModel;
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const auto beside = exe.parent_path().parent_path() / kDefaultModel;
+    if (std::filesystem::exists(beside)) return beside.string();
+  }
+  return kDefaultModel;
+}
+
+Result<std::shared_ptr<const LlamaModel>> SharedModel(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<const LlamaModel>> loaded;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto m = loaded[path].lock()) return m;
+  if (!std::filesystem::exists(path))
+    return Status::Error("ruler_niah: no model file '" + path +
+                         "' (scripts/fetch_model.sh fetches the default one)");
+  MT_ASSIGN_OR_RETURN(auto m, LlamaModel::Load(path));
+  loaded[path] = m;
+  return m;
+}
+
+Result<RulerPrompt> BuildRulerPrompt(const model::Tokenizer& tok, const std::string& task,
+                                     int64_t context_tokens, uint64_t seed, int64_t index) {
+  const ruler::TokenCounter count = [&](const std::string& text) {
+    return static_cast<int64_t>(tok.Encode(text, false).size());
+  };
+  MT_ASSIGN_OR_RETURN(ruler::Sample s, ruler::Generate(task, context_tokens, seed, index, count));
+  // Split the templated prompt at the end of the context.
+  const std::string prompt =
+      tok.ApplyChatTemplate({{"user", s.context + "\n" + s.question}}, true) + s.answer_prefix;
+  const size_t cut = prompt.find(s.context) + s.context.size();
+  return RulerPrompt{tok.Encode(prompt.substr(0, cut)), tok.Encode(prompt.substr(cut)),
+                     std::move(s.expected)};
+}
+
 Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
     const nlohmann::json& spec, std::function<void(const RulerProgress&)> progress) {
   const std::string path = spec.value("model", std::string()).empty()
@@ -227,20 +239,12 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
     if (ec) return Status::Error("ruler_niah: prefill_cache '" + cache_dir + "': " + ec.message());
   }
   const model::Tokenizer& tok = model->tokenizer();
-  const ruler::TokenCounter count = [&](const std::string& text) {
-    return static_cast<int64_t>(tok.Encode(text, false).size());
-  };
 
   std::vector<PreparedSample> prepared;
   for (const auto& task : tasks)
     for (int64_t i = 0; i < samples; ++i) {
-      MT_ASSIGN_OR_RETURN(ruler::Sample s, ruler::Generate(task, context_tokens, seed, i, count));
-      // Split the templated prompt at the end of the context.
-      const std::string prompt =
-          tok.ApplyChatTemplate({{"user", s.context + "\n" + s.question}}, true) + s.answer_prefix;
-      const size_t cut = prompt.find(s.context) + s.context.size();
-      std::vector<int32_t> context = tok.Encode(prompt.substr(0, cut));
-      std::vector<int32_t> question = tok.Encode(prompt.substr(cut));
+      MT_ASSIGN_OR_RETURN(RulerPrompt p, BuildRulerPrompt(tok, task, context_tokens, seed, i));
+      std::vector<int32_t> context = std::move(p.context), question = std::move(p.question);
       if (setup_a) {
         context.insert(context.end(), question.begin(), question.end());
         question.clear();
@@ -249,7 +253,7 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
       MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, cache_dir,
                                                    CacheName(path, task, context_tokens, seed, i,
                                                              setup_a, context)));
-      prepared.push_back(PreparedSample{task, s.expected, std::move(question),
+      prepared.push_back(PreparedSample{task, std::move(p.expected), std::move(question),
                                         std::move(prefix.first), std::move(prefix.second)});
       if (progress)
         progress({"prefill", task, static_cast<int64_t>(prepared.size()),

@@ -236,6 +236,7 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
       in.attention_mask = n > 1 ? &mask : nullptr;
       in.scaling = 1.0f / std::sqrt(static_cast<float>(D));
       in.layer = static_cast<int>(l);
+      if (attention && attention->observe) attention->observe(static_cast<int>(l), in);
       Tensor out;
       if (attention && attention->stack && !attention->dense_layers.count(static_cast<int>(l))) {
         auto m = attention->stack->ComputeMask(in, attention->state);

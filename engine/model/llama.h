@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <set>
 #include <span>
@@ -65,8 +66,11 @@ class LlamaModel {
 // How a forward pass computes attention: dense when `stack` is null or the
 // layer is in `dense_layers`; otherwise the stack's mask (its state per
 // layer in `state`), with the density of each masked call accumulated.
+// `observe`, when set, sees each layer's attention inputs of every call
+// (dense or masked) before attention runs: masktune capture copies them.
 struct SparseAttention {
   const MaskerStack* stack = nullptr;
+  std::function<void(int layer, const AttentionInputs&)> observe;
   std::set<int> dense_layers;
   StackState state;
   double density_sum = 0;
