@@ -209,7 +209,10 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   // One socket for the worker's life; ZeroMQ reconnects it by itself.
   zmq::socket_t dealer(context, zmq::socket_type::dealer);
   dealer.set(zmq::sockopt::linger, 0);
-  dealer.set(zmq::sockopt::routing_id, options.name);
+  // The routing id is this socket's, not the worker's name: two processes
+  // given the same --name must not make the ROUTER refuse one of them.
+  dealer.set(zmq::sockopt::routing_id,
+             options.name + "#" + std::to_string(::getpid()) + "." + std::to_string(instance));
   dealer.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
   dealer.set(zmq::sockopt::reconnect_ivl_max,
              static_cast<int>(std::max<int64_t>(100, options.heartbeat_interval_ms)));
