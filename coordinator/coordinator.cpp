@@ -110,6 +110,9 @@ class Coordinator {
   Status Bind() {
     router_.set(zmq::sockopt::linger, 0);
     router_.set(zmq::sockopt::router_mandatory, false);
+    // A worker's socket reconnecting (after a network blip) takes over its
+    // routing id even while the old, half-open connection is still here.
+    router_.set(zmq::sockopt::router_handover, true);
     router_.set(zmq::sockopt::maxmsgsize, security::kMaxMessageBytes);
     if (options_.curve) {
       try {
