@@ -214,8 +214,7 @@ int RunAttend(const AttendOptions& o) {
     return Fail(o.input + ": " + s.message());
 
   nlohmann::json line;
-  // An empty mask (`--maskers '[]'`) is dense attention, every key attended: density 1.
-  line["density"] = mask->is_empty() ? 1.0 : mask->Density();
+  line["density"] = mask->AttendedDensity();  // `--maskers '[]'`: dense, 1
   line["error"] = error;
   line["device"] = device;
   if (o.repeat > 0) {

@@ -95,6 +95,10 @@ class Mask {
   int64_t CountNonzero() const;
   // Nonzero entries / all entries: 1 for full, 0 for empty.
   double Density() const;
+  // The share of keys attention actually reads: Density(), except that an
+  // empty final mask means dense attention (spec), so 1. What benchmarks and
+  // `attend` report as density.
+  double AttendedDensity() const { return is_empty() ? 1.0 : Density(); }
   // (batch, heads, queries, keys) probabilities: ones when full, zeros when empty.
   Tensor ToDense() const;
 

@@ -54,12 +54,6 @@ Result<std::string> Text(const std::string& command, const json& body, const cha
   return s;
 }
 
-Status CheckEmpty(const std::string& command, const json& body) {
-  (void)command;
-  (void)body;  // {} today; extra fields are ignored, as in every other command
-  return Status::Ok();
-}
-
 }  // namespace
 
 std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_identity,
@@ -141,8 +135,7 @@ Result<FromWorker> ParseFromWorker(const Frames& f) {
     MT_ASSIGN_OR_RETURN(r.error, Text(c, body, "error", kMaxErrorBytes, false));
     return FromWorker(std::move(r));
   }
-  MT_RETURN_IF_ERROR(CheckEmpty(c, body));
-  return FromWorker(Heartbeat{});
+  return FromWorker(Heartbeat{});  // {}: extra fields are ignored, as in every command
 }
 
 Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
@@ -177,10 +170,19 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
     t.maskers = *it;
     return FromCoordinator(std::move(t));
   }
-  MT_RETURN_IF_ERROR(CheckEmpty(c, body));
   if (c == kRejoin) return FromCoordinator(Rejoin{});
   if (c == kDone) return FromCoordinator(Done{});
   return FromCoordinator(Heartbeat{});
+}
+
+std::optional<std::pair<int64_t, int64_t>> ReadableTrialIds(const Frames& f) {
+  if (f.command != kTrial) return std::nullopt;
+  auto body = Body(f);
+  if (!body.ok()) return std::nullopt;
+  auto trial = PositiveInt(f.command, body.value(), "trial");
+  auto attempt = PositiveInt(f.command, body.value(), "attempt");
+  if (!trial.ok() || !attempt.ok()) return std::nullopt;
+  return std::pair{trial.value(), attempt.value()};
 }
 
 namespace {

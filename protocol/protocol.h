@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <zmq.hpp>
 
@@ -90,6 +91,9 @@ std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_ide
 // Typed parsing: an error says which field is wrong and how.
 Result<FromWorker> ParseFromWorker(const Frames& frames);
 Result<FromCoordinator> ParseFromCoordinator(const Frames& frames);
+// The trial and attempt of a TRIAL that failed the checks, when those two
+// fields pass them: the worker answers FAILED, so the trial is not lost.
+std::optional<std::pair<int64_t, int64_t>> ReadableTrialIds(const Frames& frames);
 
 // Encoding; `identity` addresses a worker from the ROUTER side. Never
 // blocks: false when the message could not be queued (no live peer, or its

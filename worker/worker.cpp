@@ -281,16 +281,10 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         drop_log("dropped a message from the coordinator: " + parsed.status().message());
         // A TRIAL we cannot read but whose ids we can: fail it, so the
         // coordinator does not wait for it forever.
-        if (frames->value().command == protocol::kTrial) {
-          const json body = json::parse(frames->value().body, nullptr, false);
-          if (body.is_object() && body.contains("trial") && body["trial"].is_number_integer() &&
-              body.contains("attempt") && body["attempt"].is_number_integer() &&
-              body["trial"].get<int64_t>() > 0 && body["attempt"].get<int64_t>() > 0)
-            protocol::Send(dealer,
-                           protocol::TrialFailure{
-                               body["trial"].get<int64_t>(), body["attempt"].get<int64_t>(),
-                               "worker " + options.name + ": " + parsed.status().message()});
-        }
+        if (auto ids = protocol::ReadableTrialIds(frames->value()))
+          protocol::Send(dealer, protocol::TrialFailure{
+                                     ids->first, ids->second,
+                                     "worker " + options.name + ": " + parsed.status().message()});
         continue;
       }
       last_heard = now;

@@ -149,9 +149,7 @@ class AttentionErrorBenchmark : public Benchmark {
       StackState state;  // samples are independent calls
       auto mask = stack.ComputeMask(in, state);
       if (!mask.ok()) return mask.status().WithContext("sample " + std::to_string(i) + ": ");
-      // An empty mask (no masker added anything: a dense baseline) is dense
-      // attention, every key attended: density 1, as a full mask.
-      const double d = mask->is_empty() ? 1.0 : mask->Density();
+      const double d = mask->AttendedDensity();  // a dense baseline ([]) reads every key
       Tensor out;
       if (cuda_) {
         MT_ASSIGN_OR_RETURN(out, cuda::MaskedAttention(in, mask.value()));

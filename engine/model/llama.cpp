@@ -241,8 +241,7 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
       if (attention && attention->stack && !attention->dense_layers.count(static_cast<int>(l))) {
         auto m = attention->stack->ComputeMask(in, attention->state);
         if (!m.ok()) return m.status().WithContext("layer " + std::to_string(l) + ": ");
-        // An empty mask (an empty stack) is dense attention: density 1.
-        attention->density_sum += m->is_empty() ? 1.0 : m->Density();
+        attention->density_sum += m->AttendedDensity();
         ++attention->masked_calls;
         out = MaskedAttention(in, m.value());
       } else {
