@@ -228,6 +228,15 @@ BigCount ExactTrials(const StackSpec& stack, const SearchSpec& search) {
   return grid;
 }
 
+// What a scheduler's max_t counts, for messages.
+std::string BenchmarkStepsText(const BenchmarkSpec& b) {
+  if (b.name == "noop") return "noop's steps";
+  if (b.name == "ruler_niah")
+    return std::to_string(b.ruler.tasks.size()) + " tasks x " + std::to_string(b.ruler.samples) +
+           " samples";
+  return b.synthetic ? "benchmark.data.synthetic.samples" : "the folder's .safetensors files";
+}
+
 class Parser {
  public:
   Parser(std::string path, const MaskerRegistry& registry, const ParseOptions& options)
@@ -296,6 +305,8 @@ class Parser {
   void ParseRuler(const YAML::Node& n, RulerSpec& r) const;
   void ParseObjective(const YAML::Node& n, const BenchmarkSpec* benchmark, ObjectiveSpec& o) const;
   void ParseSearch(const YAML::Node& n, SearchSpec& s) const;
+  void ParseScheduler(const YAML::Node& n, SchedulerSpec& s) const;
+  void CheckScheduler(SweepConfig& c, bool benchmark_ok) const;
   StackSpec ParseStack(const std::string& name, const YAML::Node& n) const;
   ParamSpace ParseSpace(const YAML::Node& n, const FieldSpec& spec, const std::string& where) const;
 
@@ -399,13 +410,15 @@ void Parser::ParseBenchmark(const YAML::Node& n, BenchmarkSpec& b) const {
                         Clip(name) + "'");
   b.name = name;
   if (b.name == "ruler_niah") return ParseRuler(n, b.ruler);
-  CheckKeys(n, "benchmark", {"name", "data", "sleep_ms"});
+  CheckKeys(n, "benchmark", {"name", "data", "sleep_ms", "steps"});
   if (b.name == "noop") {
     if (n["data"]) Report(n["data"], "benchmark.data: the noop benchmark takes no data");
     if (n["sleep_ms"])
       Try([&] { b.sleep_ms = Int(n["sleep_ms"], "benchmark.sleep_ms", 0, 3600000); });
+    if (n["steps"]) Try([&] { b.steps = Int(n["steps"], "benchmark.steps", 1, 1 << 20); });
     return;
   }
+  if (n["steps"]) Report(n["steps"], "benchmark.steps: only the noop benchmark takes steps");
   if (n["sleep_ms"]) Report(n["sleep_ms"], "benchmark.sleep_ms: only the noop benchmark sleeps");
   if (!n["data"]) return;  // the synthetic defaults
   const YAML::Node data = Map(n["data"], "benchmark.data");
@@ -576,7 +589,7 @@ void Parser::ParseSearch(const YAML::Node& n, SearchSpec& s) const {
   Map(n, "search");
   CheckKeys(n, "search",
             {"algorithm", "num_samples", "seed", "max_concurrent_trials", "n_startup_trials",
-             "max_failures"});
+             "max_failures", "scheduler"});
   if (n["algorithm"])
     Try([&] {
       const std::string a = String(n["algorithm"], "search.algorithm");
@@ -599,6 +612,99 @@ void Parser::ParseSearch(const YAML::Node& n, SearchSpec& s) const {
     });
   if (n["max_failures"])
     Try([&] { s.max_failures = Int(n["max_failures"], "search.max_failures", 1, 1000); });
+  if (n["scheduler"]) Try([&] { ParseScheduler(n["scheduler"], s.scheduler); });
+}
+
+// search.scheduler: {type: asha|hyperband|median, ...}. What needs the
+// benchmark and the objective (max_t against the samples, a Pareto
+// objective) is checked by CheckScheduler once the whole file is read.
+void Parser::ParseScheduler(const YAML::Node& n, SchedulerSpec& s) const {
+  const std::string w = "search.scheduler";
+  Map(n, w);
+  s.where = At(n);
+  if (!n["type"]) Fail(n, w + ": missing 'type' (asha, hyperband or median)");
+  const std::string type = String(n["type"], w + ".type");
+  if (type != "asha" && type != "hyperband" && type != "median")
+    Fail(n["type"], w + ".type: expected asha, hyperband or median, found '" + Clip(type) + "'");
+  s.type = type;
+  if (type == "median")
+    CheckKeys(n, w + " (median)", {"type", "max_t", "grace_period", "min_samples_required"});
+  else
+    CheckKeys(n, w + " (" + type + ")",
+              {"type", "max_t", "grace_period", "reduction_factor", "brackets"});
+  if (n["max_t"])
+    Try([&] {
+      s.max_t_at = At(n["max_t"]);
+      s.max_t = Int(n["max_t"], w + ".max_t", 1, 1 << 30);
+    });
+  if (n["grace_period"])
+    Try([&] {
+      s.grace_at = At(n["grace_period"]);
+      s.grace_period = Int(n["grace_period"], w + ".grace_period", 1, 1 << 30);
+    });
+  if (n["reduction_factor"])
+    Try([&] {
+      s.reduction_factor = Int(n["reduction_factor"], w + ".reduction_factor", 2, 1 << 20);
+    });
+  if (n["brackets"])
+    Try([&] {
+      s.brackets_at = At(n["brackets"]);
+      s.brackets = Int(n["brackets"], w + ".brackets", 1, 64);
+    });
+  if (n["min_samples_required"])
+    Try([&] {
+      s.min_samples_required =
+          Int(n["min_samples_required"], w + ".min_samples_required", 1, 1 << 20);
+    });
+}
+
+// The scheduler against the benchmark (max_t in its samples) and the
+// objective; fills in max_t and brackets when they were left out.
+void Parser::CheckScheduler(SweepConfig& c, bool benchmark_ok) const {
+  SchedulerSpec& s = c.search.scheduler;
+  if (!s.enabled()) return;
+  const std::string w = "search.scheduler";
+  if (c.objective.multi()) {
+    std::string names;
+    for (const auto& [m, minimise] : c.objective.metrics) names += (names.empty() ? "" : ", ") + m;
+    errors_.emplace_back(s.where, w + ": a scheduler ranks trials on one number, and the "
+                                      "objective is a Pareto front of " +
+                                      std::to_string(c.objective.metrics.size()) + " metrics (" +
+                                      names +
+                                      "): give one metric ({metric: NAME, mode: min|max}) or a "
+                                      "reference objective, or drop the scheduler");
+    return;
+  }
+  const int64_t steps = benchmark_ok ? BenchmarkSteps(c.benchmark) : 0;
+  // A folder that was not read (reading commands) has no known count: not checked.
+  const bool known = steps > 0 && (c.benchmark.synthetic || options_.check_files ||
+                                   c.benchmark.name != "attention_error");
+  if (s.max_t == 0) s.max_t = known ? steps : 0;
+  if (known && s.max_t > steps) {
+    errors_.emplace_back(s.max_t_at, w + ".max_t: " + std::to_string(s.max_t) +
+                                         " is more than the benchmark's " + std::to_string(steps) +
+                                         " samples (max_t counts samples: " +
+                                         BenchmarkStepsText(c.benchmark) + ")");
+    return;
+  }
+  if (s.max_t > 0 && s.grace_period > s.max_t) {
+    errors_.emplace_back(s.grace_at.line ? s.grace_at : s.where,
+                         w + ".grace_period: " + std::to_string(s.grace_period) +
+                             " is more than max_t (" + std::to_string(s.max_t) + ")");
+    return;
+  }
+  if (s.type == "median" || s.max_t == 0) return;
+  // Brackets s = 0.. have rungs at grace_period * rf^(k + s) <= max_t: at most
+  // floor(log_rf(max_t / grace_period)) + 1 of them have a rung.
+  int64_t possible = 0;
+  for (int64_t m = s.grace_period; m <= s.max_t; m *= s.reduction_factor) ++possible;
+  if (s.brackets == 0) s.brackets = s.type == "hyperband" ? possible : 1;
+  if (s.brackets > possible)
+    errors_.emplace_back(s.brackets_at.line ? s.brackets_at : s.where,
+                         w + ".brackets: " + std::to_string(s.brackets) + " brackets need rungs up to " +
+                             "grace_period x reduction_factor^" + std::to_string(s.brackets - 1) +
+                             ", beyond max_t " + std::to_string(s.max_t) + " (at most " +
+                             std::to_string(possible) + " here)");
 }
 
 ParamSpace Parser::ParseSpace(const YAML::Node& n, const FieldSpec& spec,
@@ -874,6 +980,7 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
                                                   "grid_search and choice only, found " +
                                                   SpaceName(space.kind) + " (use random or tpe)");
   }
+  if (errors_.empty() || benchmark_ok) CheckScheduler(c, benchmark_ok);
   // The cap needs the whole plan: only for a file without other errors.
   if (errors_.empty()) {
     Status cap = CheckTrialCap(c, options_.max_trials);
@@ -1055,6 +1162,13 @@ std::string PlanFingerprintText(const SweepConfig& sweep) {
                            {"num_samples", s.num_samples},
                            {"seed", s.seed},
                            {"n_startup_trials", s.n_startup_trials}};
+  if (s.scheduler.enabled())  // (absent without one: older studies keep their fingerprint)
+    search["scheduler"] = {{"type", s.scheduler.type},
+                           {"max_t", s.scheduler.max_t},
+                           {"grace_period", s.scheduler.grace_period},
+                           {"reduction_factor", s.scheduler.reduction_factor},
+                           {"brackets", s.scheduler.brackets},
+                           {"min_samples_required", s.scheduler.min_samples_required}};
   nlohmann::json stacks = nlohmann::json::array();
   for (const StackSpec& stack : sweep.stacks) {
     nlohmann::json maskers = nlohmann::json::array();
@@ -1070,8 +1184,24 @@ std::string PlanFingerprintText(const SweepConfig& sweep) {
       .dump();
 }
 
+int64_t BenchmarkSteps(const BenchmarkSpec& b) {
+  if (b.name == "noop") return b.steps;
+  if (b.name == "ruler_niah")
+    return static_cast<int64_t>(b.ruler.tasks.size()) * b.ruler.samples;
+  if (b.synthetic) return b.data.samples;
+  int64_t files = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(b.folder, ec))
+    files += e.path().extension() == ".safetensors";
+  return ec ? 0 : files;
+}
+
 nlohmann::json BenchmarkSpec::ToJson() const {
-  if (name == "noop") return {{"name", "noop"}, {"sleep_ms", sleep_ms}};
+  if (name == "noop") {
+    nlohmann::json j = {{"name", "noop"}, {"sleep_ms", sleep_ms}};
+    if (steps != 1) j["steps"] = steps;  // (absent before steps existed: same fingerprint)
+    return j;
+  }
   if (name == "ruler_niah")
     return {{"name", name},
             {"model", ruler.model},
@@ -1097,7 +1227,9 @@ nlohmann::json BenchmarkSpec::ToJson() const {
 
 std::string BenchmarkSpec::Describe() const {
   auto n = [](int64_t x) { return std::to_string(x); };
-  if (name == "noop") return "benchmark noop (sleep_ms " + n(sleep_ms) + ")";
+  if (name == "noop")
+    return "benchmark noop (sleep_ms " + n(sleep_ms) + (steps != 1 ? ", steps " + n(steps) : "") +
+           ")";
   if (name == "ruler_niah") {
     std::string tasks, layers;
     for (const auto& t : ruler.tasks) tasks += (tasks.empty() ? "" : ", ") + t;

@@ -77,7 +77,8 @@ struct BenchmarkSpec {
   bool synthetic = true;  // attention_error: generated inputs, else `folder`
   SyntheticSpec data;
   std::string folder;    // safetensors files with q, k, v (one per layer or sample)
-  int64_t sleep_ms = 0;  // noop
+  int64_t sleep_ms = 0;  // noop, per step
+  int64_t steps = 1;     // noop: steps reported per trial
   RulerSpec ruler;       // ruler_niah
 
   // The spec workers build the benchmark from (engine/benchmarks/benchmark.h).
@@ -93,6 +94,20 @@ struct ObjectiveSpec {
   bool multi() const { return metrics.size() > 1; }
 };
 
+// An early-stopping scheduler (search/scheduler.h), in Ray Tune's vocabulary.
+// Time is the benchmark's samples (BenchmarkSteps); the metric and mode are
+// the objective's (a Pareto objective is refused).
+struct SchedulerSpec {
+  std::string type;  // "" (none) | asha | hyperband | median
+  int64_t max_t = 0;  // 0: the benchmark's sample count
+  int64_t grace_period = 1;
+  int64_t reduction_factor = 4;     // asha, hyperband
+  int64_t brackets = 0;             // asha, hyperband; 0: asha 1, hyperband all
+  int64_t min_samples_required = 3;  // median
+  Location where, max_t_at, grace_at, brackets_at;
+  bool enabled() const { return !type.empty(); }
+};
+
 struct SearchSpec {
   std::string algorithm = "random";  // grid | random | tpe
   int64_t num_samples = 1;
@@ -100,6 +115,7 @@ struct SearchSpec {
   int64_t max_concurrent_trials = 0;  // 0: as many as workers take
   int64_t n_startup_trials = 10;      // tpe
   int64_t max_failures = 3;
+  SchedulerSpec scheduler;
 };
 
 struct ResourcesSpec {
@@ -164,6 +180,11 @@ Status CheckTrialCap(const SweepConfig& sweep, int64_t max_trials);
 // texts plan the same trials; study, storage, resources, workers,
 // max_concurrent_trials and max_failures do not change it.
 std::string PlanFingerprintText(const SweepConfig& sweep);
+
+// The steps a trial of `b` reports (schedulers' time): attention_error's
+// samples (synthetic count, or the folder's .safetensors files; 0 when the
+// folder cannot be read), ruler_niah's tasks x samples, noop's steps.
+int64_t BenchmarkSteps(const BenchmarkSpec& b);
 
 // Objective names the reference defines.
 bool IsReferenceObjective(const std::string& name);
