@@ -87,6 +87,26 @@ std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_ide
 
 namespace {
 
+// "metrics": an object of finite numbers with names of 1..kMaxNameBytes bytes.
+Result<Metrics> MetricsField(const std::string& c, const json& body) {
+  auto it = body.find("metrics");
+  if (it == body.end() || !it->is_object())
+    return Bad(c, "metrics",
+               std::string("expected an object, found ") +
+                   (it == body.end() ? "nothing" : it->type_name()));
+  Metrics metrics;
+  for (auto& [k, v] : it->items()) {
+    if (k.empty() || k.size() > kMaxNameBytes)
+      return Bad(c, "metrics", "a metric name is empty or too long");
+    if (!v.is_number())
+      return Bad(c, "metrics." + k, std::string("expected a number, found ") + v.type_name());
+    const double x = v.get<double>();
+    if (!std::isfinite(x)) return Bad(c, "metrics." + k, "not finite");
+    metrics[k] = x;
+  }
+  return metrics;
+}
+
 Result<json> Body(const Frames& f) {
   json body = json::parse(f.body, nullptr, false);
   if (body.is_discarded() || !body.is_object())
@@ -98,7 +118,7 @@ Result<json> Body(const Frames& f) {
 
 Result<FromWorker> ParseFromWorker(const Frames& f) {
   const std::string& c = f.command;
-  if (c != kReady && c != kResult && c != kFailed && c != kHeartbeat)
+  if (c != kReady && c != kResult && c != kFailed && c != kReport && c != kHeartbeat)
     return Status::Error("unknown command from a worker: '" + c.substr(0, 32) + "'");
   MT_ASSIGN_OR_RETURN(json body, Body(f));
   if (c == kReady) {
@@ -112,20 +132,15 @@ Result<FromWorker> ParseFromWorker(const Frames& f) {
     TrialResult r;
     MT_ASSIGN_OR_RETURN(r.trial, PositiveInt(c, body, "trial"));
     MT_ASSIGN_OR_RETURN(r.attempt, PositiveInt(c, body, "attempt"));
-    auto it = body.find("metrics");
-    if (it == body.end() || !it->is_object())
-      return Bad(c, "metrics",
-                 std::string("expected an object, found ") +
-                     (it == body.end() ? "nothing" : it->type_name()));
-    for (auto& [k, v] : it->items()) {
-      if (k.empty() || k.size() > kMaxNameBytes)
-        return Bad(c, "metrics", "a metric name is empty or too long");
-      if (!v.is_number())
-        return Bad(c, "metrics." + k, std::string("expected a number, found ") + v.type_name());
-      const double x = v.get<double>();
-      if (!std::isfinite(x)) return Bad(c, "metrics." + k, "not finite");
-      r.metrics[k] = x;
-    }
+    MT_ASSIGN_OR_RETURN(r.metrics, MetricsField(c, body));
+    return FromWorker(std::move(r));
+  }
+  if (c == kReport) {
+    StepReport r;
+    MT_ASSIGN_OR_RETURN(r.trial, PositiveInt(c, body, "trial"));
+    MT_ASSIGN_OR_RETURN(r.attempt, PositiveInt(c, body, "attempt"));
+    MT_ASSIGN_OR_RETURN(r.step, PositiveInt(c, body, "step"));
+    MT_ASSIGN_OR_RETURN(r.metrics, MetricsField(c, body));
     return FromWorker(std::move(r));
   }
   if (c == kFailed) {
@@ -140,7 +155,8 @@ Result<FromWorker> ParseFromWorker(const Frames& f) {
 
 Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
   const std::string& c = f.command;
-  if (c != kWelcome && c != kTrial && c != kRejoin && c != kDone && c != kHeartbeat)
+  if (c != kWelcome && c != kTrial && c != kRejoin && c != kDone && c != kHeartbeat &&
+      c != kDecision)
     return Status::Error("unknown command from the coordinator: '" + c.substr(0, 32) + "'");
   MT_ASSIGN_OR_RETURN(json body, Body(f));
   if (c == kWelcome) {
@@ -168,7 +184,23 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
                    "expected an object with a string \"type\"");
     }
     t.maskers = *it;
+    if (auto r = body.find("report"); r != body.end()) {
+      if (!r->is_boolean())
+        return Bad(c, "report", std::string("expected a boolean, found ") + r->type_name());
+      t.report = r->get<bool>();
+    }
     return FromCoordinator(std::move(t));
+  }
+  if (c == kDecision) {
+    Decision d;
+    MT_ASSIGN_OR_RETURN(d.trial, PositiveInt(c, body, "trial"));
+    MT_ASSIGN_OR_RETURN(d.attempt, PositiveInt(c, body, "attempt"));
+    MT_ASSIGN_OR_RETURN(d.step, PositiveInt(c, body, "step"));
+    MT_ASSIGN_OR_RETURN(std::string action, Text(c, body, "action", 16, true));
+    if (action != "continue" && action != "stop")
+      return Bad(c, "action", "expected \"continue\" or \"stop\", found \"" + action + "\"");
+    d.stop = action == "stop";
+    return FromCoordinator(d);
   }
   if (c == kRejoin) return FromCoordinator(Rejoin{});
   if (c == kDone) return FromCoordinator(Done{});
@@ -240,6 +272,12 @@ bool Send(zmq::socket_t& socket, const FromWorker& message) {
                             {{"trial", m.trial},
                              {"attempt", m.attempt},
                              {"error", m.error.substr(0, kMaxErrorBytes)}});
+        } else if constexpr (std::is_same_v<T, StepReport>) {
+          json metrics = json::object();
+          for (const auto& [k, v] : m.metrics) metrics[k] = v;
+          return SendFrames(
+              socket, nullptr, kReport,
+              {{"trial", m.trial}, {"attempt", m.attempt}, {"step", m.step}, {"metrics", metrics}});
         } else {
           return SendFrames(socket, nullptr, kHeartbeat, json::object());
         }
@@ -255,11 +293,18 @@ bool Send(zmq::socket_t& socket, const FromCoordinator& message, const std::stri
           return SendFrames(socket, &identity, kWelcome,
                             {{"study", m.study}, {"benchmark", m.benchmark}});
         } else if constexpr (std::is_same_v<T, TrialRequest>) {
-          return SendFrames(socket, &identity, kTrial,
+          json body = {{"trial", m.trial},
+                       {"attempt", m.attempt},
+                       {"stack", m.stack},
+                       {"maskers", m.maskers}};
+          if (m.report) body["report"] = true;
+          return SendFrames(socket, &identity, kTrial, body);
+        } else if constexpr (std::is_same_v<T, Decision>) {
+          return SendFrames(socket, &identity, kDecision,
                             {{"trial", m.trial},
                              {"attempt", m.attempt},
-                             {"stack", m.stack},
-                             {"maskers", m.maskers}});
+                             {"step", m.step},
+                             {"action", m.stop ? "stop" : "continue"}});
         } else if constexpr (std::is_same_v<T, Rejoin>) {
           return SendFrames(socket, &identity, kRejoin, json::object());
         } else if constexpr (std::is_same_v<T, Done>) {

@@ -37,11 +37,14 @@ inline constexpr size_t kMaxErrorBytes = 64 << 10;
 inline constexpr const char* kReady = "READY";    // {"name", "cores", "gpus"}
 inline constexpr const char* kResult = "RESULT";  // {"trial", "attempt", "metrics": {..}}
 inline constexpr const char* kFailed = "FAILED";  // {"trial", "attempt", "error"}
+inline constexpr const char* kReport = "REPORT";  // {"trial", "attempt", "step", "metrics": {..}}
 // Commands, coordinator -> worker.
 inline constexpr const char* kWelcome = "WELCOME";  // {"study", "benchmark": spec}
 inline constexpr const char* kTrial = "TRIAL";    // {"trial", "attempt", "stack", "maskers": [..]}
 inline constexpr const char* kRejoin = "REJOIN";  // {} I do not know you: send READY
 inline constexpr const char* kDone = "DONE";      // {} the study is over: exit
+// {"trial", "attempt", "step", "action": "continue"|"stop"}: the answer to a REPORT
+inline constexpr const char* kDecision = "DECISION";
 // Both ways.
 inline constexpr const char* kHeartbeat = "HEARTBEAT";  // {}
 
@@ -58,8 +61,13 @@ struct TrialFailure {
   int64_t trial = 0, attempt = 0;
   std::string error;
 };
+// A scheduled trial's metrics after sample `step` (1-based) of its benchmark.
+struct StepReport {
+  int64_t trial = 0, attempt = 0, step = 0;  // all >= 1
+  Metrics metrics;                           // finite numbers only
+};
 struct Heartbeat {};
-using FromWorker = std::variant<Ready, TrialResult, TrialFailure, Heartbeat>;
+using FromWorker = std::variant<Ready, TrialResult, TrialFailure, StepReport, Heartbeat>;
 
 // --- Coordinator -> worker --------------------------------------------------
 struct Welcome {
@@ -70,10 +78,18 @@ struct TrialRequest {
   int64_t trial = 0, attempt = 0;
   std::string stack;
   nlohmann::json maskers;  // an array of objects, each with a string "type"
+  // Under a scheduler: REPORT after every sample and wait for its DECISION
+  // (optional on the wire, a boolean; absent: false).
+  bool report = false;
 };
 struct Rejoin {};
 struct Done {};
-using FromCoordinator = std::variant<Welcome, TrialRequest, Rejoin, Done, Heartbeat>;
+// The scheduler's answer to a REPORT: go on with the next sample, or stop.
+struct Decision {
+  int64_t trial = 0, attempt = 0, step = 0;  // all >= 1
+  bool stop = false;                         // "action": "stop" | "continue"
+};
+using FromCoordinator = std::variant<Welcome, TrialRequest, Rejoin, Done, Heartbeat, Decision>;
 
 // Frames as they came off the socket: [identity,] version, command, body.
 struct Frames {

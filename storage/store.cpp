@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 namespace masktune::storage {
@@ -98,6 +99,32 @@ CREATE TABLE leases (
   pid INTEGER NOT NULL, expires REAL NOT NULL);
 )";
 
+// Version 2 -> 3: trials may be 'pruned' (a CHECK constraint: the table is
+// rebuilt, as SQLite's ALTER TABLE procedure says, with foreign keys off) and
+// record the steps reached; reports hold the per-sample results of scheduled
+// trials with the scheduler's decision, in the order taken (seq).
+const char* kMigrateV3 = R"(
+CREATE TABLE trials_v3 (
+  id INTEGER PRIMARY KEY, study_id INTEGER NOT NULL REFERENCES studies(id),
+  stack_id INTEGER NOT NULL REFERENCES stacks(id), number INTEGER NOT NULL,
+  params TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'queued'
+    CHECK (status IN ('queued', 'running', 'done', 'failed', 'pruned')),
+  attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, error TEXT, objective REAL,
+  queued REAL NOT NULL, started REAL, finished REAL, steps INTEGER, UNIQUE (stack_id, number));
+INSERT INTO trials_v3 (id, study_id, stack_id, number, params, status, attempts, worker, error,
+                       objective, queued, started, finished)
+  SELECT id, study_id, stack_id, number, params, status, attempts, worker, error, objective,
+         queued, started, finished FROM trials;
+DROP TABLE trials;
+ALTER TABLE trials_v3 RENAME TO trials;
+CREATE INDEX trials_by_status ON trials (study_id, status, id);
+CREATE TABLE reports (
+  seq INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL REFERENCES trials(id),
+  attempt INTEGER NOT NULL, step INTEGER NOT NULL, metrics TEXT NOT NULL, objective REAL,
+  decision TEXT NOT NULL CHECK (decision IN ('continue', 'stop')),
+  UNIQUE (trial_id, attempt, step));
+)";
+
 // `path` as an SQLite URI that opens it immutable (no locks, no -shm).
 std::string ImmutableUri(const std::string& path) {
   std::string abs = std::filesystem::absolute(path).lexically_normal().string();
@@ -164,7 +191,9 @@ Result<Store> Store::Open(const std::string& path) {
     return Status::Error(path + kReadOnly + ": " + sqlite3_errmsg(raw));
   MT_RETURN_IF_ERROR(wal);
   if (sqlite3_db_readonly(raw, "main") == 1) return Status::Error(path + kReadOnly);
-  MT_RETURN_IF_ERROR(store.Exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"));
+  // Foreign keys are turned on after the migration: rebuilding a table (v3)
+  // needs them off, and the pragma is a no-op inside a transaction.
+  MT_RETURN_IF_ERROR(store.Exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;"));
   // Read before BEGIN, and reset at once: a live read would make BEGIN
   // IMMEDIATE fail at once rather than wait.
   MT_ASSIGN_OR_RETURN(int64_t version, store.SchemaVersion());
@@ -180,6 +209,7 @@ Result<Store> Store::Open(const std::string& path) {
     if (!now.ok()) migrated = now.status();
     if (migrated.ok() && now.value() < 1) migrated = store.Exec(kSchemaV1);
     if (migrated.ok() && now.value() < 2) migrated = store.Exec(kMigrateV2);
+    if (migrated.ok() && now.value() < 3) migrated = store.Exec(kMigrateV3);
     if (migrated.ok() && now.value() < kSchemaVersion)
       migrated = store.Exec("PRAGMA user_version=" + std::to_string(kSchemaVersion));
     if (!migrated.ok()) {
@@ -189,6 +219,7 @@ Result<Store> Store::Open(const std::string& path) {
     }
     MT_RETURN_IF_ERROR(store.Exec("COMMIT"));
   }
+  MT_RETURN_IF_ERROR(store.Exec("PRAGMA foreign_keys=ON;"));
   return store;
 }
 
@@ -322,11 +353,12 @@ Result<std::optional<TrialRow>> Store::StartNext(int64_t study, const std::strin
 }
 
 Result<bool> Store::RecordResult(int64_t trial, int64_t attempt, const Metrics& metrics,
-                                 double objective) {
+                                 double objective, int64_t steps) {
   Stmt s(*conn_,
-         "UPDATE trials SET status = 'done', objective = ?, finished = ?, error = NULL "
+         "UPDATE trials SET status = 'done', objective = ?, finished = ?, error = NULL, "
+         "steps = CASE WHEN ? > 0 THEN ? ELSE steps END "
          "WHERE id = ? AND status = 'running' AND attempts = ?");
-  s.Bind(1, objective).Bind(2, Now()).Bind(3, trial).Bind(4, attempt);
+  s.Bind(1, objective).Bind(2, Now()).Bind(3, steps).Bind(4, steps).Bind(5, trial).Bind(6, attempt);
   if (s.Step() != SQLITE_DONE) return Error("record result");
   if (sqlite3_changes(conn_->db) == 0) return false;  // late or repeated: already settled
   for (const auto& [name, value] : metrics) {
@@ -335,6 +367,95 @@ Result<bool> Store::RecordResult(int64_t trial, int64_t attempt, const Metrics& 
     if (m.Step() != SQLITE_DONE) return Error("record metric");
   }
   return true;
+}
+
+Result<bool> Store::RecordPruned(int64_t trial, int64_t attempt, int64_t step,
+                                 const Metrics& metrics, double objective) {
+  Stmt s(*conn_,
+         "UPDATE trials SET status = 'pruned', objective = ?, finished = ?, error = NULL, "
+         "steps = ? WHERE id = ? AND status = 'running' AND attempts = ?");
+  s.Bind(1, objective).Bind(2, Now()).Bind(3, step).Bind(4, trial).Bind(5, attempt);
+  if (s.Step() != SQLITE_DONE) return Error("record a pruned trial");
+  if (sqlite3_changes(conn_->db) == 0) return false;
+  for (const auto& [name, value] : metrics) {
+    Stmt m(*conn_, "INSERT OR REPLACE INTO metrics (trial_id, name, value) VALUES (?,?,?)");
+    m.Bind(1, trial).Bind(2, name).Bind(3, value);
+    if (m.Step() != SQLITE_DONE) return Error("record metric");
+  }
+  return true;
+}
+
+namespace {
+
+std::string MetricsJson(const Metrics& metrics) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : metrics) j[k] = std::isfinite(v) ? nlohmann::json(v) : nullptr;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
+Result<std::optional<std::string>> Store::AddReport(int64_t trial, int64_t attempt, int64_t step,
+                                                    const Metrics& metrics, double objective,
+                                                    const std::string& decision) {
+  MT_ASSIGN_OR_RETURN(std::optional<std::string> earlier, ReportDecision(trial, attempt, step));
+  if (earlier) return earlier;
+  Stmt s(*conn_,
+         "INSERT INTO reports (trial_id, attempt, step, metrics, objective, decision) "
+         "VALUES (?,?,?,?,?,?)");
+  s.Bind(1, trial).Bind(2, attempt).Bind(3, step).Bind(4, MetricsJson(metrics));
+  if (std::isnan(objective))
+    s.Bind(6, decision);  // objective stays NULL
+  else
+    s.Bind(5, objective).Bind(6, decision);
+  if (s.Step() != SQLITE_DONE) return Error("record a report");
+  return std::optional<std::string>();
+}
+
+Result<std::optional<std::string>> Store::ReportDecision(int64_t trial, int64_t attempt,
+                                                         int64_t step) {
+  Stmt s(*conn_, "SELECT decision FROM reports WHERE trial_id = ? AND attempt = ? AND step = ?");
+  s.Bind(1, trial).Bind(2, attempt).Bind(3, step);
+  const int rc = s.Step();
+  if (rc == SQLITE_DONE) return std::optional<std::string>();
+  if (rc != SQLITE_ROW) return Error("read a report");
+  std::string d = s.Text(0);
+  if (s.Step() != SQLITE_DONE) return Error("read a report");
+  return std::optional<std::string>(std::move(d));
+}
+
+Result<std::vector<ReportRow>> Store::Reports(int64_t study) {
+  std::vector<ReportRow> out;
+  if (version_ < 3) return out;
+  Stmt s(*conn_,
+         "SELECT r.seq, r.trial_id, r.attempt, r.step, s.name, t.number, r.objective, r.decision, "
+         "r.metrics FROM reports r JOIN trials t ON t.id = r.trial_id "
+         "JOIN stacks s ON s.id = t.stack_id WHERE t.study_id = ? ORDER BY r.seq");
+  s.Bind(1, study);
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    ReportRow r;
+    r.seq = s.Int(0);
+    r.trial = s.Int(1);
+    r.attempt = s.Int(2);
+    r.step = s.Int(3);
+    r.stack = s.Text(4);
+    r.number = s.Int(5);
+    if (!s.Null(6) && !s.Number(6))
+      return Status::Error(path_ + ": report " + std::to_string(r.seq) +
+                           ": malformed row (objective of the wrong type)");
+    r.objective = s.Null(6) ? std::numeric_limits<double>::quiet_NaN() : s.Double(6);
+    r.decision = s.Text(7);
+    const nlohmann::json m = nlohmann::json::parse(s.Text(8), nullptr, false);
+    if (!m.is_object())
+      return Status::Error(path_ + ": report " + std::to_string(r.seq) +
+                           ": malformed row (metrics are not a JSON object)");
+    for (const auto& [k, v] : m.items())
+      r.metrics[k] = v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN();
+    out.push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) return Error("read the study's reports");
+  return out;
 }
 
 Result<bool> Store::RecordFailure(int64_t trial, int64_t attempt, const std::string& error,
@@ -393,6 +514,8 @@ Result<Progress> Store::GetProgress(int64_t study) {
       p.done = n;
     else if (st == "failed")
       p.failed = n;
+    else if (st == "pruned")
+      p.pruned = n;
     else
       return Status::Error(path_ + ": progress: a trial has the unknown status '" + st + "'");
   }
@@ -422,7 +545,8 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
     return Status::Error("unknown sort '" + sort + "' (id, objective, stack)");
   const std::string sql =
       "SELECT t.id, s.name, t.number, t.params, t.status, t.attempts, COALESCE(t.worker, ''), "
-      "COALESCE(t.error, ''), t.objective, COALESCE(t.started, 0), COALESCE(t.finished, 0) "
+      "COALESCE(t.error, ''), t.objective, COALESCE(t.started, 0), COALESCE(t.finished, 0), " +
+      std::string(version_ >= 3 ? "COALESCE(t.steps, 0) " : "0 ") +
       "FROM trials t JOIN stacks s ON s.id = t.stack_id WHERE t.study_id = ? " +
       std::string(status.empty() ? "" : "AND t.status = ? ") + "ORDER BY " + order;
   Stmt s(*conn_, sql);
@@ -446,6 +570,7 @@ Result<std::vector<TrialRow>> Store::Trials(int64_t study, const std::string& st
     if (!s.Null(8)) t.objective = s.Double(8);
     t.started = s.Double(9);
     t.finished = s.Double(10);
+    t.steps = s.Int(11);
     rows.push_back(std::move(t));
   }
   if (rc != SQLITE_DONE) return Error("read the study's trials");

@@ -31,8 +31,12 @@
 namespace masktune::storage {
 
 // 1: studies, stacks, trials, metrics, workers.
-// 2: studies.fingerprint, leases. Version 1 files are migrated by Open.
-inline constexpr int kSchemaVersion = 2;
+// 2: studies.fingerprint, leases.
+// 3: trials.status 'pruned' and trials.steps (samples a scheduled trial
+//    reached); reports (per-sample results of scheduled trials, keyed by
+//    trial, attempt and step, with the scheduler's decision).
+// Older files are migrated by Open.
+inline constexpr int kSchemaVersion = 3;
 
 // The connection and its prepared statements (each SQL text compiled once),
 // finalised before the connection closes.
@@ -73,8 +77,9 @@ struct TrialRow {
   std::string stack;
   int64_t number = 0;  // within its stack
   std::string params;  // JSON object: parameter name -> value
-  std::string status;  // queued | running | done | failed
+  std::string status;  // queued | running | done | failed | pruned
   int64_t attempts = 0;
+  int64_t steps = 0;   // samples reached, for trials run under a scheduler; 0: not recorded
   std::string worker, error;
   std::optional<double> objective;
   Metrics metrics;                   // a NaN metric is stored as NULL and read back as NaN
@@ -82,7 +87,19 @@ struct TrialRow {
 };
 
 struct Progress {
-  int64_t total = 0, queued = 0, running = 0, done = 0, failed = 0;
+  int64_t total = 0, queued = 0, running = 0, done = 0, failed = 0, pruned = 0;
+  int64_t settled() const { return done + failed + pruned; }
+};
+
+// One per-sample report of a scheduled trial, with the scheduler's answer.
+struct ReportRow {
+  int64_t seq = 0;  // the order the coordinator took them in
+  int64_t trial = 0, attempt = 0, step = 0;
+  std::string stack;
+  int64_t number = 0;  // the trial's number in its stack
+  double objective = 0;  // NaN when the metrics lack the objective's
+  std::string decision;  // continue | stop
+  Metrics metrics;
 };
 
 class Store {
@@ -123,8 +140,24 @@ class Store {
   // with attempts + 1; nullopt when none is queued.
   Result<std::optional<TrialRow>> StartNext(int64_t study, const std::string& worker);
   // Records a result if `attempt` is the trial's running attempt; false otherwise.
+  // `steps` > 0: the samples it ran (under a scheduler), stored in trials.steps.
   Result<bool> RecordResult(int64_t trial, int64_t attempt, const Metrics& metrics,
+                            double objective, int64_t steps = 0);
+  // A trial a scheduler stopped at `step`: status pruned, with that step's
+  // metrics and objective, if `attempt` is the running attempt (false otherwise).
+  Result<bool> RecordPruned(int64_t trial, int64_t attempt, int64_t step, const Metrics& metrics,
                             double objective);
+  // Stores a per-sample report and the decision taken on it. A report already
+  // stored for (trial, attempt, step) is kept as it was: the return value is
+  // then its decision (the answer a repeated report gets); nullopt: stored now.
+  Result<std::optional<std::string>> AddReport(int64_t trial, int64_t attempt, int64_t step,
+                                               const Metrics& metrics, double objective,
+                                               const std::string& decision);
+  // The decision stored for (trial, attempt, step); nullopt: no such report.
+  Result<std::optional<std::string>> ReportDecision(int64_t trial, int64_t attempt, int64_t step);
+  // The study's reports in the order they were taken (what a scheduler's
+  // state is rebuilt from on resume). Empty for files before version 3.
+  Result<std::vector<ReportRow>> Reports(int64_t study);
   // A failed attempt: queued again, or failed for good after `max_failures` attempts.
   Result<bool> RecordFailure(int64_t trial, int64_t attempt, const std::string& error,
                              int64_t max_failures);

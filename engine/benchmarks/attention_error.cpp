@@ -140,9 +140,23 @@ class AttentionErrorBenchmark : public Benchmark {
 
   Result<Metrics> Run(const MaskerRegistry& registry,
                       const std::vector<MaskerConfig>& configs) override {
+    return RunSteps(registry, configs, {});
+  }
+  int64_t Steps() const override { return static_cast<int64_t>(samples_.size()); }
+
+  Result<Metrics> RunSteps(const MaskerRegistry& registry, const std::vector<MaskerConfig>& configs,
+                           const StepCallback& on_step) override {
     MT_ASSIGN_OR_RETURN(MaskerStack stack, MaskerStack::Build(registry, configs));
     double density = 0, error = 0, density_max = 0, error_max = 0, recall = 0;
     int64_t rows = 0;
+    // The metrics of the first n samples.
+    auto so_far = [&](size_t n) {
+      return Metrics{{"density", density / static_cast<double>(n)},
+                     {"error", error / static_cast<double>(n)},
+                     {"density_max", density_max},
+                     {"error_max", error_max},
+                     {"recall", recall / static_cast<double>(rows)}};
+    };
     for (size_t i = 0; i < samples_.size(); ++i) {
       const Sample& s = samples_[i];
       const AttentionInputs in = s.Inputs();
@@ -172,13 +186,9 @@ class AttentionErrorBenchmark : public Benchmark {
         for (int32_t j : s.top_mass[r]) hit += row[j] > 0;
         recall += s.top_mass[r].empty() ? 1.0 : static_cast<double>(hit) / s.top_mass[r].size();
       }
+      if (on_step && !on_step(static_cast<int64_t>(i) + 1, so_far(i + 1))) return so_far(i + 1);
     }
-    const double n = static_cast<double>(samples_.size());
-    return Metrics{{"density", density / n},
-                   {"error", error / n},
-                   {"density_max", density_max},
-                   {"error_max", error_max},
-                   {"recall", recall / static_cast<double>(rows)}};
+    return so_far(samples_.size());
   }
 
  private:
@@ -190,9 +200,25 @@ class AttentionErrorBenchmark : public Benchmark {
 // parameters, so that samplers have a landscape to search.
 class NoopBenchmark : public Benchmark {
  public:
-  explicit NoopBenchmark(int64_t sleep_ms) : sleep_ms_(sleep_ms) {}
-  Result<Metrics> Run(const MaskerRegistry&, const std::vector<MaskerConfig>& configs) override {
-    if (sleep_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
+  NoopBenchmark(int64_t sleep_ms, int64_t steps) : sleep_ms_(sleep_ms), steps_(steps) {}
+  int64_t Steps() const override { return steps_; }
+  Result<Metrics> Run(const MaskerRegistry& registry,
+                      const std::vector<MaskerConfig>& configs) override {
+    return RunSteps(registry, configs, {});
+  }
+  // Every step sleeps sleep_ms and reports the same metrics.
+  Result<Metrics> RunSteps(const MaskerRegistry&, const std::vector<MaskerConfig>& configs,
+                           const StepCallback& on_step) override {
+    const Metrics m = Landscape(configs);
+    for (int64_t step = 1; step <= steps_; ++step) {
+      if (sleep_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
+      if (on_step && !on_step(step, m)) break;
+    }
+    return m;
+  }
+
+ private:
+  static Metrics Landscape(const std::vector<MaskerConfig>& configs) {
     double sum = 0, count = 0;
     for (const MaskerConfig& c : configs)
       for (const auto& [field, value] : c.values) {
@@ -216,8 +242,7 @@ class NoopBenchmark : public Benchmark {
                    {"recall", 1.0 - density / 2}};
   }
 
- private:
-  int64_t sleep_ms_;
+  int64_t sleep_ms_, steps_;
 };
 
 }  // namespace
@@ -225,7 +250,8 @@ class NoopBenchmark : public Benchmark {
 Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
   const std::string name = spec.value("name", "");
   if (name == "noop")
-    return std::unique_ptr<Benchmark>(new NoopBenchmark(spec.value("sleep_ms", 0)));
+    return std::unique_ptr<Benchmark>(
+        new NoopBenchmark(spec.value("sleep_ms", 0), std::max<int64_t>(1, spec.value("steps", 1))));
   if (name == "ruler_niah") return CreateRulerNiahBenchmark(spec);
   // Where masked attention runs (the dense reference stays on the CPU).
   const std::string device = spec.value("device", std::string("cpu"));

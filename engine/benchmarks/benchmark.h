@@ -7,7 +7,7 @@
 //   {"name": "attention_error", "synthetic": {"keys": .., "heads": .., "kv_heads": ..,
 //        "head_dim": .., "queries": .., "samples": .., "seed": ..}}
 //   {"name": "attention_error", "folder": "/path"}   (safetensors files with q, k, v)
-//   {"name": "noop", "sleep_ms": N}
+//   {"name": "noop", "sleep_ms": N, "steps": N}   (sleeps sleep_ms per step)
 // Thread-safety: Run may be called from one thread at a time.
 #pragma once
 
@@ -26,12 +26,30 @@ namespace masktune {
 
 using Metrics = std::map<std::string, double>;  // "density", "error", ...
 
+// Per-sample reports for early stopping (search/scheduler.h): called after
+// step `step` of Steps() with the metrics of the samples so far; false stops
+// the run there.
+using StepCallback = std::function<bool(int64_t step, const Metrics& so_far)>;
+
 class Benchmark {
  public:
   virtual ~Benchmark() = default;
   // Runs the stack built from `configs`; fails on a bad side input.
   virtual Result<Metrics> Run(const MaskerRegistry& registry,
                               const std::vector<MaskerConfig>& configs) = 0;
+  // The samples a run reports one by one (attention_error: its samples;
+  // ruler_niah: tasks x samples, the tasks interleaved; noop: its steps).
+  virtual int64_t Steps() const { return 1; }
+  // Run, calling `on_step` after each sample; when it answers false the run
+  // stops and returns the metrics of the samples so far. Without per-sample
+  // reports: Run, then one call.
+  virtual Result<Metrics> RunSteps(const MaskerRegistry& registry,
+                                   const std::vector<MaskerConfig>& configs,
+                                   const StepCallback& on_step) {
+    MT_ASSIGN_OR_RETURN(Metrics m, Run(registry, configs));
+    if (on_step) (void)on_step(1, m);
+    return m;
+  }
 };
 
 Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec);

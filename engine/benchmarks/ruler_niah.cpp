@@ -54,13 +54,27 @@ class RulerNiahBenchmark : public Benchmark {
 
   Result<Metrics> Run(const MaskerRegistry& registry,
                       const std::vector<MaskerConfig>& configs) override {
+    return RunSteps(registry, configs, {});
+  }
+  int64_t Steps() const override { return static_cast<int64_t>(samples_.size()); }
+
+  // Samples run with the tasks interleaved (sample 0 of every task, then
+  // sample 1, ...), so that the metrics after each step, which a scheduler
+  // reads, cover every task early; each sample is independent of the order.
+  Result<Metrics> RunSteps(const MaskerRegistry& registry, const std::vector<MaskerConfig>& configs,
+                           const StepCallback& on_step) override {
     MT_ASSIGN_OR_RETURN(MaskerStack stack, MaskerStack::Build(registry, configs));
     struct TaskSums {
       double score = 0, density = 0, seconds = 0;
       int64_t n = 0, tokens = 0;
     };
     std::map<std::string, TaskSums> sums;
-    for (const PreparedSample& s : samples_) {
+    const size_t per_task = samples_.size() / std::max<size_t>(1, tasks_.size());
+    std::vector<size_t> order;
+    for (size_t i = 0; i < per_task; ++i)
+      for (size_t t = 0; t < tasks_.size(); ++t) order.push_back(t * per_task + i);
+    for (size_t step = 0; step < order.size(); ++step) {
+      const PreparedSample& s = samples_[order[step]];
       Sequence seq = s.prefix;  // a copy: the dense prefix is shared by every trial
       SparseAttention attention;
       attention.stack = &stack;
@@ -81,17 +95,32 @@ class RulerNiahBenchmark : public Benchmark {
       const double score = ruler::Score(model_->tokenizer().Decode(answer), s.expected);
       t.score += score;
       if (progress_)
-        progress_({"sample", s.task, static_cast<int64_t>(&s - samples_.data()) + 1,
+        progress_({"sample", s.task, static_cast<int64_t>(step) + 1,
                    static_cast<int64_t>(samples_.size()), score >= 1.0});
       t.density += attention.mean_density();
       t.seconds += seconds;
       t.tokens += static_cast<int64_t>(s.question.size() + answer.size());
       ++t.n;
+      if (on_step && step + 1 < order.size() &&
+          !on_step(static_cast<int64_t>(step) + 1, Summarize(sums)))
+        return Summarize(sums);
     }
+    Metrics m = Summarize(sums);
+    if (on_step) (void)on_step(static_cast<int64_t>(order.size()), m);
+    return m;
+  }
+
+ private:
+  // The metrics of the samples run so far (tasks without any yet left out).
+  template <class Sums>
+  Metrics Summarize(const std::map<std::string, Sums>& sums) const {
     Metrics m;
-    double accuracy = 0, density = 0, seconds = 0, tokens = 0;
+    double accuracy = 0, density = 0, seconds = 0, tokens = 0, n = 0;
     for (const auto& task : tasks_) {
-      const TaskSums& t = sums[task];
+      auto it = sums.find(task);
+      if (it == sums.end() || it->second.n == 0) continue;
+      const Sums& t = it->second;
+      n += 1;
       m[task + ".accuracy"] = t.score / static_cast<double>(t.n);
       m[task + ".density"] = t.density / static_cast<double>(t.n);
       m[task + ".tokens_per_second"] = static_cast<double>(t.tokens) / t.seconds;
@@ -100,7 +129,6 @@ class RulerNiahBenchmark : public Benchmark {
       seconds += t.seconds;
       tokens += static_cast<double>(t.tokens);
     }
-    const double n = static_cast<double>(tasks_.size());
     m["accuracy"] = accuracy / n;
     m["error"] = 1.0 - accuracy / n;  // so the reference objectives (default, sparsity_N) apply
     m["density"] = density / n;
@@ -108,7 +136,6 @@ class RulerNiahBenchmark : public Benchmark {
     return m;
   }
 
- private:
   std::shared_ptr<const LlamaModel> model_;
   std::vector<std::string> tasks_;
   std::vector<PreparedSample> samples_;
