@@ -26,6 +26,7 @@ using json = nlohmann::json;
 struct Query {
   std::string study, db, stack, status, sort = "id", format = "json", out, objective;
   bool csv = false;
+  bool include_pruned = false;  // best: rank trials a scheduler pruned too
 };
 
 OpenedOrExit Open(const std::string& command, const Query& q) {
@@ -65,7 +66,7 @@ int RunBest(Query& q) {
     }
     o->sweep.objective = std::move(objective).value();
   }
-  return PrintBest(o->store, o->study.id, o->sweep, q.stack);
+  return PrintBest(o->store, o->study.id, o->sweep, q.stack, q.include_pruned);
 }
 
 // The table shows numbers with 6 significant digits and cells of at most 24
@@ -76,8 +77,9 @@ int RunTrials(Query& q, bool wide) {
   auto o = Open("trials", q);
   if (!o) return o.code;
   if (!q.status.empty() && q.status != "queued" && q.status != "running" && q.status != "done" &&
-      q.status != "failed") {
-    std::fprintf(stderr, "masktune trials: --status: expected queued, running, done or failed\n");
+      q.status != "failed" && q.status != "pruned") {
+    std::fprintf(stderr,
+                 "masktune trials: --status: expected queued, running, done, failed or pruned\n");
     return kExitBadInput;
   }
   if (q.sort != "id" && q.sort != "objective" && q.sort != "stack") {
@@ -101,6 +103,10 @@ int RunTrials(Query& q, bool wide) {
   }
   std::vector<std::string> header = {"trial_id", "stack",    "number",
                                      "status",   "attempts", "objective"};
+  // Under a scheduler: the samples each trial ran (a pruned one's step).
+  const bool steps = std::any_of(rows->begin(), rows->end(),
+                                 [](const storage::TrialRow& r) { return r.steps > 0; });
+  if (steps) header.insert(header.begin() + 5, "steps");
   header.insert(header.end(), params.begin(), params.end());
   header.insert(header.end(), metrics.begin(), metrics.end());
   header.push_back("worker");
@@ -114,6 +120,7 @@ int RunTrials(Query& q, bool wide) {
         std::to_string(r.id),       r.stack,
         std::to_string(r.number),   r.status,
         std::to_string(r.attempts), r.objective ? number(*r.objective) : ""};
+    if (steps) row.insert(row.begin() + 5, r.steps > 0 ? std::to_string(r.steps) : "");
     for (const auto& k : params) {
       if (!p.contains(k))
         row.push_back("");
@@ -232,9 +239,11 @@ int RunStatus(Query& q, bool check) {
       detail = "no live coordinator: " + resume;
     }
   }
-  std::printf("study %s (%s): %lld trials: %lld done, %lld failed, %lld running, %lld queued\n",
+  const std::string pruned =
+      p->pruned > 0 ? std::to_string(p->pruned) + " pruned, " : std::string();
+  std::printf("study %s (%s): %lld trials: %lld done, %lld failed, %s%lld running, %lld queued\n",
               o->study.name.c_str(), state.c_str(), static_cast<long long>(p->total),
-              static_cast<long long>(p->done), static_cast<long long>(p->failed),
+              static_cast<long long>(p->done), static_cast<long long>(p->failed), pruned.c_str(),
               static_cast<long long>(p->running), static_cast<long long>(p->queued));
   if (!detail.empty()) std::printf("  %s\n", detail.c_str());
   return check ? ReportCheck("status", o->store, q.db) : kExitOk;
@@ -266,6 +275,9 @@ Action AddBestCommand(CLI::App& app) {
       "The best configuration per stack and its metrics (or the Pareto front, as a table).");
   AddStudyOptions(cmd, *q);
   cmd->add_option("--stack", q->stack, "only this stack");
+  cmd->add_flag("--include-pruned", q->include_pruned,
+                "rank trials an early-stopping scheduler pruned too (they ran fewer samples;\n"
+                "without it, only complete trials are ranked)");
   cmd->add_option("--objective", q->objective,
                   "rank under another objective, recomputed from the stored metrics: default,\n"
                   "sparsity_5..sparsity_25, METRIC[:min|max] (min if not said), or a comma-\n"
@@ -284,7 +296,7 @@ Action AddTrialsCommand(CLI::App& app) {
       "trials", "Every trial of a study: parameters, status, attempts, metrics.");
   AddStudyOptions(cmd, *q);
   cmd->add_option("--status", q->status,
-                  "only trials with this status (queued, running, done, failed)");
+                  "only trials with this status (queued, running, done, failed, pruned)");
   cmd->add_option("--sort", q->sort, "id (default), objective or stack");
   cmd->add_flag("--csv", q->csv, "CSV: a header row, then one row per trial, numbers exact");
   cmd->add_flag("--wide", *wide, "table cells in full (no cutting), failure messages included");

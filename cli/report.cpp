@@ -122,7 +122,7 @@ void ProgressPrinter::Start(int64_t total, int64_t already_done, const std::stri
 
 void ProgressPrinter::Update(const storage::Progress& p, storage::Store& store, int64_t study) {
   const double now = clock_();
-  const bool complete = p.done + p.failed == p.total;
+  const bool complete = p.settled() == p.total;
   if (!complete && now - last_ < (terminal_ ? 0.1 : 1.0)) return;
   std::optional<double> best;
   // One aggregate query: the progress line must not reload every trial.
@@ -132,7 +132,7 @@ void ProgressPrinter::Update(const storage::Progress& p, storage::Store& store, 
 
 void ProgressPrinter::Show(const storage::Progress& p, std::optional<double> best) {
   const double now = clock_();
-  const int64_t settled_total = p.done + p.failed;
+  const int64_t settled_total = p.settled();  // pruned trials are settled too
   const bool complete = settled_total == p.total;
   if (!complete && now - last_ < (terminal_ ? 0.1 : 1.0)) return;
   last_ = now;
@@ -156,10 +156,13 @@ void ProgressPrinter::Show(const storage::Progress& p, std::optional<double> bes
   std::string best_text = "--";
   if (best) best_text = best_name_ + FormatNumber(negate_best_ ? -*best : *best);
   char line[320];
-  std::snprintf(line, sizeof line, "%lld/%lld done, %lld running, %lld failed, best %s, %s",
+  // Pruned trials (an early-stopping scheduler) are shown once there are any.
+  const std::string pruned =
+      p.pruned > 0 ? ", " + std::to_string(p.pruned) + " pruned" : std::string();
+  std::snprintf(line, sizeof line, "%lld/%lld done, %lld running, %lld failed%s, best %s, %s",
                 static_cast<long long>(p.done), static_cast<long long>(p.total),
                 static_cast<long long>(p.running), static_cast<long long>(p.failed),
-                best_text.c_str(), eta.c_str());
+                pruned.c_str(), best_text.c_str(), eta.c_str());
   Print(line, p.total ? static_cast<double>(settled_total) / static_cast<double>(p.total) : 1.0);
 }
 
@@ -169,7 +172,7 @@ void ProgressPrinter::Finish() {
 }
 
 int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& sweep,
-              const std::string& stack) {
+              const std::string& stack, bool include_pruned) {
   auto rows = store.Trials(study, "", "id");
   if (!rows.ok()) {
     std::fprintf(stderr, "masktune: %s\n", rows.status().message().c_str());
@@ -183,13 +186,16 @@ int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& 
     any_stack = true;
     std::vector<std::pair<double, const storage::TrialRow*>> done;  // (objective, trial)
     std::vector<const storage::TrialRow*> failed;
-    int64_t finished = 0, pending = 0;
+    int64_t finished = 0, pending = 0, pruned = 0;
     for (const auto& r : rows.value()) {
       if (r.stack != s.name) continue;
-      if (r.status == "done") {
+      // A pruned trial ran fewer samples than a complete one: ranked only when asked.
+      if (r.status == "done" || (r.status == "pruned" && include_pruned)) {
         ++finished;
         const double v = search::ObjectiveValue(objective, r.metrics);
         if (!std::isnan(v)) done.emplace_back(v, &r);
+      } else if (r.status == "pruned") {
+        ++pruned;
       } else if (r.status == "failed") {
         failed.push_back(&r);
       } else {
@@ -207,6 +213,11 @@ int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& 
       if (finished > 0) {
         std::printf("stack %s: no finished trial reports the metrics of objective %s\n",
                     s.name.c_str(), objective.name.c_str());
+      } else if (pruned > 0 && pending == 0) {
+        std::printf(
+            "stack %s: no complete trial (%lld pruned by the scheduler, %zu failed); "
+            "--include-pruned ranks the pruned ones by their last objective\n",
+            s.name.c_str(), static_cast<long long>(pruned), failed.size());
       } else if (!failed.empty() && pending == 0) {
         std::fflush(stdout);  // in stack order when both go to one place
         std::fprintf(
@@ -268,6 +279,8 @@ int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& 
     std::string metrics;
     for (const auto& [k, v] : r->metrics)
       metrics += (metrics.empty() ? "" : ", ") + k + " " + FormatNumber(v);
+    if (r->status == "pruned")
+      value += " (pruned at sample " + std::to_string(r->steps) + ")";
     std::printf("best %s: trial %lld, %s; %s; params %s\n", s.name.c_str(),
                 static_cast<long long>(r->id), value.c_str(), metrics.c_str(),
                 FormatParams(r->params).c_str());

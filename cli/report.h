@@ -72,8 +72,10 @@ std::string FormatTable(const std::vector<std::vector<std::string>>& rows, size_
 // shown as its real value. A stack whose trials all failed gets one line on
 // stderr with its most common failure and its count, and the exit code is 1.
 // Returns an exit code.
+// Trials a scheduler pruned ran fewer samples: they are ranked only with
+// `include_pruned` (best --include-pruned), marked "(pruned at sample S)".
 int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& sweep,
-              const std::string& stack);
+              const std::string& stack, bool include_pruned = false);
 
 // `best --objective TEXT`: default, sparsity_5..25, METRIC[:min|max], or a
 // comma-separated list of those metrics (a Pareto front). `reported`: the

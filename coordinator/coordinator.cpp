@@ -42,6 +42,13 @@ struct WorkerState {
   int64_t trial = 0, attempt = 0;  // trial 0: idle
 };
 
+// A trial handed to a worker: what TPE's history and the scheduler need.
+struct Dispatched {
+  std::string stack;
+  int64_t number = 0;
+  search::TrialParams params;
+};
+
 // The loop's state and its handlers. One per RunCoordinator call.
 class Coordinator {
  public:
@@ -57,6 +64,7 @@ class Coordinator {
         interval_(options.heartbeat_interval_ms),
         plans_(search::PlanSweep(sweep)),
         tpe_(sweep.search.algorithm == "tpe"),
+        scheduler_(search::CreateScheduler(sweep.search.scheduler, sweep.search.seed)),
         router_(context, zmq::socket_type::router),
         log_(options.log
                  ? options.log
@@ -143,6 +151,14 @@ class Coordinator {
     int64_t planned = 0;
     for (const auto& p : plans_) planned += p.trials;
     progress_.total = std::max(progress_.total, planned);  // TPE creates its trials as it goes
+    if (scheduler_) {
+      // The scheduler's state, exactly as the stored reports left it.
+      int64_t mismatches = 0;
+      MT_ASSIGN_OR_RETURN(scheduler_, RebuildScheduler(store_, study_, sweep_, &mismatches));
+      if (mismatches > 0)
+        log_("the scheduler's replayed decisions differ from " + std::to_string(mismatches) +
+             " stored ones (was the sweep's scheduler edited with --extend?)");
+    }
     if (!tpe_) return Status::Ok();
     for (const auto& p : plans_) {
       MT_ASSIGN_OR_RETURN(stacks_[p.stack->name].id,
@@ -152,9 +168,11 @@ class Coordinator {
     for (const auto& r : rows) {
       StackState& st = stacks_[r.stack];
       st.created = std::max(st.created, r.number + 1);
-      if (r.status == "done" && r.objective) {
+      if ((r.status == "done" || r.status == "pruned") && r.objective) {
         auto params = search::ParamsFromJson(r.params);
-        if (params.ok()) st.history.push_back({std::move(params).value(), *r.objective});
+        if (params.ok())
+          st.history.push_back(
+              {std::move(params).value(), *r.objective, r.status == "pruned", r.steps});
       }
     }
     return Status::Ok();
@@ -169,6 +187,11 @@ class Coordinator {
   void CountStarted() {
     --progress_.queued;
     ++progress_.running;
+    changed_ = true;
+  }
+  void CountPruned() {
+    --progress_.running;
+    ++progress_.pruned;
     changed_ = true;
   }
   void CountSettled(bool done, bool failed_for_good) {
@@ -229,6 +252,8 @@ class Coordinator {
       return OnReport(w, r->trial, r->attempt, &r->metrics, "");
     if (auto* f = std::get_if<protocol::TrialFailure>(&parsed.value()))
       return OnReport(w, f->trial, f->attempt, nullptr, f->error);
+    if (auto* r = std::get_if<protocol::StepReport>(&parsed.value()))
+      return OnStep(identity, w, *r);
     return Status::Ok();  // HEARTBEAT: last_seen is all it does
   }
 
@@ -268,6 +293,59 @@ class Coordinator {
     return Settle(w, trial, attempt, metrics, error);
   }
 
+  // A scheduled trial's report after a sample: stored with the scheduler's
+  // decision, answered with DECISION. A stopped trial is settled here (pruned,
+  // or done at max_t); its worker stays busy until its RESULT, which then
+  // changes nothing. A repeated report gets the stored decision again.
+  Status OnStep(const std::string& identity, WorkerState& w, const protocol::StepReport& r) {
+    if (r.trial != w.trial || r.attempt != w.attempt) {
+      ++stats_.malformed;
+      drop_log_("ignored a report from worker " + w.name + " for trial " +
+                std::to_string(r.trial) + " attempt " + std::to_string(r.attempt) +
+                ": it runs " + (w.trial ? "trial " + std::to_string(w.trial) : "nothing"));
+      return Status::Ok();
+    }
+    auto running = dispatched_.find(r.trial);
+    bool stop = false;
+    if (scheduler_ && running != dispatched_.end()) {
+      const double objective = search::ObjectiveValue(sweep_.objective, r.metrics);
+      MT_ASSIGN_OR_RETURN(std::optional<std::string> earlier,
+                          store_.ReportDecision(r.trial, r.attempt, r.step));
+      if (earlier) {
+        stop = *earlier == "stop";
+      } else {
+        const Dispatched& d = running->second;
+        stop = scheduler_->OnReport(d.stack, r.trial, d.number, r.step, objective);
+        MT_RETURN_IF_ERROR(store_.AddReport(r.trial, r.attempt, r.step, r.metrics, objective,
+                                            stop ? "stop" : "continue")
+                               .status());
+        ++stats_.reports;
+        if (stop) MT_RETURN_IF_ERROR(SettleStopped(r, objective, d));
+      }
+    }
+    outbox_.push_back({identity, protocol::Decision{r.trial, r.attempt, r.step, stop}});
+    return Status::Ok();
+  }
+
+  // A trial the scheduler stopped: done when it reached max_t, else pruned.
+  Status SettleStopped(const protocol::StepReport& r, double objective, const Dispatched& d) {
+    const bool complete = r.step >= scheduler_->max_t();
+    MT_ASSIGN_OR_RETURN(bool recorded,
+                        complete
+                            ? store_.RecordResult(r.trial, r.attempt, r.metrics, objective, r.step)
+                            : store_.RecordPruned(r.trial, r.attempt, r.step, r.metrics, objective));
+    if (!recorded) return Status::Ok();
+    if (complete) {
+      ++stats_.results;
+      CountSettled(true, false);
+    } else {
+      ++stats_.pruned;
+      CountPruned();
+    }
+    if (tpe_) stacks_[d.stack].history.push_back({d.params, objective, !complete, r.step});
+    return Status::Ok();
+  }
+
   Status Settle(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics,
                 const std::string& error) {
     if (metrics) {
@@ -277,8 +355,8 @@ class Coordinator {
       if (recorded) {
         CountSettled(true, false);
         if (tpe_ && dispatched_.count(trial)) {
-          auto& [stack_name, params] = dispatched_[trial];
-          stacks_[stack_name].history.push_back({params, objective});
+          const Dispatched& d = dispatched_[trial];
+          stacks_[d.stack].history.push_back({d.params, objective});
         }
       }
     } else {
@@ -362,10 +440,10 @@ class Coordinator {
       }
       w.trial = trial->id;
       w.attempt = trial->attempts;
-      if (tpe_) dispatched_[trial->id] = {trial->stack, params.value()};
+      dispatched_[trial->id] = {trial->stack, trial->number, params.value()};
       ++running;
       outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack,
-                                                    std::move(maskers)}});
+                                                    std::move(maskers), scheduler_ != nullptr}});
     }
     return Status::Ok();
   }
@@ -453,6 +531,7 @@ class Coordinator {
   const std::chrono::milliseconds interval_;
   const std::vector<search::StackPlan> plans_;
   const bool tpe_;
+  std::unique_ptr<search::Scheduler> scheduler_;  // null: no early stopping
   std::map<std::string, const search::StackPlan*> plan_of_;
   std::unique_ptr<security::Authenticator> auth_;  // before router_: outlives it
   zmq::socket_t router_;
@@ -471,8 +550,7 @@ class Coordinator {
     std::vector<search::Observation> history;
   };
   std::map<std::string, StackState> stacks_;
-  std::map<int64_t, std::pair<std::string, search::TrialParams>>
-      dispatched_;  // TPE: running trials' params
+  std::map<int64_t, Dispatched> dispatched_;  // running trials, by id
   std::vector<std::pair<std::string, protocol::FromCoordinator>> outbox_;
 };
 
@@ -561,6 +639,21 @@ Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& 
   }
   MT_RETURN_IF_ERROR(store.Commit());
   return study;
+}
+
+Result<std::unique_ptr<search::Scheduler>> RebuildScheduler(storage::Store& store, int64_t study,
+                                                            const configs::SweepConfig& sweep,
+                                                            int64_t* mismatches) {
+  std::unique_ptr<search::Scheduler> scheduler =
+      search::CreateScheduler(sweep.search.scheduler, sweep.search.seed);
+  if (mismatches) *mismatches = 0;
+  if (!scheduler) return scheduler;
+  MT_ASSIGN_OR_RETURN(std::vector<storage::ReportRow> reports, store.Reports(study));
+  for (const storage::ReportRow& r : reports) {
+    const bool stop = scheduler->OnReport(r.stack, r.trial, r.number, r.step, r.objective);
+    if (mismatches && stop != (r.decision == "stop")) ++*mismatches;
+  }
+  return scheduler;
 }
 
 Result<CoordinatorStats> RunCoordinator(zmq::context_t& context, storage::Store& store,

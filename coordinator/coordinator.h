@@ -22,6 +22,7 @@
 #include "engine/registry.h"
 #include "protocol/protocol.h"
 #include "protocol/security.h"
+#include "search/scheduler.h"
 #include "storage/store.h"
 
 namespace masktune {
@@ -52,6 +53,7 @@ struct CoordinatorOptions {
 
 struct CoordinatorStats {
   int64_t results = 0, failures = 0, requeued = 0;
+  int64_t reports = 0, pruned = 0;  // per-sample reports taken; trials a scheduler stopped
   int64_t malformed = 0;           // messages dropped by protocol checks (logged, rate-limited)
   int64_t refused = 0;             // peers the CURVE handshake (ZAP) turned away
   int64_t handshake_failures = 0;  // plain, garbage or HTTP peers on a CURVE socket
@@ -79,6 +81,15 @@ struct PrepareOptions {
 // Returns the study id.
 Result<int64_t> PrepareStudy(storage::Store& store, const configs::SweepConfig& sweep,
                              const std::string& sweep_text, const PrepareOptions& options = {});
+
+// The study's scheduler (search/scheduler.h) with the state its stored
+// reports leave it in: they are replayed in the order they were taken, as
+// the coordinator does when it resumes a study. Null without a scheduler.
+// `mismatches`, when given, receives the number of reports whose stored
+// decision differs from the replayed one (0: the same decisions).
+Result<std::unique_ptr<search::Scheduler>> RebuildScheduler(storage::Store& store, int64_t study,
+                                                            const configs::SweepConfig& sweep,
+                                                            int64_t* mismatches = nullptr);
 
 // Runs the study to completion (or interruption). Returns an error only for a
 // storage or socket failure, or a lost lease.

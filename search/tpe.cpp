@@ -110,7 +110,10 @@ TrialParams SuggestTpe(const configs::SweepConfig& sweep, const StackPlan& plan,
   }
   std::vector<const Observation*> sorted;
   for (const auto& o : history) sorted.push_back(&o);
+  // Optuna: complete trials by value, then pruned ones by (-step, value).
   std::stable_sort(sorted.begin(), sorted.end(), [](const Observation* a, const Observation* b) {
+    if (a->pruned != b->pruned) return !a->pruned;
+    if (a->pruned && a->step != b->step) return a->step > b->step;
     return a->objective < b->objective;
   });
   const int64_t n_good =

@@ -18,9 +18,15 @@
 
 namespace masktune::search {
 
+// A finished trial, or one a scheduler pruned. As Optuna's TPE does
+// (_split_trials), complete trials rank first by objective, then pruned ones
+// by (the step they reached, further first; then the objective at that
+// step, their last intermediate value); every one of them counts in n.
 struct Observation {
   TrialParams params;
-  double objective = 0;  // lower is better
+  double objective = 0;  // lower is better; a pruned trial's at its last step
+  bool pruned = false;
+  int64_t step = 0;  // pruned: the step it was stopped at
 };
 
 TrialParams SuggestTpe(const configs::SweepConfig& sweep, const StackPlan& plan, int64_t trial,

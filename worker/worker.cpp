@@ -34,6 +34,13 @@ using json = nlohmann::json;
 struct Job {
   int64_t trial = 0, attempt = 0;
   std::string maskers, benchmark_spec;
+  bool report = false;  // under a scheduler: REPORT each sample, wait for its DECISION
+};
+
+// A per-sample report waiting for the coordinator's decision.
+struct PendingReport {
+  int64_t trial = 0, attempt = 0, step = 0;
+  Metrics metrics;
 };
 
 struct Outcome {
@@ -70,6 +77,7 @@ class TrialRunner {
     {
       std::lock_guard<std::mutex> lock(mu_);
       job_ = std::move(job);
+      abandon_ = false;
     }
     cv_.notify_all();
   }
@@ -78,6 +86,30 @@ class TrialRunner {
     std::optional<Outcome> o = std::move(outcome_);
     outcome_.reset();
     return o;
+  }
+  // The report the running trial waits on, if any (the loop sends it).
+  std::optional<PendingReport> Pending() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return report_;
+  }
+  // The coordinator's answer to the pending report of `step`.
+  void Decide(int64_t trial, int64_t attempt, int64_t step, bool stop) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!report_ || report_->trial != trial || report_->attempt != attempt ||
+          report_->step != step)
+        return;
+      decision_ = stop;
+    }
+    cv_.notify_all();
+  }
+  // The running trial is no longer ours (REJOIN): stop it at its next report.
+  void Abandon() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      abandon_ = true;
+    }
+    cv_.notify_all();
   }
 
  private:
@@ -96,7 +128,7 @@ class TrialRunner {
         if (quit_) return;
         job = *job_;
       }
-      Outcome o = Run(job, spec, benchmark);
+      Outcome o = Run(job, spec, benchmark, tx);
       {
         std::lock_guard<std::mutex> lock(mu_);
         outcome_ = std::move(o);
@@ -107,14 +139,15 @@ class TrialRunner {
     }
   }
 
-  Outcome Run(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark) {
+  Outcome Run(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark,
+              zmq::socket_t& tx) {
     Outcome o;
     o.trial = job.trial;
     o.attempt = job.attempt;
     // The coordinator's spec and masker list were type-checked by the
     // protocol; a value the engine still cannot take fails this trial only.
     try {
-      return RunChecked(job, spec, benchmark, o);
+      return RunChecked(job, spec, benchmark, o, tx);
     } catch (const std::exception& e) {
       o.ok = false;
       o.error = std::string("bad trial or benchmark spec: ") + e.what();
@@ -125,7 +158,7 @@ class TrialRunner {
   }
 
   Outcome RunChecked(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark,
-                     Outcome& o) {
+                     Outcome& o, zmq::socket_t& tx) {
     if (!benchmark || spec != job.benchmark_spec) {
       json bench_spec = json::parse(job.benchmark_spec);
       bench_spec["device"] = device_;  // where this worker's attention runs
@@ -142,7 +175,28 @@ class TrialRunner {
       o.error = configs.status().message();
       return o;
     }
-    auto metrics = benchmark->Run(registry_, configs.value());
+    // Under a scheduler: after each sample, hand the report to the loop (which
+    // sends it) and wait for the decision; stop when told to, when the trial
+    // is no longer ours, or when the worker quits.
+    StepCallback on_step;
+    if (job.report)
+      on_step = [&](int64_t step, const Metrics& so_far) {
+        for (const auto& [k, v] : so_far)
+          if (!std::isfinite(v)) return false;  // the final check below fails the trial
+        std::unique_lock<std::mutex> lock(mu_);
+        report_ = PendingReport{job.trial, job.attempt, step, so_far};
+        decision_.reset();
+        lock.unlock();
+        tx.send(zmq::str_buffer("r"), zmq::send_flags::dontwait);
+        lock.lock();
+        cv_.wait(lock, [&] { return quit_ || abandon_ || decision_.has_value(); });
+        const bool go = !quit_ && !abandon_ && !*decision_;
+        report_.reset();
+        decision_.reset();
+        return go;
+      };
+    auto metrics = job.report ? benchmark->RunSteps(registry_, configs.value(), on_step)
+                              : benchmark->Run(registry_, configs.value());
     if (!metrics.ok()) {
       o.error = metrics.status().message();
       return o;
@@ -163,6 +217,9 @@ class TrialRunner {
   std::condition_variable cv_;
   std::optional<Job> job_ GUARDED_BY(mu_);
   std::optional<Outcome> outcome_ GUARDED_BY(mu_);
+  std::optional<PendingReport> report_ GUARDED_BY(mu_);
+  std::optional<bool> decision_ GUARDED_BY(mu_);  // stop?
+  bool abandon_ GUARDED_BY(mu_) = false;
   bool quit_ GUARDED_BY(mu_) = false;
   std::thread thread_;  // last: starts after the members it uses
 };
@@ -228,6 +285,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   bool welcomed = false, ready_pending = true, first_ready = true;
   std::string benchmark_spec;
   int64_t running_trial = 0, running_attempt = 0;  // what the coordinator gave us, 0: none
+  int64_t report_trial = 0, report_step = 0;         // the last REPORT sent
+  Clock::time_point report_sent;
   const auto started = Clock::now();
   Clock::time_point last_heard = started, next_heartbeat = started + interval, ready_sent = started;
   bool said_silent = false;
@@ -262,6 +321,20 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         next_heartbeat = now + interval;
       }
       running_trial = running_attempt = 0;
+    }
+    // A sample's report: sent once, and again each interval until its decision
+    // comes (a message may be dropped; the coordinator answers a repeat with
+    // the decision it took).
+    if (std::optional<PendingReport> p = runner.Pending();
+        p && p->trial == running_trial && p->attempt == running_attempt) {
+      const bool fresh = p->step != report_step || p->trial != report_trial;
+      if (fresh || now - report_sent > interval) {
+        protocol::Send(dealer,
+                       protocol::StepReport{p->trial, p->attempt, p->step, std::move(p->metrics)});
+        report_trial = p->trial;
+        report_step = p->step;
+        report_sent = now;
+      }
     }
     if (ready_pending && !runner.busy() && protocol::Send(dealer, ready)) {
       ready_pending = false;
@@ -312,7 +385,11 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         }
         running_trial = t->trial;
         running_attempt = t->attempt;
-        runner.Submit(Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec});
+        report_trial = report_step = 0;
+        runner.Submit(Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec, t->report});
+      } else if (auto* d = std::get_if<protocol::Decision>(&m)) {
+        if (d->trial == running_trial && d->attempt == running_attempt)
+          runner.Decide(d->trial, d->attempt, d->step, d->stop);
       } else if (std::holds_alternative<protocol::Rejoin>(m)) {
         // The coordinator does not know us (it restarted, or gave us up while
         // we were paused): introduce ourselves once the trial in flight is over.
@@ -324,6 +401,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
           continue;
         welcomed = false;
         running_trial = running_attempt = 0;
+        runner.Abandon();  // a trial waiting on a decision stops at once
         if (!ready_pending) log("the coordinator does not know us: joining again");
         ready_pending = true;  // sent at the top of the next turn, once idle
       }
