@@ -26,12 +26,15 @@ build: setup configure
 	@cmake --build $(BUILD) -j$(JOBS)
 
 # The main job: the quickstart sweep (coordinator and local workers in one
-# process), then the best configuration per stack. Its database is
-# build/quickstart.db: a second `make run` resumes the finished study and
-# prints the same answer at once (`rm build/quickstart.db` to start over).
+# process), then the best configuration per stack, then the study's HTML
+# report (build/quickstart.html). Its database is build/quickstart.db: a
+# second `make run` resumes the finished study and prints the same answer at
+# once (`rm build/quickstart.db` to start over).
 run: build
 	@$(BUILD)/masktune validate configs/examples/quickstart.yaml
 	@$(BUILD)/masktune run configs/examples/quickstart.yaml --db $(BUILD)/quickstart.db
+	@$(BUILD)/masktune report quickstart --db $(BUILD)/quickstart.db --out $(BUILD)/quickstart.html
+	@echo "the same, live in a browser: $(BUILD)/masktune dashboard --db $(BUILD)/quickstart.db, then http://127.0.0.1:8080/"
 
 # One line per test case as it finishes, then doctest's summary.
 test: build

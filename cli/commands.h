@@ -32,5 +32,7 @@ Action AddCheckCommand(CLI::App& app);
 Action AddExportCommand(CLI::App& app);
 Action AddKeysCommand(CLI::App& app);
 Action AddLaunchCommand(CLI::App& app);
+Action AddReportCommand(CLI::App& app);
+Action AddDashboardCommand(CLI::App& app);
 
 }  // namespace masktune::cli

@@ -19,7 +19,8 @@ int Main(int argc, char** argv) {
   for (auto add : {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand,
                    AddTrialsCommand, AddStatusCommand, AddCheckCommand, AddExportCommand,
                    AddCoordinatorCommand, AddWorkerCommand, AddAttendCommand, AddRulerCommand,
-                   AddCaptureCommand, AddKeysCommand, AddLaunchCommand}) {
+                   AddCaptureCommand, AddKeysCommand, AddLaunchCommand, AddReportCommand,
+                   AddDashboardCommand}) {
     Action action = add(app);
     actions[app.get_subcommands({}).back()] = std::move(action);
   }

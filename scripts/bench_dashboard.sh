@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Does a dashboard being read slow the coordinator down? Runs the same noop
+# sweep (`masktune run`, local workers, every result committed to SQLite)
+# twice into fresh databases: alone, then while `masktune dashboard` serves
+# that database to N clients requesting pages back to back (the study's
+# report, its JSON, the list of studies), and prints trials/s for both and
+# the requests the dashboard answered meanwhile.
+#
+# Usage: scripts/bench_dashboard.sh [--build DIR] [--trials 3000] [--clients 8]
+#                                   [--workers 2] [--sleep-ms 0]
+# Needs curl. Both sweeps run on the same machine as the clients, so on a
+# small machine part of any slowdown is plain CPU sharing, not SQLite.
+set -euo pipefail
+
+build=build trials=3000 clients=8 workers=2 sleep_ms=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) build=$2 ;;
+    --trials) trials=$2 ;;
+    --clients) clients=$2 ;;
+    --workers) workers=$2 ;;
+    --sleep-ms) sleep_ms=$2 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench_dashboard: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  [ $# -ge 2 ] || { echo "bench_dashboard: $1 needs a value" >&2; exit 2; }
+  shift 2
+done
+mt=$build/masktune
+[ -x "$mt" ] || { echo "bench_dashboard: $mt not found (make first, or --build DIR)" >&2; exit 2; }
+command -v curl >/dev/null || { echo "bench_dashboard: needs curl" >&2; exit 2; }
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+cat > "$tmp/warm.yaml" <<EOF
+study: warm
+benchmark: {name: noop}
+attention: {a: [{oracle_top_k: {heavy_size: 0.1}}]}
+EOF
+cat > "$tmp/bench.yaml" <<EOF
+study: bench
+benchmark: {name: noop, sleep_ms: $sleep_ms}
+search: {algorithm: random, num_samples: $trials, seed: 1}
+attention:
+  a:
+    - sink: {sink_size: 16}
+    - oracle_top_k: {heavy_size: {uniform: [0.01, 0.5]}}
+EOF
+
+# trials/s of the bench study into a database that already holds `warm`.
+sweep() {
+  local db=$1
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$mt" run "$tmp/bench.yaml" --db "$db" --workers "$workers" >/dev/null
+  t1=$(date +%s.%N)
+  awk -v n="$trials" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f trials/s (%.2f s)", n / (b - a), b - a }'
+}
+
+"$mt" run "$tmp/warm.yaml" --db "$tmp/alone.db" >/dev/null
+"$mt" run "$tmp/warm.yaml" --db "$tmp/read.db" >/dev/null
+
+alone=$(sweep "$tmp/alone.db")
+
+"$mt" dashboard --db "$tmp/read.db" --bind 127.0.0.1:0 > "$tmp/dashboard.log" 2>&1 &
+pids+=($!)
+port=
+for _ in $(seq 200); do
+  port=$(sed -n 's|^dashboard: http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/dashboard.log")
+  [ -n "$port" ] && break
+  sleep 0.05
+done
+[ -n "$port" ] || { echo "bench_dashboard: the dashboard did not start:" >&2; cat "$tmp/dashboard.log" >&2; exit 1; }
+for c in $(seq "$clients"); do
+  (
+    paths=("/study/bench" "/api/study/bench" "/")
+    i=$c
+    while :; do
+      curl -s -o /dev/null "http://127.0.0.1:$port${paths[$((i % 3))]}" && echo >> "$tmp/requests.$c"
+      i=$((i + 1))
+    done
+  ) &
+  pids+=($!)
+done
+sleep 0.5
+: > "$tmp/start"
+for c in $(seq "$clients"); do : > "$tmp/requests.$c"; done
+read_=$(sweep "$tmp/read.db")
+served=$(cat "$tmp"/requests.* | wc -l)
+
+echo "noop sweep of $trials trials, $workers workers ($(nproc) cores):"
+echo "  alone:                          $alone"
+echo "  with $clients dashboard clients:     $read_, $served requests answered meanwhile"
