@@ -79,7 +79,8 @@ int RunTrials(Query& q, bool wide) {
   if (!q.status.empty() && q.status != "queued" && q.status != "running" && q.status != "done" &&
       q.status != "failed" && q.status != "pruned") {
     std::fprintf(stderr,
-                 "masktune trials: --status: expected queued, running, done, failed or pruned\n");
+                 "masktune trials: --status: expected queued, running, done or failed (or "
+                 "pruned, under a scheduler)\n");
     return kExitBadInput;
   }
   if (q.sort != "id" && q.sort != "objective" && q.sort != "stack") {
