@@ -148,8 +148,7 @@ class RulerNiahBenchmark : public Benchmark {
 // parts, then a hash of everything the prefix depends on (model file and
 // size, the prompt's tokens).
 std::string CacheName(const std::string& model_path, const std::string& task, int64_t tokens,
-                      uint64_t seed, int64_t index, bool setup_a,
-                      const std::vector<int32_t>& prompt) {
+                      uint64_t seed, int64_t index, const std::vector<int32_t>& prompt) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
   auto mix = [&](const void* p, size_t n) {
     for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
@@ -162,7 +161,7 @@ std::string CacheName(const std::string& model_path, const std::string& task, in
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
   return task + "-" + std::to_string(tokens) + "-s" + std::to_string(seed) + "-" +
-         std::to_string(index) + (setup_a ? "-A-" : "-B-") + hex + ".safetensors";
+         std::to_string(index) + "-" + hex + ".safetensors";
 }
 
 // The dense prefix of a sample: read from the prefill cache when it holds
@@ -272,14 +271,16 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
     for (int64_t i = 0; i < samples; ++i) {
       MT_ASSIGN_OR_RETURN(RulerPrompt p, BuildRulerPrompt(tok, task, context_tokens, seed, i));
       std::vector<int32_t> context = std::move(p.context), question = std::move(p.question);
+      const int64_t capacity = static_cast<int64_t>(context.size() + question.size()) + max_new + 1;
+      // Both setups start from the dense context (one cache file serves both);
+      // setup A runs the question densely on top of it.
+      MT_ASSIGN_OR_RETURN(auto prefix,
+                          DensePrefix(model, context, capacity, cache_dir,
+                                      CacheName(path, task, context_tokens, seed, i, context)));
       if (setup_a) {
-        context.insert(context.end(), question.begin(), question.end());
+        MT_ASSIGN_OR_RETURN(prefix.second, prefix.first.Forward(question));
         question.clear();
       }
-      const int64_t capacity = static_cast<int64_t>(context.size() + question.size()) + max_new + 1;
-      MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, cache_dir,
-                                                   CacheName(path, task, context_tokens, seed, i,
-                                                             setup_a, context)));
       prepared.push_back(PreparedSample{task, std::move(p.expected), std::move(question),
                                         std::move(prefix.first), std::move(prefix.second)});
       if (progress)

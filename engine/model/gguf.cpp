@@ -15,12 +15,8 @@
 // bounds. Messages are built without the path and get "PATH: " in front once,
 // in Open; the parts in between add the key or tensor they were reading.
 //
-// Dequantisation follows ggml's reference (ggml-quants.c), 32 elements a block:
-//   Q8_0: f16 d, 32 int8 q;           x[i] = d * q[i]
-//   Q4_0: f16 d, 16 bytes of nibbles; x[i] = d * (q[i] - 8)
-//   Q4_1: f16 d, f16 m, 16 bytes;     x[i] = d * q[i] + m
-// where byte j holds element j in its low nibble and element j + 16 in its high
-// nibble.
+// The block layouts and dequantisation (ggml's reference, ggml-quants.c) live
+// in quant.cpp, shared with the runtime's products on quantised weights.
 #include "engine/model/gguf.h"
 
 #include <fcntl.h>
@@ -37,7 +33,7 @@
 #include <string_view>
 #include <utility>
 
-#include "engine/safetensors.h"  // HalfToFloat, BFloat16ToFloat
+#include "engine/model/quant.h"
 
 namespace masktune::model {
 namespace {
@@ -47,7 +43,6 @@ static_assert(std::endian::native == std::endian::little, "the reader copies val
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr uint32_t kMaxDims = 4;
 constexpr int kMaxArrayNesting = 8;  // nested arrays are skipped; deeper ones are refused
-constexpr int64_t kBlock = 32;       // elements per Q8_0 / Q4_0 / Q4_1 block
 constexpr uint64_t kMaxReserve = uint64_t{1} << 16;  // array elements reserved up front
 
 // Metadata value types (the GGUF spec's numbering).
@@ -122,21 +117,17 @@ struct BlockLayout {
   uint64_t elements;
 };
 
-// The layout of the types masktune reads; nullopt for any other type.
+// The layout of the types masktune reads (quant.h knows them); nullopt for any other type.
 std::optional<BlockLayout> LayoutOf(uint32_t type) {
-  switch (static_cast<GgufTensorType>(type)) {
+  const auto t = static_cast<GgufTensorType>(type);
+  switch (t) {
     case GgufTensorType::kF32:
-      return BlockLayout{4, 1};
     case GgufTensorType::kF16:
-      return BlockLayout{2, 1};
     case GgufTensorType::kBF16:
-      return BlockLayout{2, 1};
     case GgufTensorType::kQ8_0:
-      return BlockLayout{34, kBlock};
     case GgufTensorType::kQ4_0:
-      return BlockLayout{18, kBlock};
     case GgufTensorType::kQ4_1:
-      return BlockLayout{20, kBlock};
+      return BlockLayout{BlockBytes(t), static_cast<uint64_t>(BlockElements(t))};
   }
   return std::nullopt;
 }
@@ -331,12 +322,6 @@ Status ReadValue(Reader& r, uint32_t type, GgufValue* out) {
     return Status::Ok();
   }
   return ReadScalar(r, type, out);
-}
-
-float Half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return HalfToFloat(h);
 }
 
 // The whole file, mapped read-only; unmapped when the last GgufFile sharing it goes.
@@ -594,65 +579,33 @@ Result<Tensor> GgufFile::ReadTensor(const std::string& name) const {
   if (n == 0) return out;
   // Open checked that [offset, offset + bytes) lies inside the file.
   const uint8_t* src = data_ + info.offset;
-  float* dst = out.data();
-  // Small tensors (norms, biases) are not worth waking the thread team for.
+  // Row by row (dims[0] elements each; a 1-D tensor is one row), in parallel
+  // for large tensors; small ones (norms, biases) are not worth waking the
+  // thread team for.
+  const int64_t cols = info.dims.empty() ? 1 : info.dims[0], rows = n / cols;
+  const size_t row_bytes = RowBytes(info.type, cols);
   constexpr int64_t kParallelElements = 1 << 16;
-  const bool parallel = n >= kParallelElements;
-  const int64_t blocks = n / kBlock;
-  switch (info.type) {
-    case GgufTensorType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
-      break;
-    case GgufTensorType::kF16:
-#pragma omp parallel for schedule(static) if (parallel)
-      for (int64_t i = 0; i < n; ++i) dst[i] = Half(src + 2 * i);
-      break;
-    case GgufTensorType::kBF16:
-#pragma omp parallel for schedule(static) if (parallel)
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = BFloat16ToFloat(h);
-      }
-      break;
-    case GgufTensorType::kQ8_0:
-#pragma omp parallel for schedule(static) if (parallel)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const uint8_t* p = src + b * 34;
-        const float d = Half(p);
-        float* o = dst + b * kBlock;
-        for (int i = 0; i < kBlock; ++i)
-          o[i] = d * static_cast<float>(static_cast<int8_t>(p[2 + i]));
-      }
-      break;
-    case GgufTensorType::kQ4_0:
-#pragma omp parallel for schedule(static) if (parallel)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const uint8_t* p = src + b * 18;
-        const float d = Half(p);
-        const uint8_t* q = p + 2;
-        float* o = dst + b * kBlock;
-        for (int i = 0; i < kBlock / 2; ++i) {
-          o[i] = d * static_cast<float>((q[i] & 0x0F) - 8);
-          o[i + kBlock / 2] = d * static_cast<float>((q[i] >> 4) - 8);
-        }
-      }
-      break;
-    case GgufTensorType::kQ4_1:
-#pragma omp parallel for schedule(static) if (parallel)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const uint8_t* p = src + b * 20;
-        const float d = Half(p), m = Half(p + 2);
-        const uint8_t* q = p + 4;
-        float* o = dst + b * kBlock;
-        for (int i = 0; i < kBlock / 2; ++i) {
-          o[i] = d * static_cast<float>(q[i] & 0x0F) + m;
-          o[i + kBlock / 2] = d * static_cast<float>(q[i] >> 4) + m;
-        }
-      }
-      break;
-  }
+#pragma omp parallel for schedule(static) if (n >= kParallelElements)
+  for (int64_t r = 0; r < rows; ++r)
+    DequantizeRow(info.type, src + r * row_bytes, cols, out.data() + r * cols);
   return out;
+}
+
+Result<QuantMatrix> GgufFile::ReadMatrix(const std::string& name) const {
+  const auto it = tensor_index_.find(name);
+  if (it == tensor_index_.end()) return Status::Error(path_ + ": missing tensor '" + name + "'");
+  const GgufTensorInfo& info = tensors_[it->second];
+  if (info.dims.size() != 2)
+    return Status::Error(path_ + ": tensor '" + name + "': expected a matrix, found " +
+                         std::to_string(info.dims.size()) + " dimensions");
+  QuantMatrix m;
+  m.type = info.type;
+  m.cols = info.dims[0];
+  m.rows = info.dims[1];
+  m.row_bytes = RowBytes(info.type, m.cols);
+  m.data = data_ + info.offset;  // Open checked that the bytes lie inside the file
+  m.owner = mapping_;
+  return m;
 }
 
 }  // namespace masktune::model

@@ -52,6 +52,8 @@ struct GgufArray {
 };
 using GgufValue = std::variant<int64_t, double, bool, std::string, GgufArray>;
 
+struct QuantMatrix;  // quant.h
+
 struct GgufTensorInfo {
   std::string name;
   std::vector<int64_t> dims;  // GGUF order: dims[0] innermost
@@ -81,6 +83,9 @@ class GgufFile {
 
   // The tensor `name` dequantised to float32, dims reversed (see above).
   Result<Tensor> ReadTensor(const std::string& name) const;
+  // The 2-D tensor `name` as stored ([dims[1], dims[0]], row-major), viewing
+  // the mapping (which the result keeps alive): nothing is copied.
+  Result<QuantMatrix> ReadMatrix(const std::string& name) const;
 
  private:
   Status Parse();  // after mapping_ is set; messages without the path

@@ -31,23 +31,35 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // tokens per causal-attention chunk of a long input
 
-// y[n, out] = x[n, in] W^T for W [out, in]: slices of W's rows on every
-// core, each a single-threaded BLAS call.
-void MatMul(const float* x, int64_t n, const Tensor& w, float* y) {
-  const int64_t out = w.dim(0), in = w.dim(1);
-  const int64_t slices = std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(1, out / 64));
+// y[n, out] = x[n, in] W^T for W [out, in], split into slices of W's rows,
+// one per core or more. One token: the slice's rows dotted with x on the
+// blocks (MatVecRows). More: the slice is dequantised a tile of rows at a
+// time into a per-thread buffer (kept between calls, so no page faults per
+// call) and multiplied with all n tokens by a single-threaded BLAS call.
+void MatMul(const float* x, int64_t n, const QuantMatrix& w, float* y) {
+  constexpr int64_t kTileRows = 64;
+  const int64_t out = w.rows, in = w.cols;
+  const int64_t threads = omp_get_max_threads();
+  const int64_t per_thread =
+      std::max<int64_t>(1, (out + kTileRows * threads - 1) / (kTileRows * threads));
+  const int64_t slices = std::min<int64_t>(out, threads * per_thread);
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < slices; ++s) {
-    const int64_t lo = out * s / slices, rows = out * (s + 1) / slices - lo;
-    const float* ws = w.data() + lo * in;
+    const int64_t lo = out * s / slices, hi = out * (s + 1) / slices, rows = hi - lo;
     if (n == 1) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(in), 1.0f,
-                  ws, static_cast<int>(in), x, 1, 0.0f, y + lo, 1);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-                  static_cast<int>(rows), static_cast<int>(in), 1.0f, x, static_cast<int>(in), ws,
-                  static_cast<int>(in), 0.0f, y + lo, static_cast<int>(out));
+      MatVecRows(w, x, y, lo, hi);
+      continue;
     }
+    const float* tile = reinterpret_cast<const float*>(w.row(lo));
+    if (w.type != GgufTensorType::kF32) {
+      thread_local std::vector<float> buffer;
+      buffer.resize(static_cast<size_t>(rows * in));
+      DequantizeRows(w, lo, hi, buffer.data());
+      tile = buffer.data();
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+                static_cast<int>(rows), static_cast<int>(in), 1.0f, x, static_cast<int>(in), tile,
+                static_cast<int>(in), 0.0f, y + lo, static_cast<int>(out));
   }
 }
 
@@ -80,6 +92,16 @@ Result<Tensor> ReadWeight(const GgufFile& f, const std::string& name, const Shap
     return Status::Error(f.path() + ": tensor '" + name + "': expected shape " +
                          ShapeToString(want) + ", found " + ShapeToString(t.shape()));
   return t;
+}
+
+Result<QuantMatrix> ReadMatrix(const GgufFile& f, const std::string& name, int64_t rows,
+                               int64_t cols) {
+  MT_ASSIGN_OR_RETURN(QuantMatrix m, f.ReadMatrix(name));
+  if (m.rows != rows || m.cols != cols)
+    return Status::Error(f.path() + ": tensor '" + name + "': expected shape " +
+                         ShapeToString({rows, cols}) + ", found " +
+                         ShapeToString({m.rows, m.cols}));
+  return m;
 }
 
 }  // namespace
@@ -127,32 +149,42 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(const std::string& pa
                          std::to_string(c.head_dim));
 
   MT_ASSIGN_OR_RETURN(m->tokenizer_, Tokenizer::FromGguf(f));
-  MT_ASSIGN_OR_RETURN(m->token_embd_, f.ReadTensor("token_embd.weight"));
-  if (m->token_embd_.rank() != 2 || m->token_embd_.dim(1) != c.embedding)
+  auto embd = f.ReadMatrix("token_embd.weight");
+  if (!embd.ok()) return embd.status();
+  m->token_embd_ = std::move(embd).value();
+  if (m->token_embd_.cols != c.embedding)
     return Status::Error(path + ": tensor 'token_embd.weight': expected shape (vocab, " +
                          std::to_string(c.embedding) + "), found " +
-                         ShapeToString(m->token_embd_.shape()));
-  c.vocab = m->token_embd_.dim(0);
+                         ShapeToString({m->token_embd_.rows, m->token_embd_.cols}));
+  c.vocab = m->token_embd_.rows;
   const int64_t E = c.embedding, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
   MT_ASSIGN_OR_RETURN(m->output_norm_, ReadWeight(f, "output_norm.weight", {E}));
   if (f.HasTensor("output.weight")) {
-    MT_ASSIGN_OR_RETURN(m->output_, ReadWeight(f, "output.weight", {c.vocab, E}));
+    MT_ASSIGN_OR_RETURN(m->output_, ReadMatrix(f, "output.weight", c.vocab, E));
   }
   m->layers_.resize(static_cast<size_t>(c.layers));
   for (int64_t l = 0; l < c.layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     LlamaLayer& L = m->layers_[l];
     MT_ASSIGN_OR_RETURN(L.attn_norm, ReadWeight(f, p + "attn_norm.weight", {E}));
-    MT_ASSIGN_OR_RETURN(L.wq, ReadWeight(f, p + "attn_q.weight", {qd, E}));
-    MT_ASSIGN_OR_RETURN(L.wk, ReadWeight(f, p + "attn_k.weight", {kvd, E}));
-    MT_ASSIGN_OR_RETURN(L.wv, ReadWeight(f, p + "attn_v.weight", {kvd, E}));
-    MT_ASSIGN_OR_RETURN(L.wo, ReadWeight(f, p + "attn_output.weight", {E, qd}));
+    MT_ASSIGN_OR_RETURN(L.wq, ReadMatrix(f, p + "attn_q.weight", qd, E));
+    MT_ASSIGN_OR_RETURN(L.wk, ReadMatrix(f, p + "attn_k.weight", kvd, E));
+    MT_ASSIGN_OR_RETURN(L.wv, ReadMatrix(f, p + "attn_v.weight", kvd, E));
+    MT_ASSIGN_OR_RETURN(L.wo, ReadMatrix(f, p + "attn_output.weight", E, qd));
     MT_ASSIGN_OR_RETURN(L.ffn_norm, ReadWeight(f, p + "ffn_norm.weight", {E}));
-    MT_ASSIGN_OR_RETURN(L.w_gate, ReadWeight(f, p + "ffn_gate.weight", {c.feed_forward, E}));
-    MT_ASSIGN_OR_RETURN(L.w_up, ReadWeight(f, p + "ffn_up.weight", {c.feed_forward, E}));
-    MT_ASSIGN_OR_RETURN(L.w_down, ReadWeight(f, p + "ffn_down.weight", {E, c.feed_forward}));
+    MT_ASSIGN_OR_RETURN(L.w_gate, ReadMatrix(f, p + "ffn_gate.weight", c.feed_forward, E));
+    MT_ASSIGN_OR_RETURN(L.w_up, ReadMatrix(f, p + "ffn_up.weight", c.feed_forward, E));
+    MT_ASSIGN_OR_RETURN(L.w_down, ReadMatrix(f, p + "ffn_down.weight", E, c.feed_forward));
   }
   return std::shared_ptr<const LlamaModel>(std::move(m));
+}
+
+size_t LlamaModel::weight_bytes() const {
+  size_t bytes = output().bytes();
+  for (const LlamaLayer& L : layers_)
+    for (const QuantMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      bytes += w->bytes();
+  return bytes;
 }
 
 Sequence::Sequence(std::shared_ptr<const LlamaModel> model, int64_t capacity)
@@ -194,8 +226,9 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
     const int64_t n = std::min<int64_t>(kChunk, static_cast<int64_t>(tokens.size() - start));
     const int64_t pos0 = length_, keys = length_ + n;
     std::vector<float> x(static_cast<size_t>(n * E)), h(x.size());
+    const QuantMatrix& embd = model_->token_embedding();
     for (int64_t i = 0; i < n; ++i)
-      std::copy_n(model_->token_embedding().data() + tokens[start + i] * E, E, &x[i * E]);
+      DequantizeRow(embd.type, embd.row(tokens[start + i]), E, &x[i * E]);
     std::vector<float> q(static_cast<size_t>(n * H * D)), kv(static_cast<size_t>(n * Hkv * D));
     std::vector<float> attn(q.size()), proj(x.size());
     std::vector<float> gate(static_cast<size_t>(n * F)), up(gate.size());

@@ -1,11 +1,13 @@
 // File: engine/model/llama.h
 //
 // A Llama-family transformer run natively on the engine: weights from a GGUF
-// file (dequantised to float32 at load), RMSNorm, rotary embeddings, grouped-
-// query attention and a SwiGLU feed-forward, as GGUF's "llama" architecture
-// describes them (SmolLM2 is one). Matrix products go through BLAS
-// (OpenBLAS); attention through the engine: dense, or masked by a masker
-// stack with its per-layer state kept across decode steps.
+// file, RMSNorm, rotary embeddings, grouped-query attention and a SwiGLU feed-forward, as GGUF's
+// "llama" architecture describes them (SmolLM2 is one). The weight matrices stay in their GGUF form
+// inside the mapped file (quant.h): a decoded token's matrix-vector products
+// run on the blocks; a prefill chunk dequantises one tile of rows at a time
+// and multiplies it with every token of the chunk through BLAS (OpenBLAS).
+// Attention goes through the engine: dense, or masked by a masker stack with
+// its per-layer state kept across decode steps.
 //
 // A `Sequence` is one token stream and its KV cache. It is a value: copying
 // one after a dense prefill is how the prefill is shared by every trial.
@@ -23,6 +25,7 @@
 
 #include "engine/masker.h"
 #include "engine/model/gguf.h"
+#include "engine/model/quant.h"
 #include "engine/model/tokenizer.h"
 #include "engine/registry.h"
 #include "engine/status.h"
@@ -37,8 +40,9 @@ struct LlamaConfig {
 };
 
 struct LlamaLayer {
-  Tensor attn_norm, wq, wk, wv, wo;  // wq [heads*head_dim, embedding], ...
-  Tensor ffn_norm, w_gate, w_up, w_down;
+  Tensor attn_norm, ffn_norm;
+  QuantMatrix wq, wk, wv, wo;  // wq [heads*head_dim, embedding], ...
+  QuantMatrix w_gate, w_up, w_down;
 };
 
 class LlamaModel {
@@ -51,15 +55,18 @@ class LlamaModel {
   const LlamaConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const std::vector<LlamaLayer>& layers() const { return layers_; }
-  const Tensor& token_embedding() const { return token_embd_; }
+  const QuantMatrix& token_embedding() const { return token_embd_; }
   const Tensor& output_norm() const { return output_norm_; }
-  const Tensor& output() const { return output_.size() ? output_ : token_embd_; }  // tied
+  const QuantMatrix& output() const { return output_.data ? output_ : token_embd_; }  // tied
+  // Bytes of weight matrices (as stored) read per decoded token.
+  size_t weight_bytes() const;
 
  private:
   std::string path_;
   LlamaConfig config_;
   Tokenizer tokenizer_;
-  Tensor token_embd_, output_norm_, output_;
+  Tensor output_norm_;
+  QuantMatrix token_embd_, output_;
   std::vector<LlamaLayer> layers_;
 };
 
