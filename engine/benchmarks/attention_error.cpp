@@ -9,6 +9,7 @@
 
 #include "engine/attention.h"
 #include "engine/benchmarks/benchmark.h"
+#include "engine/benchmarks/synthetic.h"
 #include "engine/cuda/cuda_attention.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
@@ -37,63 +38,16 @@ struct Sample {
   }
 };
 
-// One synthetic sample: Gaussian q, k, v plus the traits of real attention.
+// One synthetic sample: the generator of engine/benchmarks/synthetic.h.
 Sample Synthesize(const nlohmann::json& s, int64_t index) {
-  const int64_t N = s.value("keys", 4096), H = s.value("heads", 8), Hkv = s.value("kv_heads", 2);
-  const int64_t D = s.value("head_dim", 64), Q = s.value("queries", 1);
-  const uint64_t seed = s.value("seed", 0);
+  AttentionSample a = SynthesizeAttention(s, index);
   Sample out;
-  out.q = Tensor({1, H, Q, D});
-  out.k = Tensor({1, Hkv, N, D});
-  out.v = Tensor({1, Hkv, N, D});
-  out.scaling = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  const auto stream = static_cast<uint32_t>(index);
-  auto fill = [&](Tensor& t, uint32_t purpose) {
-    const RandomKey key{seed, stream, purpose};
-    for (int64_t i = 0; i < t.size(); ++i) t.data()[i] = static_cast<float>(RandomNormal(key, i));
-  };
-  fill(out.q, 1);
-  fill(out.k, 2);
-  fill(out.v, 3);
-  // Outlier channels: a few channels carry large magnitudes in q and k.
-  const RandomKey pick{seed, stream, 4};
-  std::vector<int64_t> outliers;
-  for (int64_t c = 0; c < std::max<int64_t>(1, D / 16); ++c)
-    outliers.push_back(static_cast<int64_t>(RandomUniform(pick, c) * D));
-  for (Tensor* t : {&out.q, &out.k})
-    for (int64_t row = 0; row < t->size() / D; ++row)
-      for (int64_t c : outliers) t->data()[row * D + c] *= 4.0f;
-  // Per kv head: the direction its queries share; keys aligned with it score high.
-  const int64_t g = H / Hkv;
-  for (int64_t kvh = 0; kvh < Hkv; ++kvh) {
-    std::vector<double> dir(static_cast<size_t>(D), 0.0);
-    for (int64_t h = kvh * g; h < (kvh + 1) * g; ++h)
-      for (int64_t i = 0; i < Q; ++i)
-        for (int64_t d = 0; d < D; ++d) dir[d] += out.q.data()[((h * Q) + i) * D + d];
-    double norm = 0;
-    for (double x : dir) norm += x * x;
-    norm = std::sqrt(norm) + 1e-12;
-    const double scale = std::sqrt(static_cast<double>(D)) / norm;  // |dir| = sqrt(D)
-    auto push = [&](int64_t j, double alpha) {  // adds ~alpha to the key's scaled score
-      float* k = out.k.data() + (kvh * N + j) * D;
-      for (int64_t d = 0; d < D; ++d)
-        k[d] += static_cast<float>(alpha * dir[d] * scale / std::sqrt(static_cast<double>(D)));
-    };
-    const RandomKey hk{seed, stream, static_cast<uint32_t>(16 + kvh)};
-    for (int64_t j = 0; j < std::min<int64_t>(4, N); ++j) push(j, 3.0);  // sinks
-    for (int64_t j = std::max<int64_t>(0, N - 64); j < N; ++j)           // local bias
-      push(j, 1.5 * std::exp(-static_cast<double>(N - 1 - j) / 32.0));
-    for (int64_t t = 0; t < std::max<int64_t>(1, N / 100); ++t)  // heavy hitters
-      push(static_cast<int64_t>(RandomUniform(hk, 2 * t) * N), 2.0);
-    push(static_cast<int64_t>(RandomUniform(hk, 1 << 30) * N), 5.0);  // a needle
-  }
-  if (Q > 1) {  // several queries: causal
-    out.has_mask = true;
-    out.mask = Tensor({1, 1, Q, N});
-    for (int64_t i = 0; i < Q; ++i)
-      for (int64_t j = N - Q + i + 1; j < N; ++j)
-        out.mask.data()[i * N + j] = -std::numeric_limits<float>::infinity();
-  }
+  out.q = std::move(a.q);
+  out.k = std::move(a.k);
+  out.v = std::move(a.v);
+  out.mask = std::move(a.mask);
+  out.has_mask = a.has_mask;
+  out.scaling = a.scaling;
   return out;
 }
 
