@@ -10,9 +10,12 @@
 // Every request opens its own read-only connections (SQLite's WAL lets the
 // coordinator write meanwhile); nothing is ever written. A report page is
 // rendered again only when the study's counts changed since the last one
-// (the cache's key is the study's summary), so many readers cost the
-// coordinator's database little. An acceptor thread hands connections to a
-// fixed pool of threads (--threads); each serves its connection's requests
+// (the cache's key is the study's summary), and while it keeps changing at
+// most once per 2 s or per 10 times the last render's time, whichever is
+// longer (the page may be that much behind; its live script polls at that
+// pace anyway): however many readers, rendering a running study's report
+// takes at most a tenth of one core. An acceptor thread hands
+// connections to a fixed pool of threads (--threads); each serves its connection's requests
 // (keep-alive) with 10 s socket timeouts, so a slow client holds one thread
 // at most that long. SIGINT/SIGTERM stop it at once (exit 0): it holds
 // nothing to save.
@@ -24,6 +27,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -44,6 +48,9 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
+
+constexpr std::chrono::milliseconds kMinRenderInterval{2000};
+constexpr int kRenderShare = 10;  // renders take at most 1/kRenderShare of a core
 
 struct DashboardFlags {
   std::string db, bind = "127.0.0.1:8080";
@@ -134,9 +141,12 @@ class Dashboard {
     if (!summary.ok()) return Error(summary.status().message());
     if (!summary.value()) return NotFound("/study/" + study);
     const std::string key = SummaryJson(*summary.value());
-    std::lock_guard<std::mutex> lock(render_mu_);  // one render at a time; others then hit the cache
-    if (auto it = cache_.find(study); it != cache_.end() && it->second.first == key)
-      return {http::status::ok, "text/html; charset=utf-8", it->second.second};
+    std::lock_guard<std::mutex> lock(
+        render_mu_);  // one render at a time; others then hit the cache
+    const auto now = std::chrono::steady_clock::now();
+    if (auto it = cache_.find(study);
+        it != cache_.end() && (it->second.key == key || now < it->second.next))
+      return {http::status::ok, "text/html; charset=utf-8", it->second.page};
     LoadedReport loaded = LoadStudyReport(db_, study);
     if (!loaded.report) {
       if (loaded.code == kExitBadInput) return NotFound("/study/" + study);
@@ -148,13 +158,19 @@ class Dashboard {
     o.api_url = "/api/study/" + UrlEncode(study);
     o.index_url = "/";
     std::string html = RenderReport(*loaded.report, o);
-    cache_[study] = {key, html};
+    const auto took = std::chrono::steady_clock::now() - now;
+    cache_[study] = {key, html, now + std::max<std::chrono::steady_clock::duration>(
+                                          kMinRenderInterval, kRenderShare * took)};
     return {http::status::ok, "text/html; charset=utf-8", std::move(html)};
   }
 
   std::string db_, exe_;
   std::mutex render_mu_;
-  std::map<std::string, std::pair<std::string, std::string>> cache_;  // study -> (key, page)
+  struct Rendered {
+    std::string key, page;
+    std::chrono::steady_clock::time_point next;  // no new render before, even if changed
+  };
+  std::map<std::string, Rendered> cache_;  // by study
 };
 
 // Serves one connection's requests until it closes, errs or times out.
@@ -284,8 +300,9 @@ int RunDashboard(const DashboardFlags& f) {
   });
 
   const tcp::endpoint bound = acceptor.local_endpoint(ec);
-  const std::string shown = (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) +
-                            ":" + std::to_string(bound.port());
+  const std::string shown =
+      (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" +
+      std::to_string(bound.port());
   if (!address.is_loopback())
     std::fprintf(stderr,
                  "masktune dashboard: %s is not a loopback address: anyone who can reach it "
@@ -310,7 +327,8 @@ Action AddDashboardCommand(CLI::App& app) {
       "Serve a database's studies over HTTP, read-only: the list of studies and each\n"
       "study's report, live while it runs (the page polls /api/study/NAME).");
   cmd->add_option("--db", f->db, "SQLite database")->required();
-  cmd->add_option("--bind", f->bind, "HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)");
+  cmd->add_option("--bind", f->bind,
+                  "HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)");
   cmd->add_option("--threads", f->threads, "requests served at once (default 8)");
   cmd->footer(
       "Pages: / (studies), /study/NAME (the report), /api/studies and /api/study/NAME (JSON).\n"

@@ -81,9 +81,8 @@ std::string UriPath(const std::string& path) {
 Result<RawDb> OpenRaw(const std::string& path) {
   auto open = [&](const std::string& name, int flags) -> Result<RawDb> {
     sqlite3* raw = nullptr;
-    const int rc =
-        sqlite3_open_v2(name.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | flags,
-                        nullptr);
+    const int rc = sqlite3_open_v2(name.c_str(), &raw,
+                                   SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | flags, nullptr);
     RawDb db(raw);
     if (rc != SQLITE_OK)
       return Status::Error(path + ": cannot open database: " + sqlite3_errstr(rc));
@@ -161,9 +160,9 @@ std::string MetricLabel(const std::string& m) {
 }
 
 struct ObjectiveView {
-  std::string label;     // the y-axis label of the objective
-  bool negate = false;   // a maximised metric: stored negated, shown real
-  bool higher = false;   // higher is better, as shown
+  std::string label;    // the y-axis label of the objective
+  bool negate = false;  // a maximised metric: stored negated, shown real
+  bool higher = false;  // higher is better, as shown
 };
 
 ObjectiveView ViewOf(const configs::ObjectiveSpec& o) {
@@ -281,13 +280,13 @@ std::string DensityChart(const ReportContext& c, const std::vector<Done>& done,
   if (stack.empty())
     for (const std::string& s : c.stacks) chart.legend.push_back({s, c.series.at(s)});
   const size_t skipped = done.size() - used.size();
-  chart.caption = std::to_string(used.size()) + " finished trial" + (used.size() == 1 ? "" : "s") +
-                  "; " + std::to_string(front.size()) +
-                  " on the Pareto front (no other trial is as sparse and as good, and better "
-                  "in one)" +
-                  (skipped ? "; " + std::to_string(skipped) + " without density or " + c.y.first
-                           : "") +
-                  ". Hover a point for its parameters.";
+  chart.caption =
+      std::to_string(used.size()) + " finished trial" + (used.size() == 1 ? "" : "s") + "; " +
+      std::to_string(front.size()) +
+      " on the Pareto front (no other trial is as sparse and as good, and better "
+      "in one)" +
+      (skipped ? "; " + std::to_string(skipped) + " without density or " + c.y.first : "") +
+      ". Hover a point for its parameters.";
   if (front_table) {
     std::string t = "<table class=\"front\"><tr><th>trial</th><th>density</th><th>" +
                     Escape(c.y.first) + "</th><th>parameters</th></tr>";
@@ -398,7 +397,7 @@ std::string SliceChart(const ReportContext& c, const std::vector<Done>& done,
   chart.param = col.name;
   chart.width = 390;
   chart.height = 300;
-  chart.title = col.name + (c.view.higher ? " (higher is better)" : " (lower is better)");
+  chart.title = col.name;
   chart.x.label = col.name;
   chart.x.log = col.log;
   chart.x.categories = col.numeric ? std::vector<std::string>{} : col.categories;
@@ -413,7 +412,8 @@ std::string SliceChart(const ReportContext& c, const std::vector<Done>& done,
     p.title = Tooltip(done[i], c.objective_short);
     chart.points.push_back(std::move(p));
   }
-  chart.caption = "The objective against " + col.name + (col.log ? " (log axis: a log space)" : "") +
+  chart.caption = std::string("The objective (") + (c.view.higher ? "higher" : "lower") +
+                  " is better) against " + col.name + (col.log ? " (log axis: a log space)" : "") +
                   "; every other parameter varies too.";
   return svg::Render(chart);
 }
@@ -484,8 +484,8 @@ Exported RunExport(const std::string& exe, const std::string& db, const std::str
   }
   const fs::path dir = tmpl;
   const std::string out = (dir / "out").string(), log = (dir / "log").string();
-  std::vector<std::string> args = {exe,  "export",   study, "--db", db, "--format",
-                                   format, "--out", out};
+  std::vector<std::string> args = {exe,        "export", study,   "--db", db,
+                                   "--format", format,   "--out", out};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -556,7 +556,7 @@ pre{background:#f6f7f8;border:1px solid #ddd;border-radius:3px;padding:8px 10px;
 figure.chart{margin:0;border:1px solid #ddd;border-radius:4px;padding:4px;background:#fff;
  max-width:100%}
 figure.chart svg{max-width:100%;height:auto;display:block}
-figcaption{font-size:.8em;color:#444;max-width:600px;padding:2px 6px 4px}
+figcaption{font-size:.8em;color:#444;padding:2px 6px 4px}
 svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
 .chart-title{font-size:14px;font-weight:600;fill:#1a1a1a}
 .tick{font-size:11px;fill:#444}
@@ -596,8 +596,7 @@ std::vector<std::pair<std::string, int64_t>> Ordered(const std::map<std::string,
   for (const char* s : {"done", "running", "queued", "failed"})
     if (auto it = counts.find(s); it != counts.end()) out.push_back(*it);
   for (const auto& kv : counts)
-    if (kv.first != "done" && kv.first != "running" && kv.first != "queued" &&
-        kv.first != "failed")
+    if (kv.first != "done" && kv.first != "running" && kv.first != "queued" && kv.first != "failed")
       out.push_back(kv);
   return out;
 }
@@ -641,10 +640,11 @@ std::string RenderStudyIndex(const std::string& db, const std::vector<StudySumma
                              bool live) {
   std::string key;
   for (const StudySummary& s : studies)
-    key += s.name + ":" + std::to_string(s.settled) + "/" + std::to_string(s.total) + "/" + s.state +
-           ";";
+    key += s.name + ":" + std::to_string(s.settled) + "/" + std::to_string(s.total) + "/" +
+           s.state + ";";
   std::string h = PageHead("masktune dashboard: " + db);
-  h += "<body data-key=\"" + Escape(key) + "\" data-api=\"/api/studies\">\n<header><h1>masktune "
+  h += "<body data-key=\"" + Escape(key) +
+       "\" data-api=\"/api/studies\">\n<header><h1>masktune "
        "dashboard</h1><p class=\"sub\">" +
        std::to_string(studies.size()) + " stud" + (studies.size() == 1 ? "y" : "ies") + " in " +
        Escape(db) + " (read-only)</p>";
@@ -657,7 +657,8 @@ std::string RenderStudyIndex(const std::string& db, const std::vector<StudySumma
          "</th></tr>";
     for (const StudySummary& s : studies) {
       std::string badges;
-      for (const auto& [st, n] : Ordered(s.counts)) badges += Badge(st, std::to_string(n) + " " + st);
+      for (const auto& [st, n] : Ordered(s.counts))
+        badges += Badge(st, std::to_string(n) + " " + st);
       h += "<tr data-study=\"" + Escape(s.name) + "\"><td><a href=\"/study/" + UrlEncode(s.name) +
            "\">" + Escape(s.name) + "</a></td><td class=\"state\">" + Escape(s.state) +
            "</td><td class=\"num\">" + std::to_string(s.settled) + " of " +
@@ -722,13 +723,13 @@ LoadedReport LoadStudyReport(const std::string& db, const std::string& study) {
   Status s = Query(raw->get(), db, "SELECT created FROM studies WHERE id = ?", {r.study.id},
                    [&](sqlite3_stmt* st) { r.created = sqlite3_column_double(st, 0); });
   if (s.ok())
-    s = Query(raw->get(), db,
-              "SELECT name, COALESCE(info, ''), last_seen FROM workers WHERE study_id = ? "
-              "ORDER BY last_seen DESC, name",
-              {r.study.id}, [&](sqlite3_stmt* st) {
-                r.workers.push_back(
-                    {ColumnText(st, 0), ColumnText(st, 1), sqlite3_column_double(st, 2)});
-              });
+    s = Query(
+        raw->get(), db,
+        "SELECT name, COALESCE(info, ''), last_seen FROM workers WHERE study_id = ? "
+        "ORDER BY last_seen DESC, name",
+        {r.study.id}, [&](sqlite3_stmt* st) {
+          r.workers.push_back({ColumnText(st, 0), ColumnText(st, 1), sqlite3_column_double(st, 2)});
+        });
   if (!s.ok()) return fail(kExitFailure, s.message());
   return LoadedReport{std::move(r), kExitOk, ""};
 }
@@ -736,19 +737,26 @@ LoadedReport LoadStudyReport(const std::string& db, const std::string& study) {
 Result<std::vector<StudySummary>> ListStudies(const std::string& db) {
   std::error_code ec;
   if (!fs::exists(db, ec)) return Status::Error(db + ": no such database");
-  MT_ASSIGN_OR_RETURN(storage::Store store, storage::Store::OpenReadOnly(db));  // schema checks
-  (void)store;
   MT_ASSIGN_OR_RETURN(RawDb raw, OpenRaw(db));
+  // Store::OpenReadOnly's schema checks, on this one connection.
+  int64_t version = 0;
+  MT_RETURN_IF_ERROR(Query(raw.get(), db, "PRAGMA user_version", {},
+                           [&](sqlite3_stmt* st) { version = sqlite3_column_int64(st, 0); }));
+  if (version < 1)
+    return Status::Error(db + ": not a masktune database (no schema: user_version is 0)");
+  if (version > storage::kSchemaVersion)
+    return Status::Error(db + ": schema version " + std::to_string(version) +
+                         " is newer than this masktune (" +
+                         std::to_string(storage::kSchemaVersion) + ")");
   struct Row {
     int64_t id;
     std::string name, status;
   };
   std::vector<Row> rows;
-  MT_RETURN_IF_ERROR(Query(raw.get(), db, "SELECT id, name, status FROM studies ORDER BY id", {},
-                           [&](sqlite3_stmt* st) {
-                             rows.push_back({sqlite3_column_int64(st, 0), ColumnText(st, 1),
-                                             ColumnText(st, 2)});
-                           }));
+  MT_RETURN_IF_ERROR(Query(
+      raw.get(), db, "SELECT id, name, status FROM studies ORDER BY id", {}, [&](sqlite3_stmt* st) {
+        rows.push_back({sqlite3_column_int64(st, 0), ColumnText(st, 1), ColumnText(st, 2)});
+      }));
   const bool leases = HasTable(raw.get(), db, "leases");
   std::vector<StudySummary> out;
   for (const Row& row : rows) {
@@ -766,14 +774,13 @@ Result<std::vector<StudySummary>> ListStudies(const std::string& db) {
                 (s.counts.count("running") ? s.counts["running"] : 0);
     std::optional<storage::Lease> lease;
     if (leases)
-      MT_RETURN_IF_ERROR(Query(raw.get(), db,
-                               "SELECT holder, host, pid, expires FROM leases WHERE study_id = ?",
-                               {row.id}, [&](sqlite3_stmt* st) {
-                                 storage::Lease l{ColumnText(st, 0), ColumnText(st, 1),
-                                                  sqlite3_column_int64(st, 2),
-                                                  sqlite3_column_double(st, 3)};
-                                 if (l.expires > UnixNow()) lease = l;
-                               }));
+      MT_RETURN_IF_ERROR(
+          Query(raw.get(), db, "SELECT holder, host, pid, expires FROM leases WHERE study_id = ?",
+                {row.id}, [&](sqlite3_stmt* st) {
+                  storage::Lease l{ColumnText(st, 0), ColumnText(st, 1),
+                                   sqlite3_column_int64(st, 2), sqlite3_column_double(st, 3)};
+                  if (l.expires > UnixNow()) lease = l;
+                }));
     s.state = State(row.status, lease);
     out.push_back(std::move(s));
   }
@@ -784,8 +791,8 @@ std::string SummaryJson(const StudySummary& s) {
   json counts = json::object();
   for (const auto& [k, v] : s.counts) counts[k] = v;
   const int64_t running = s.counts.count("running") ? s.counts.at("running") : 0;
-  return json{{"study", s.name},       {"state", s.state},     {"total", s.total},
-              {"settled", s.settled},  {"running", running},   {"counts", counts}}
+  return json{{"study", s.name},      {"state", s.state},   {"total", s.total},
+              {"settled", s.settled}, {"running", running}, {"counts", counts}}
       .dump();
 }
 
@@ -822,13 +829,12 @@ std::vector<double> MainEffectImportance(const std::vector<ImportanceColumn>& co
       }
       k = ids.size();
     } else {
-      k = std::clamp<size_t>(static_cast<size_t>(std::floor(std::sqrt(static_cast<double>(m)))),
-                             2, 10);
+      k = std::clamp<size_t>(static_cast<size_t>(std::floor(std::sqrt(static_cast<double>(m)))), 2,
+                             10);
       std::vector<size_t> by_value(m);
       std::iota(by_value.begin(), by_value.end(), 0);
-      std::stable_sort(by_value.begin(), by_value.end(), [&](size_t a, size_t b) {
-        return col.values[idx[a]] < col.values[idx[b]];
-      });
+      std::stable_sort(by_value.begin(), by_value.end(),
+                       [&](size_t a, size_t b) { return col.values[idx[a]] < col.values[idx[b]]; });
       for (size_t pos = 0; pos < m; ++pos)
         group[by_value[pos]] = static_cast<int>(pos * k / std::max<size_t>(m, 1));
     }
@@ -859,9 +865,8 @@ std::vector<double> MainEffectImportance(const std::vector<ImportanceColumn>& co
 std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
   const configs::SweepConfig& sweep = r.sweep;
   ReportContext c{r, ViewOf(sweep.objective), "", YMetric(sweep.objective), {}, {}};
-  c.objective_short =
-      sweep.objective.metrics.empty() ? "objective " + sweep.objective.name
-                                      : sweep.objective.metrics.front().first;
+  c.objective_short = sweep.objective.metrics.empty() ? "objective " + sweep.objective.name
+                                                      : sweep.objective.metrics.front().first;
   for (const auto& s : sweep.stacks) c.stacks.push_back(s.name);
   for (const auto& t : r.trials)  // stacks of the database the sweep no longer names
     if (std::find(c.stacks.begin(), c.stacks.end(), t.stack) == c.stacks.end())
@@ -901,10 +906,10 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
   h += "<header>";
   if (!o.index_url.empty())
     h += "<p class=\"noprint\"><a href=\"" + Escape(o.index_url) + "\">all studies</a></p>";
-  h += "<h1>masktune study " + Escape(r.study.name) + "</h1><p class=\"sub\"><span class=\"state\">" +
-       Escape(state) + "</span> &#183; " + std::to_string(settled) + " of " +
-       std::to_string(r.trials.size()) + " trials settled &#183; read " + Utc(r.now) + " from " +
-       Escape(r.db) + "</p>";
+  h += "<h1>masktune study " + Escape(r.study.name) +
+       "</h1><p class=\"sub\"><span class=\"state\">" + Escape(state) + "</span> &#183; " +
+       std::to_string(settled) + " of " + std::to_string(r.trials.size()) +
+       " trials settled &#183; read " + Utc(r.now) + " from " + Escape(r.db) + "</p>";
   if (o.live) h += "<p id=\"live\">live: this page reloads when the study changes</p>";
   h += "</header>\n<nav class=\"toc\"><a href=\"#summary\">Study</a><a href=\"#all\">All "
        "stacks</a>";
@@ -993,8 +998,10 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
       for (const auto& m : plan->stack->maskers) {
         std::string fields;
         for (const auto& [f, space] : m.fields)
-          if (space.searched()) fields += (fields.empty() ? "" : ", ") + f + ": " + space.ToString();
-        maskers += (maskers.empty() ? "" : " + ") + m.type + (fields.empty() ? "" : " {" + fields + "}");
+          if (space.searched())
+            fields += (fields.empty() ? "" : ", ") + f + ": " + space.ToString();
+        maskers +=
+            (maskers.empty() ? "" : " + ") + m.type + (fields.empty() ? "" : " {" + fields + "}");
       }
       if (plan->stack->maskers.empty()) maskers = "[] (dense attention: the baseline)";
       h += "<p class=\"sub\">" + Escape(maskers) + " &#183; " + std::to_string(plan->trials) +
@@ -1002,7 +1009,8 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
     } else {
       h += "<p class=\"sub\">a stack the stored sweep no longer names";
     }
-    for (const auto& [s, n] : Ordered(stack_counts)) h += " " + Badge(s, std::to_string(n) + " " + s);
+    for (const auto& [s, n] : Ordered(stack_counts))
+      h += " " + Badge(s, std::to_string(n) + " " + s);
     h += "</p>";
     const Done* best = best_of(name);
     std::string front_table;
@@ -1022,14 +1030,15 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
       const storage::TrialRow& b = *best->row;
       h += "<div class=\"cols\"><div><table class=\"kv best\" data-trial=\"" +
            std::to_string(b.id) + "\">";
-      kv("trial", std::to_string(b.id) + " (" + Escape(name) + " #" + std::to_string(b.number) +
-                      ")");
-      kv(c.objective_short, Num(best->shown) +
-                                (sweep.objective.multi() ? " (best on the first metric)" : ""));
+      kv("trial",
+         std::to_string(b.id) + " (" + Escape(name) + " #" + std::to_string(b.number) + ")");
+      kv(c.objective_short,
+         Num(best->shown) + (sweep.objective.multi() ? " (best on the first metric)" : ""));
       for (const auto& [k, v] : b.metrics) kv(k, Num(v));
       kv("parameters", Escape(ParamsText(b.params, ", ")));
       h += "</table>";
-      if (!front_table.empty()) h += "<h3>Pareto front (density, " + Escape(c.y.first) + ")</h3>" + front_table;
+      if (!front_table.empty())
+        h += "<h3>Pareto front (density, " + Escape(c.y.first) + ")</h3>" + front_table;
       h += "</div><div>";
       auto block = [&](const Exported& e, const std::string& title) {
         h += "<h3>" + Escape(title) + "</h3>";
@@ -1047,7 +1056,8 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
         if (!notes.empty()) h += "<ul class=\"notes\">" + notes + "</ul>";
       };
       block(lists, "Masker list (masktune attend --maskers @FILE; export --format json)");
-      block(reference, "Reference JSON (sparse-attention-hub run_config_dir.py; export --format sah)");
+      block(reference,
+            "Reference JSON (sparse-attention-hub run_config_dir.py; export --format sah)");
       h += "</div></div>";
     }
     h += "</section>\n";

@@ -33,9 +33,9 @@ struct StudyReport {
   configs::SweepConfig sweep;
   std::vector<storage::TrialRow> trials;  // by id
   std::vector<WorkerSeen> workers;
-  double created = 0;                  // unix seconds; 0 if unknown
+  double created = 0;                   // unix seconds; 0 if unknown
   std::optional<storage::Lease> lease;  // the live coordinator's, if any
-  double now = 0;                      // when it was read (unix seconds)
+  double now = 0;                       // when it was read (unix seconds)
 };
 
 // LoadStudyReport's answer: the report, or an exit code (kExitBadInput: no
@@ -51,7 +51,7 @@ LoadedReport LoadStudyReport(const std::string& db, const std::string& study);
 // A study as the dashboard lists it.
 struct StudySummary {
   std::string name;
-  std::string state;  // finished | running (a live lease) | interrupted
+  std::string state;                      // finished | running (a live lease) | interrupted
   std::map<std::string, int64_t> counts;  // trials by status
   int64_t total = 0, settled = 0;         // settled: neither queued nor running
 };

@@ -98,13 +98,14 @@ std::pair<std::string, double> Legend(const std::vector<std::pair<std::string, s
   };
   std::vector<Item> all;
   for (const auto& [text, series] : items)
-    all.push_back({text, "<rect width=\"10\" height=\"10\" y=\"-9\" fill=\"" + Colour(series) +
-                             "\"/>"});
+    all.push_back(
+        {text, "<rect width=\"10\" height=\"10\" y=\"-9\" fill=\"" + Colour(series) + "\"/>"});
   if (!line.empty())
     all.push_back({line, "<path d=\"M0 -4 H12\" class=\"line best-so-far\" stroke=\"#000\"/>"});
   if (front)
     all.push_back({"Pareto front", "<path d=\"M0 -4 H10\" class=\"front-line\" stroke=\"#000\"/>"});
-  if (best) all.push_back({"best trial", "<path d=\"" + Diamond(5, -4, 5) + "\" class=\"best-mark\"/>"});
+  if (best)
+    all.push_back({"best trial", "<path d=\"" + Diamond(5, -4, 5) + "\" class=\"best-mark\"/>"});
   if (all.empty()) return {"", 0};
   std::string out = "<g class=\"legend\">";
   double x = 74, y = y0;
@@ -132,10 +133,18 @@ std::string Escape(const std::string& text) {
   out.reserve(text.size());
   for (unsigned char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
       default:
         // XML 1.0 allows no control characters but tab, newline and return.
         if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
@@ -182,7 +191,8 @@ std::string Render(const Chart& c) {
   std::string out = "<figure class=\"chart\" data-kind=\"" + Escape(c.kind) + "\" data-stack=\"" +
                     Escape(c.stack) + "\"" +
                     (c.param.empty() ? "" : " data-param=\"" + Escape(c.param) + "\"") +
-                    " data-points=\"" + std::to_string(drawn) + "\">";
+                    " data-points=\"" + std::to_string(drawn) + "\" style=\"width:" + Fixed(W) +
+                    "px\">";
   out += "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " + Fixed(W) + " " + Fixed(H) +
          "\" width=\"" + Fixed(W) + "\" height=\"" + Fixed(H) + "\" role=\"img\" aria-label=\"" +
          Escape(c.title) + "\">";
@@ -270,7 +280,7 @@ std::string RenderBars(const std::string& kind, const std::string& stack, const 
   const double W = 600, left = 220, right = 60, top = 34, row = 26;
   const double H = top + row * static_cast<double>(bars.size()) + 44;
   std::string out = "<figure class=\"chart\" data-kind=\"" + Escape(kind) + "\" data-stack=\"" +
-                    Escape(stack) + "\" data-points=\"0\">";
+                    Escape(stack) + "\" data-points=\"0\" style=\"width:" + Fixed(W) + "px\">";
   out += "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " + Fixed(W) + " " + Fixed(H) +
          "\" width=\"" + Fixed(W) + "\" height=\"" + Fixed(H) + "\" role=\"img\" aria-label=\"" +
          Escape(title) + "\">";
@@ -279,8 +289,8 @@ std::string RenderBars(const std::string& kind, const std::string& stack, const 
   out += "<g class=\"ticks\">";
   for (double t : {0.0, 0.25, 0.5, 0.75, 1.0}) {
     const double px = left + t * span;
-    out += "<path class=\"grid\" d=\"M" + Fixed(px) + " " + Fixed(top) + " V" + Fixed(H - 44) +
-           "\"/>";
+    out +=
+        "<path class=\"grid\" d=\"M" + Fixed(px) + " " + Fixed(top) + " V" + Fixed(H - 44) + "\"/>";
     out += Text(px, H - 30, Num(t), "tick");
   }
   out += "</g>";

@@ -60,7 +60,7 @@ struct Chart {
   std::vector<Line> lines;
   std::vector<std::pair<std::string, size_t>> legend;  // (text, series)
   std::string line_legend;  // the dashed line's entry (e.g. "best so far"), if any
-  std::string empty_note;                              // shown when there is no point
+  std::string empty_note;   // shown when there is no point
   int width = 580, height = 370;
 };
 

@@ -6,13 +6,20 @@
 # report, its JSON, the list of studies), and prints trials/s for both and
 # the requests the dashboard answered meanwhile.
 #
-# Usage: scripts/bench_dashboard.sh [--build DIR] [--trials 3000] [--clients 8]
-#                                   [--workers 2] [--sleep-ms 0]
+# Usage: scripts/bench_dashboard.sh [--build DIR] [--trials 20000] [--clients 8]
+#                                   [--workers 2] [--sleep-ms 0] [--rounds 2]
+#                                   [--interval 0] [--batch 30]
+# Each client is one curl at a time fetching --batch URLs over one keep-alive
+# connection (/study/bench, /api/study/bench and / in turn), then pausing
+# --interval seconds (0: back to back; --batch 1 --interval 2: a browser
+# tab's pace, as the live page polls).
+# Rounds alternate (alone, read, alone, read, ...) so that a machine busy
+# with something else weighs on both alike.
 # Needs curl. Both sweeps run on the same machine as the clients, so on a
 # small machine part of any slowdown is plain CPU sharing, not SQLite.
 set -euo pipefail
 
-build=build trials=3000 clients=8 workers=2 sleep_ms=0
+build=build trials=20000 clients=8 workers=2 sleep_ms=0 rounds=2 interval=0 batch=30
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2 ;;
@@ -20,7 +27,10 @@ while [ $# -gt 0 ]; do
     --clients) clients=$2 ;;
     --workers) workers=$2 ;;
     --sleep-ms) sleep_ms=$2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rounds) rounds=$2 ;;
+    --interval) interval=$2 ;;
+    --batch) batch=$2 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_dashboard: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   [ $# -ge 2 ] || { echo "bench_dashboard: $1 needs a value" >&2; exit 2; }
@@ -64,37 +74,46 @@ sweep() {
   awk -v n="$trials" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f trials/s (%.2f s)", n / (b - a), b - a }'
 }
 
-"$mt" run "$tmp/warm.yaml" --db "$tmp/alone.db" >/dev/null
-"$mt" run "$tmp/warm.yaml" --db "$tmp/read.db" >/dev/null
+echo "noop sweep of $trials trials, $workers workers; $clients clients, pause ${interval} s ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)):"
+for round in $(seq "$rounds"); do
+  rm -f "$tmp"/*.db* "$tmp"/requests.* "$tmp/dashboard.log"
+  "$mt" run "$tmp/warm.yaml" --db "$tmp/alone.db" >/dev/null
+  "$mt" run "$tmp/warm.yaml" --db "$tmp/read.db" >/dev/null
 
-alone=$(sweep "$tmp/alone.db")
+  alone=$(sweep "$tmp/alone.db")
 
-"$mt" dashboard --db "$tmp/read.db" --bind 127.0.0.1:0 > "$tmp/dashboard.log" 2>&1 &
-pids+=($!)
-port=
-for _ in $(seq 200); do
-  port=$(sed -n 's|^dashboard: http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/dashboard.log")
-  [ -n "$port" ] && break
-  sleep 0.05
+  "$mt" dashboard --db "$tmp/read.db" --bind 127.0.0.1:0 > "$tmp/dashboard.log" 2>&1 &
+  dashboard=$!
+  pids+=($dashboard)
+  port=
+  for _ in $(seq 200); do
+    port=$(sed -n 's|^dashboard: http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/dashboard.log")
+    [ -n "$port" ] && break
+    sleep 0.05
+  done
+  [ -n "$port" ] || { echo "bench_dashboard: the dashboard did not start:" >&2; cat "$tmp/dashboard.log" >&2; exit 1; }
+  clients_pids=()
+  for c in $(seq "$clients"); do
+    : > "$tmp/requests.$c"
+    (
+      paths=("/study/bench" "/api/study/bench" "/")
+      args=()
+      for i in $(seq "$batch"); do args+=(-o /dev/null "http://127.0.0.1:$port${paths[$(((i + c) % 3))]}"); done
+      while :; do
+        curl -s -w '%{http_code}\n' "${args[@]}" >> "$tmp/requests.$c" || true
+        [ "$interval" = 0 ] || sleep "$interval"
+      done
+    ) &
+    clients_pids+=($!)
+    pids+=($!)
+  done
+  sleep 0.5
+  for c in $(seq "$clients"); do : > "$tmp/requests.$c"; done
+  read_=$(sweep "$tmp/read.db")
+  served=$(cat "$tmp"/requests.* | grep -c '^200$' || true)
+  cpu=$(awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$dashboard/stat")
+  for p in "${clients_pids[@]}" "$dashboard"; do kill "$p" 2>/dev/null || true; done
+  wait "${clients_pids[@]}" "$dashboard" 2>/dev/null || true
+
+  echo "  round $round: alone $alone; with the dashboard $read_, $served requests answered (200) meanwhile, dashboard CPU ${cpu} s"
 done
-[ -n "$port" ] || { echo "bench_dashboard: the dashboard did not start:" >&2; cat "$tmp/dashboard.log" >&2; exit 1; }
-for c in $(seq "$clients"); do
-  (
-    paths=("/study/bench" "/api/study/bench" "/")
-    i=$c
-    while :; do
-      curl -s -o /dev/null "http://127.0.0.1:$port${paths[$((i % 3))]}" && echo >> "$tmp/requests.$c"
-      i=$((i + 1))
-    done
-  ) &
-  pids+=($!)
-done
-sleep 0.5
-: > "$tmp/start"
-for c in $(seq "$clients"); do : > "$tmp/requests.$c"; done
-read_=$(sweep "$tmp/read.db")
-served=$(cat "$tmp"/requests.* | wc -l)
-
-echo "noop sweep of $trials trials, $workers workers ($(nproc) cores):"
-echo "  alone:                          $alone"
-echo "  with $clients dashboard clients:     $read_, $served requests answered meanwhile"

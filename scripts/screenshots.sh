@@ -12,8 +12,8 @@ build=build
 [ "${1:-}" = "--build" ] && build=$2
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-mt=$build/masktune
-[ -x "$mt" ] || { echo "screenshots: $mt not found (make first, or --build DIR)" >&2; exit 2; }
+[ -x "$build/masktune" ] || { echo "screenshots: $build/masktune not found (make first, or --build DIR)" >&2; exit 2; }
+mt=$(cd "$build" && pwd)/masktune
 
 if ! command -v chromium >/dev/null; then
   echo "screenshots: installing chromium" >&2
@@ -45,7 +45,8 @@ shot() {  # URL OUT WIDTH HEIGHT
 }
 
 mkdir -p docs/img
-"$mt" report quickstart --db "$db" --out "$tmp/quickstart.html" >/dev/null
+# From the temporary folder, so the page names the database as quickstart.db.
+(cd "$tmp" && "$mt" report quickstart --db quickstart.db --out quickstart.html >/dev/null)
 shot "file://$tmp/quickstart.html" docs/img/report.png 1280 1500
 
 # The dashboard, with a second study running beside the finished quickstart.
@@ -60,7 +61,7 @@ attention:
 EOF
 "$mt" run "$tmp/live.yaml" --db "$db" --workers 2 >/dev/null 2>&1 &
 pids+=($!)
-"$mt" dashboard --db "$db" --bind 127.0.0.1:0 > "$tmp/dashboard.log" 2>&1 &
+(cd "$tmp" && exec "$mt" dashboard --db quickstart.db --bind 127.0.0.1:0 > dashboard.log 2>&1) &
 pids+=($!)
 port=
 for _ in $(seq 200); do

@@ -68,7 +68,8 @@ class XmlParser {
  private:
   bool Fail() const { return !error_.empty(); }
   void Err(const std::string& m) {
-    if (error_.empty()) error_ = m + " at offset " + std::to_string(i_) + ": '" + s_.substr(i_, 40) + "'";
+    if (error_.empty())
+      error_ = m + " at offset " + std::to_string(i_) + ": '" + s_.substr(i_, 40) + "'";
   }
   bool At(const std::string& t) const { return s_.compare(i_, t.size(), t) == 0; }
   void Ws() {
@@ -114,9 +115,8 @@ class XmlParser {
     } else if (e.size() > 1 && e[0] == '#') {
       const bool hex = e[1] == 'x';
       const std::string digits = e.substr(hex ? 2 : 1);
-      if (digits.empty() ||
-          digits.find_first_not_of(hex ? "0123456789abcdefABCDEF" : "0123456789") !=
-              std::string::npos)
+      if (digits.empty() || digits.find_first_not_of(hex ? "0123456789abcdefABCDEF"
+                                                         : "0123456789") != std::string::npos)
         return Err("bad character reference &" + e + ";"), false;
       out += "?";  // the character itself does not matter to the tests
     } else {
@@ -145,7 +145,8 @@ class XmlParser {
       if (!At("=")) return Err("attribute without '='"), false;
       ++i_;
       Ws();
-      if (i_ >= s_.size() || (s_[i_] != '"' && s_[i_] != '\'')) return Err("unquoted attribute"), false;
+      if (i_ >= s_.size() || (s_[i_] != '"' && s_[i_] != '\''))
+        return Err("unquoted attribute"), false;
       const char q = s_[i_++];
       std::string value;
       while (i_ < s_.size() && s_[i_] != q) {
@@ -299,9 +300,7 @@ struct Study {
   void Finish() { REQUIRE(store.SetStudyStatus(id, "finished").ok()); }
 };
 
-std::string HeavyParams(double heavy) {
-  return json{{"oracle_top_k.heavy_size", heavy}}.dump();
-}
+std::string HeavyParams(double heavy) { return json{{"oracle_top_k.heavy_size", heavy}}.dump(); }
 
 // Runs `report` and parses what it wrote.
 std::string Report(const testing::TempDir& dir, const std::string& study, const std::string& db) {
@@ -330,8 +329,9 @@ const char* kTwoStacks =
     "    - oracle_top_k: {heavy_size: {uniform: [0.05, 0.5]}}\n"
     "  b:\n    - oracle_top_k: {heavy_size: {uniform: [0.05, 0.5]}}\n";
 
-TEST_CASE("report: a finished study with failures: strict XHTML, a point per done trial, "
-          "best marked, failures whole") {
+TEST_CASE(
+    "report: a finished study with failures: strict XHTML, a point per done trial, "
+    "best marked, failures whole") {
   testing::TempDir dir;
   const std::string error = "sample 0: maskers[1] <oracle_top_k> & \"quotes\": out of memory";
   int64_t best_a = 0, failed = 0;
@@ -410,8 +410,7 @@ std::set<int64_t> NonDominated(const std::vector<std::tuple<int64_t, double, dou
   std::set<int64_t> out;
   for (const auto& [id, d, r] : trials) {
     bool dominated = false;
-    for (const auto& [id2, d2, r2] : trials)
-      dominated |= d2 <= d && r2 >= r && (d2 < d || r2 > r);
+    for (const auto& [id2, d2, r2] : trials) dominated |= d2 <= d && r2 >= r && (d2 < d || r2 > r);
     if (!dominated) out.insert(id);
   }
   return out;
@@ -692,9 +691,9 @@ struct Dashboard {
   std::string log;
   Dashboard(const std::string& db, const std::string& log_path) : log(log_path) {
     port = testing::FreePort();
-    pid = testing::Spawn({MASKTUNE_BINARY, "dashboard", "--db", db, "--bind",
-                          "127.0.0.1:" + std::to_string(port)},
-                         log);
+    pid = testing::Spawn(
+        {MASKTUNE_BINARY, "dashboard", "--db", db, "--bind", "127.0.0.1:" + std::to_string(port)},
+        log);
     for (int i = 0; i < 1000 && Http(port, "/api/studies").status != 200; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -715,8 +714,9 @@ FileState StateOf(const std::string& path) {
   return {Slurp(path), static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
-TEST_CASE("dashboard: studies, reports and JSON; 404 for bad paths; the database is never "
-          "written") {
+TEST_CASE(
+    "dashboard: studies, reports and JSON; 404 for bad paths; the database is never "
+    "written") {
   testing::TempDir dir;
   int64_t failed = 0;
   {
@@ -751,7 +751,8 @@ TEST_CASE("dashboard: studies, reports and JSON; 404 for bad paths; the database
   CHECK(All(page.root, "script").size() == 1);  // live: polls the JSON endpoint
   CHECK(Attr(*All(page.root, "body")[0], "data-api") == "/api/study/q");
   bool listed = false;
-  for (const Node* tr : All(page.root, "tr")) listed |= Attr(*tr, "data-trial") == std::to_string(failed);
+  for (const Node* tr : All(page.root, "tr"))
+    listed |= Attr(*tr, "data-trial") == std::to_string(failed);
   CHECK(listed);
 
   const Response api = Http(d.port, "/api/study/q");
@@ -785,8 +786,8 @@ TEST_CASE("dashboard: 8 clients x 20 requests while a sweep writes the same data
                          "search: {algorithm: random, num_samples: 300, seed: 3}\n"
                          "attention:\n  a:\n    - sink: {sink_size: 4}\n"
                          "    - oracle_top_k: {heavy_size: {uniform: [0.05, 0.5]}}\n";
-  const pid_t run = testing::Spawn(
-      {MASKTUNE_BINARY, "run", yaml, "--workers", "2", "--db", db}, dir / "run.log");
+  const pid_t run =
+      testing::Spawn({MASKTUNE_BINARY, "run", yaml, "--workers", "2", "--db", db}, dir / "run.log");
   REQUIRE(testing::WaitFor(db, "w", testing::DoneAtLeast(1)));
   Dashboard d(db, dir / "dashboard.log");
   REQUIRE(Http(d.port, "/api/study/w").status == 200);
@@ -799,8 +800,9 @@ TEST_CASE("dashboard: 8 clients x 20 requests while a sweep writes the same data
   for (int c = 0; c < 8; ++c)
     clients.emplace_back([&, c] {
       for (int i = 0; i < 20; ++i) {
-        const std::string path =
-            (i + c) % 3 == 0 ? "/study/w" : (i + c) % 3 == 1 ? "/api/study/w" : "/";
+        const std::string path = (i + c) % 3 == 0   ? "/study/w"
+                                 : (i + c) % 3 == 1 ? "/api/study/w"
+                                                    : "/";
         const Response r = Http(d.port, path);
         if (r.status != 200) {
           std::lock_guard<std::mutex> lock(mu);
