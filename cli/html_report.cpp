@@ -915,7 +915,8 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
        "stacks</a>";
   for (size_t i = 0; i < c.stacks.size(); ++i)
     h += "<a href=\"#" + Anchor(i) + "\">" + Escape(c.stacks[i]) + "</a>";
-  h += "<a href=\"#problems\">Failed trials</a><a href=\"#method\">How to read this</a></nav>\n";
+  h += "<a href=\"#problems\">Failed and stopped trials</a><a href=\"#method\">How to read "
+       "this</a></nav>\n";
 
   // --- study header
   h += "<section id=\"summary\"><h2>Study</h2><div class=\"cols\"><div><table class=\"kv\">";
@@ -1064,26 +1065,36 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
   }
 
   // --- failed trials, and any other status but done, running and queued
-  h += "<section id=\"problems\"><h2>Failed trials</h2>";
+  h += "<section id=\"problems\"><h2>Failed and stopped trials</h2>";
   std::string rows;
   size_t shown = 0, problems = 0;
   for (const auto& t : r.trials) {
     if (t.status == "done" || t.status == "running" || t.status == "queued") continue;
     ++problems;
     if (++shown > 1000) continue;
+    std::string message = t.error;
+    if (message.empty() && t.steps > 0) {
+      // A trial the scheduler stopped: where, and how it stood then.
+      message = "stopped after " + std::to_string(t.steps) + " sample" +
+                (t.steps == 1 ? "" : "s");
+      if (t.objective)
+        message += "; " + c.objective_short + " " +
+                   Num(c.view.negate ? -*t.objective : *t.objective) + " there";
+    }
     rows += "<tr data-trial=\"" + std::to_string(t.id) + "\"><td class=\"num\">" +
             std::to_string(t.id) + "</td><td>" + Escape(t.stack) + "</td><td class=\"num\">" +
             std::to_string(t.number) + "</td><td>" + Badge(t.status, t.status) +
             "</td><td class=\"num\">" + std::to_string(t.attempts) + "</td><td>" +
             Escape(ParamsText(t.params, ", ")) + "</td><td class=\"msg\">" +
-            Escape(t.error.empty() ? "(no message)" : t.error) + "</td></tr>";
+            Escape(message.empty() ? "(no message)" : message) + "</td></tr>";
   }
   if (problems == 0) {
     h += "<p class=\"note\">No trial failed or was stopped.</p>";
   } else {
     h += "<p class=\"sub\">" + std::to_string(problems) +
-         " trials ended without a result (failed after search.max_failures attempts, or "
-         "stopped by the search), with the last attempt's message" +
+         " trials ended without a full result: failed after search.max_failures attempts "
+         "(with the last attempt's message), or stopped early by the search's scheduler "
+         "(pruned)" +
          (problems > 1000 ? "; the first 1000 shown" : "") + ".</p>";
     h += "<table class=\"problems\"><tr><th>trial</th><th>stack</th><th>#</th><th>status</th>"
          "<th>attempts</th><th>parameters</th><th>message</th></tr>" +

@@ -334,7 +334,7 @@ TEST_CASE(
     "best marked, failures whole") {
   testing::TempDir dir;
   const std::string error = "sample 0: maskers[1] <oracle_top_k> & \"quotes\": out of memory";
-  int64_t best_a = 0, failed = 0;
+  int64_t best_a = 0, failed = 0, pruned = 0;
   {
     Study s = Study::Make(dir / "s.db", dir / "s.yaml", kTwoStacks);
     s.Done("a", HeavyParams(0.1), {{"density", 0.1}, {"error", 0.3}, {"recall", 0.8}});
@@ -342,6 +342,13 @@ TEST_CASE(
     s.Done("a", HeavyParams(0.4), {{"density", 0.4}, {"error", 0.2}, {"recall", 0.85}});
     s.Done("a", HeavyParams(0.2), {{"density", 0.2}, {"error", 0.25}, {"recall", 0.8}});
     failed = s.Failed("a", HeavyParams(0.45), error);
+    {
+      // Stopped by a scheduler after 2 samples: listed, not a point.
+      const storage::TrialRow t = s.Start("a", HeavyParams(0.5));
+      const Metrics m = {{"density", 0.5}, {"error", 0.6}};
+      REQUIRE(s.store.RecordPruned(t.id, t.attempts, 2, m, 0.6).ok());
+      pruned = t.id;
+    }
     s.Done("b", HeavyParams(0.2), {{"density", 0.2}, {"error", 0.2}, {"recall", 0.7}});
     s.Done("b", HeavyParams(0.1), {{"density", 0.1}, {"error", 0.4}, {"recall", 0.6}});
     s.Finish();
@@ -384,6 +391,7 @@ TEST_CASE(
   const std::string text = AllText(page.root);
   CHECK(text.find("6 done") != std::string::npos);
   CHECK(text.find("1 failed") != std::string::npos);
+  CHECK(text.find("1 pruned") != std::string::npos);
   CHECK(text.find("oracle_top_k: {heavy_size: {uniform: [0.05, 0.5]}}") != std::string::npos);
   // The failed trial with its whole message (escaped in the file, intact once parsed).
   bool found = false;
@@ -391,6 +399,14 @@ TEST_CASE(
     if (Attr(*tr, "data-trial") == std::to_string(failed)) {
       found = true;
       CHECK(AllText(*tr).find(error) != std::string::npos);
+    }
+  CHECK(found);
+  found = false;
+  for (const Node* tr : All(page.root, "tr"))
+    if (Attr(*tr, "data-trial") == std::to_string(pruned)) {
+      found = true;
+      CHECK(AllText(*tr).find("stopped after 2 samples; error 0.6 there") != std::string::npos);
+      CHECK(AllText(*tr).find("pruned") != std::string::npos);
     }
   CHECK(found);
   // The best configuration as export writes it: the masker list and the reference's JSON.
