@@ -186,8 +186,14 @@ void Serve(Dashboard& dashboard, tcp::socket socket) {
     http::read(socket, buffer, parser, ec);
     if (ec) break;  // closed, timed out or malformed: drop the connection
     const auto& req = parser.get();
-    const Reply reply =
-        dashboard.Handle(std::string(req.method_string()), std::string(req.target()));
+    Reply reply;
+    try {
+      reply = dashboard.Handle(std::string(req.method_string()), std::string(req.target()));
+    } catch (const std::exception& e) {  // a bug or out of memory: this request fails, not the server
+      std::fprintf(stderr, "masktune dashboard: internal error: %s\n", e.what());
+      reply = {http::status::internal_server_error, "text/html; charset=utf-8",
+               RenderErrorPage(500, "Internal Server Error", e.what())};
+    }
     http::response<http::string_body> res{reply.status, req.version()};
     res.set(http::field::server, "masktune dashboard");
     res.set(http::field::content_type, reply.type);
