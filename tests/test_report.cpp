@@ -788,6 +788,10 @@ TEST_CASE(
                                 "/../../etc/passwd", "/study/"})
     CHECK_MESSAGE(Http(d.port, bad).status == 404, bad);
   CHECK(Http(d.port, "/", "POST").status == 405);
+  // A second dashboard on the same port: bad input, said at once.
+  CheckBadInput(
+      Masktune("dashboard --db " + db + " --bind 127.0.0.1:" + std::to_string(d.port), "", 10),
+      "--bind: cannot listen on 127.0.0.1:" + std::to_string(d.port));
   CHECK(Http(d.port, "/study/q", "HEAD").status == 200);
   CHECK(Http(d.port, "/study/q").status == 200);
 
