@@ -8,7 +8,10 @@
 // and the largest relative gap of a stack's best objective.
 // Usage: bench_scheduler [--seeds 5] [--num-samples 50] [--samples 16] [--keys 4096]
 //                        [--workers 2] [--scheduler asha|hyperband|median] [--rf 4]
-//                        [--grace 1] [--folder DIR]   (safetensors samples instead of synthetic ones:
+//                        [--grace 1] [--folder DIR] [--benchmark attention_error|ruler_niah]
+// ruler_niah (the default model): tasks niah_single_1 and niah_multikey_1, --samples per
+// task, --keys = context tokens; slow on a CPU: use few seeds and trials.   (safetensors samples instead of synthetic
+//                        ones:
 //                                          scripts/bench_optuna.py compares on such a folder)
 #include <unistd.h>
 
@@ -27,28 +30,34 @@ using namespace masktune;
 namespace {
 
 struct Outcome {
-  int64_t trials = 0, pruned = 0, evaluations = 0;
+  int64_t trials = 0, pruned = 0, failed = 0, evaluations = 0;
+  std::string failure;  // the first failed trial's error
   std::map<std::string, double> best;  // per stack: the lowest objective of a complete trial
   double seconds = 0;
 };
 
 std::string SweepText(int64_t seed, int64_t num_samples, int64_t samples, int64_t keys,
                       const std::string& scheduler, int64_t rf, int64_t grace,
-                      const std::string& folder) {
-  std::string text =
-      "study: bench\n"
-      "benchmark:\n  name: attention_error\n" +
-      (folder.empty() ? "  data: {synthetic: {keys: " + std::to_string(keys) +
-                            ", heads: 8, kv_heads: 2, head_dim: 64, samples: " +
-                            std::to_string(samples) + ", seed: 7}}\n"
-                      : "  data: {folder: '" + folder + "'}\n") +
-      "objective: sparsity_10\n"
+                      const std::string& folder, bool ruler) {
+  // ruler_niah: two tasks, `samples` each (steps: tasks x samples, interleaved);
+  // `keys` is the context length in tokens.
+  const std::string benchmark =
+      ruler ? "benchmark:\n  name: ruler_niah\n  tasks: [niah_single_1, niah_multikey_1]\n"
+              "  context_tokens: " +
+                  std::to_string(keys) + "\n  samples: " + std::to_string(samples) +
+                  "\n  seed: 1\n  setup: B\n  max_new_tokens: 16\n"
+      : "benchmark:\n  name: attention_error\n" +
+            (folder.empty() ? "  data: {synthetic: {keys: " + std::to_string(keys) +
+                                  ", heads: 8, kv_heads: 2, head_dim: 64, samples: " +
+                                  std::to_string(samples) + ", seed: 7}}\n"
+                            : "  data: {folder: '" + folder + "'}\n");
+  std::string text = "study: bench\n" + benchmark +
+                     "objective: sparsity_10\n"
       "search:\n  algorithm: random\n  num_samples: " +
       std::to_string(num_samples) + "\n  seed: " + std::to_string(seed) + "\n";
   if (!scheduler.empty())
     text += "  scheduler: {type: " + scheduler + ", grace_period: " + std::to_string(grace) +
-            (scheduler == "median" ? std::string()
-                                   : ", reduction_factor: " + std::to_string(rf)) +
+            (scheduler == "median" ? std::string() : ", reduction_factor: " + std::to_string(rf)) +
             "}\n";
   // The quickstart stacks (configs/examples/quickstart.yaml).
   text +=
@@ -95,6 +104,10 @@ Result<Outcome> RunOnce(const std::filesystem::path& dir, const std::string& tex
   for (const auto& r : rows) {
     ++o.trials;
     o.pruned += r.status == "pruned";
+    if (r.status == "failed") {
+      if (o.failed++ == 0) o.failure = r.error;
+      continue;
+    }
     o.evaluations += r.steps > 0 ? r.steps : samples;
     if (r.status == "done" && r.objective) {
       auto [it, added] = o.best.emplace(r.stack, *r.objective);
@@ -110,14 +123,15 @@ int main(int argc, char** argv) {
   const char* usage =
       "usage: bench_scheduler [--seeds 5] [--num-samples 50] [--samples 16] [--keys 4096]\n"
       "                       [--workers 2] [--scheduler asha|hyperband|median] [--rf 4]\n"
-      "                       [--grace 1] [--folder DIR]\n"
+      "                       [--grace 1] [--folder DIR] [--benchmark attention_error|ruler_niah]\n"
       "Random search on attention_error (the quickstart stacks; num_samples per stack, the\n"
       "quest stack's grid doubles it) with and without the scheduler, per seed: sample\n"
       "evaluations spent and the best objective (sparsity_10) per stack.\n";
   if (int rc = bench::HelpOrArgError(argc, argv, usage); rc >= 0) return rc;
   int64_t seeds = 5, num_samples = 50, samples = 16, keys = 4096, rf = 4, grace = 1;
+  int64_t samples_per_trial = -1;  // what a complete trial costs; -1: `samples`
   int workers = 2;
-  std::string scheduler = "asha", folder;
+  std::string scheduler = "asha", folder, benchmark = "attention_error";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i], v = argv[i + 1];
     if (f == "--seeds")
@@ -136,6 +150,8 @@ int main(int argc, char** argv) {
       grace = std::atoll(v.c_str());
     else if (f == "--scheduler")
       scheduler = v;
+    else if (f == "--benchmark")
+      benchmark = v;
     else if (f == "--folder")
       folder = std::filesystem::absolute(v).string();
     else {
@@ -143,14 +159,18 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (benchmark != "attention_error" && benchmark != "ruler_niah") {
+    std::fprintf(stderr, "bench_scheduler: --benchmark: expected attention_error or ruler_niah\n");
+    return 2;
+  }
+  if (benchmark == "ruler_niah") samples_per_trial = 2 * samples;
   if (!folder.empty()) {  // a complete trial costs the folder's files
-    samples = 0;
+    samples_per_trial = 0;
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(folder, ec))
-      samples += e.path().extension() == ".safetensors";
-    if (ec || samples == 0) {
-      std::fprintf(stderr, "bench_scheduler: --folder %s: no .safetensors files\n",
-                   folder.c_str());
+      samples_per_trial += e.path().extension() == ".safetensors";
+    if (ec || samples_per_trial == 0) {
+      std::fprintf(stderr, "bench_scheduler: --folder %s: no .safetensors files\n", folder.c_str());
       return 2;
     }
   }
@@ -164,8 +184,10 @@ int main(int argc, char** argv) {
   for (int64_t seed = 1; seed <= seeds; ++seed) {
     std::map<std::string, double> plain_best;
     for (const std::string& mode : {std::string(), scheduler}) {
-      auto o = RunOnce(dir, SweepText(seed, num_samples, samples, keys, mode, rf, grace, folder), workers,
-                       samples);
+      auto o = RunOnce(dir,
+                       SweepText(seed, num_samples, samples, keys, mode, rf, grace, folder,
+                                 benchmark == "ruler_niah"),
+                       workers, samples_per_trial > 0 ? samples_per_trial : samples);
       if (!o.ok()) {
         std::fprintf(stderr, "bench_scheduler: %s\n", o.status().message().c_str());
         std::filesystem::remove_all(dir);
@@ -186,6 +208,12 @@ int main(int argc, char** argv) {
         best += buf;
       }
       (mode.empty() ? total_plain : total_sched) += o->evaluations;
+      if (o->failed > 0) {
+        std::fprintf(stderr, "bench_scheduler: %lld trials failed: %s\n",
+                     static_cast<long long>(o->failed), o->failure.c_str());
+        std::filesystem::remove_all(dir);
+        return 1;
+      }
       std::printf("%-5lld %-10s %7lld %7lld %12lld %8.1f  %s\n", static_cast<long long>(seed),
                   mode.empty() ? "none" : mode.c_str(), static_cast<long long>(o->trials),
                   static_cast<long long>(o->pruned), static_cast<long long>(o->evaluations),

@@ -165,6 +165,7 @@ def main():
     p.add_argument("--keys", type=int, default=4096)
     p.add_argument("--venv", default="/tmp/masktune-optuna-venv")
     p.add_argument("--skip-masktune", action="store_true", help="only Optuna's side")
+    p.add_argument("--skip-optuna", action="store_true", help="only masktune's side")
     p.add_argument("--grace", type=int, default=1, help="ASHA's grace_period (masktune's side)")
     args = p.parse_args()
     ensure_venv(args.venv)
@@ -183,6 +184,8 @@ def main():
             subprocess.check_call([bench, "--seeds", str(args.seeds), "--num-samples",
                                    str(args.trials), "--grace", str(args.grace), "--folder",
                                    folder])
+        if args.skip_optuna:
+            return
         print(f"== Optuna {__import__('optuna').__version__}: TPESampler + "
               f"SuccessiveHalvingPruner(reduction_factor=4), masktune attend per sample",
               flush=True)
