@@ -104,7 +104,9 @@ namespace {
 
 // Streams every key and value row once per (kv head, query block): the query
 // heads of a kv head are scored together. With a mask, keys it drops score
-// -inf and kept keys weigh 1/p. Best for dense attention and dense masks.
+// -inf and kept keys weigh 1/p; a sparse mask visits only the keys some row
+// of the block keeps (their union), in key order, so a key is read once for
+// the group however many of its heads keep it.
 Tensor StreamingAttention(const AttentionInputs& in, const Mask* mask) {
   const int64_t B = in.batch(), H = in.heads(), Hkv = in.kv_heads(), Q = in.num_queries();
   const int64_t N = in.num_keys(), D = in.head_dim(), g = in.group();
@@ -129,7 +131,9 @@ Tensor StreamingAttention(const AttentionInputs& in, const Mask* mask) {
     std::vector<const float*> qs(static_cast<size_t>(rows_per_item)), ks(kTile), vs(kTile);
     std::vector<const float*> kn(kTile), vn(kTile);
     std::vector<float*> os(static_cast<size_t>(rows_per_item));
-    std::vector<float> p;  // kept probabilities of the item's rows over its chunk
+    std::vector<float> p;        // kept probabilities of the item's rows over the visited keys
+    std::vector<int32_t> visit;  // sparse masks: the keys the item visits
+    std::vector<uint8_t> seen;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < base * chunks; ++it) {
       const int64_t item = it / chunks, c = it % chunks;
@@ -141,31 +145,63 @@ Tensor StreamingAttention(const AttentionInputs& in, const Mask* mask) {
         qs[r] = in.query(b, kvh * g + r / nq, i0 + r % nq);
         os[r] = partial.data() + static_cast<size_t>(it * rows_per_item + r) * D;
       }
+      // The keys this item visits: all of [j0, j1), or with a sparse mask only
+      // the union of its rows' kept keys there (each read once for the group).
+      const bool sparse = mask && mask->form() == Mask::Form::kSparse;
+      int64_t count = j1 - j0;
+      if (sparse) {  // a byte per key of the chunk marks the union (no sort)
+        seen.assign(static_cast<size_t>(j1 - j0), 0);
+        for (int64_t r = 0; r < nrows; ++r) {
+          const Mask::RowEntries e = mask->SparseRow((b * H + kvh * g + r / nq) * Q + i0 + r % nq);
+          const int32_t* first = std::lower_bound(e.cols, e.cols + e.size, j0);
+          for (const int32_t* c = first; c != e.cols + e.size && *c < j1; ++c) seen[*c - j0] = 1;
+        }
+        visit.clear();
+        for (int64_t j = j0; j < j1; ++j)
+          if (seen[j - j0]) visit.push_back(static_cast<int32_t>(j));
+        count = static_cast<int64_t>(visit.size());
+      }
+      auto key_at = [&](int64_t x) { return sparse ? visit[x] : j0 + x; };
       if (mask) {
-        p.resize(static_cast<size_t>(nrows * (j1 - j0)));
+        p.resize(static_cast<size_t>(nrows * count));
         for (int64_t r = 0; r < nrows; ++r) {
           const int64_t row = (b * H + kvh * g + r / nq) * Q + i0 + r % nq;
-          mask->ExpandRow(row, p.data() + r * (j1 - j0), j0, j1);
+          float* pr = p.data() + r * count;
+          if (!sparse) {
+            mask->ExpandRow(row, pr, j0, j1);
+            continue;
+          }
+          // The row's kept keys are a sorted subset of the sorted union.
+          const Mask::RowEntries e = mask->SparseRow(row);
+          int64_t at = std::lower_bound(e.cols, e.cols + e.size, j0) - e.cols;
+          for (int64_t x = 0; x < count; ++x) {
+            if (at < e.size && e.cols[at] == visit[x]) {
+              pr[x] = e.values[at++];
+            } else {
+              pr[x] = 0.0f;
+            }
+          }
         }
       }
-      for (int64_t jt = j0; jt < j1; jt += kTile) {
-        const int64_t t = std::min(kTile, j1 - jt);
+      for (int64_t x0 = 0; x0 < count; x0 += kTile) {
+        const int64_t t = std::min(kTile, count - x0);
         // This tile's rows, and the next tile's to prefetch while this one
         // computes (the hardware prefetcher alone does not run far enough ahead).
         for (int64_t x = 0; x < t; ++x) {
-          ks[x] = in.key(b, kvh, jt + x);
-          vs[x] = in.value(b, kvh, jt + x);
-          const bool next = jt + kTile + x < j1;
-          kn[x] = next ? in.key(b, kvh, jt + kTile + x) : nullptr;
-          vn[x] = next ? in.value(b, kvh, jt + kTile + x) : nullptr;
+          const int64_t j = key_at(x0 + x);
+          ks[x] = in.key(b, kvh, j);
+          vs[x] = in.value(b, kvh, j);
+          const bool next = x0 + kTile + x < count;
+          kn[x] = next ? in.key(b, kvh, key_at(x0 + kTile + x)) : nullptr;
+          vn[x] = next ? in.value(b, kvh, key_at(x0 + kTile + x)) : nullptr;
         }
         kernels::ScoreTile(qs.data(), nrows, ks.data(), t, D, in.scaling, s.data(), kTile,
                            kn.data());
         for (int64_t r = 0; r < nrows; ++r) {
           float* sr = s.data() + r * kTile;
           if (const float* m = in.mask_row(b, i0 + r % nq))
-            for (int64_t x = 0; x < t; ++x) sr[x] += m[jt + x];
-          const float* pr = mask ? p.data() + r * (j1 - j0) + (jt - j0) : nullptr;
+            for (int64_t x = 0; x < t; ++x) sr[x] += m[key_at(x0 + x)];
+          const float* pr = mask ? p.data() + r * count + x0 : nullptr;
           if (pr)
             for (int64_t x = 0; x < t; ++x)
               if (pr[x] <= 0.0f) sr[x] = kNegInf;
@@ -251,10 +287,16 @@ Tensor DenseAttention(const AttentionInputs& in) { return StreamingAttention(in,
 Tensor MaskedAttention(const AttentionInputs& in, const Mask& mask, AttentionPath path) {
   if (mask.is_empty() || mask.is_full()) return DenseAttention(in);
   if (path == AttentionPath::kAuto) {
-    // Gathering reads density * group times the bytes streaming reads, at a
-    // random-access premium (about 2x here): stream once that is the larger.
-    path = mask.Density() * static_cast<double>(in.group()) * 2.0 >= 1.0 ? AttentionPath::kStream
-                                                                         : AttentionPath::kGather;
+    // A sparse mask streams only the union of each group's kept keys: never
+    // more bytes than gathering (density * group of the keys, per query
+    // head) nor than streaming all keys. A dense-form mask: gathering reads
+    // density * group times the bytes streaming reads, at a random-access
+    // premium (about 2x here): stream once that is the larger.
+    if (mask.form() == Mask::Form::kSparse)
+      path = AttentionPath::kStream;
+    else
+      path = mask.Density() * static_cast<double>(in.group()) * 2.0 >= 1.0 ? AttentionPath::kStream
+                                                                           : AttentionPath::kGather;
   }
   return path == AttentionPath::kStream ? StreamingAttention(in, &mask) : GatherAttention(in, mask);
 }

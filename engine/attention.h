@@ -19,9 +19,10 @@
 
 namespace masktune {
 
-// How masked attention reads keys and values: kStream reads all of them once
-// per kv head (its cost does not depend on the mask), kGather only each row's
-// kept keys (cost ~ density x heads). kAuto picks by density and group size.
+// How masked attention reads keys and values: kStream reads them once per kv
+// head (all keys, or with a sparse mask the union of the group's kept keys),
+// kGather only each row's kept keys (cost ~ density x heads). kAuto streams
+// sparse masks and picks by density and group size for dense-form ones.
 // All paths compute the same result up to float rounding.
 enum class AttentionPath { kAuto, kStream, kGather };
 

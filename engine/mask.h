@@ -60,6 +60,18 @@ class Mask {
   // The same for keys [begin, end) only, into out[0 .. end - begin).
   void ExpandRow(int64_t row, float* out, int64_t begin, int64_t end) const;
 
+  // The sparse form's row `row`: its kept keys (increasing) and their
+  // probabilities, `size` of each. Only for form() == kSparse.
+  struct RowEntries {
+    const int32_t* cols;
+    const float* values;
+    int64_t size;
+  };
+  RowEntries SparseRow(int64_t row) const {
+    return {cols_.data() + row_ptr_[row], values_.data() + row_ptr_[row],
+            row_ptr_[row + 1] - row_ptr_[row]};
+  }
+
   // Calls fn(key, p) for every kept key of `row` in increasing key order.
   // Full rows visit every key with p = 1; empty rows visit nothing.
   template <typename Fn>

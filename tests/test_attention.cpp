@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include "engine/attention.h"
 #include "tests/helpers.h"
 
@@ -74,6 +76,49 @@ TEST_CASE("both masked paths agree on long rows split across threads") {
   const Tensor naive = NaiveAttention(c.in, &m);
   CHECK(MaxAbsDiff(MaskedAttention(c.in, m, AttentionPath::kStream), naive) < 2e-5f);
   CHECK(MaxAbsDiff(MaskedAttention(c.in, m, AttentionPath::kGather), naive) < 2e-5f);
+}
+
+TEST_CASE("sparse masks stream only the union of a group's kept keys") {
+  // Grouped heads (3 per kv head) whose rows keep disjoint, overlapping and no
+  // keys; one query and several (causal); long rows split into key chunks.
+  struct Dims {
+    int64_t h, hkv, q, n;
+    bool causal;
+  };
+  for (Dims s : {Dims{9, 3, 1, 700, false}, Dims{6, 2, 4, 300, true}, Dims{3, 1, 1, 5000, false}}) {
+    CAPTURE(s.n);
+    Case c(1, s.h, s.hkv, s.q, s.n, 16, 31, s.causal);
+    const MaskShape shape = c.in.mask_shape();
+    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(shape.rows()));
+    std::vector<std::vector<float>> probs(rows.size());
+    for (int64_t r = 0; r < shape.rows(); ++r) {
+      if (r % 7 == 5) continue;  // a row that keeps nothing
+      for (int64_t j = r % 3; j < shape.keys; j += 5 + r % 4) {
+        rows[r].push_back(static_cast<int32_t>(j));
+        probs[r].push_back(j % 2 ? 1.0f : 0.25f + 0.5f * static_cast<float>(r % 2));
+      }
+    }
+    const Mask m = Mask::FromRows(shape, rows, probs);
+    // Keys and values no row keeps are NaN: a path that reads them (streaming
+    // every key with weight 0) turns the output into NaN.
+    std::vector<char> kept(static_cast<size_t>(shape.keys * s.hkv), 0);
+    const int64_t g = s.h / s.hkv;
+    for (int64_t r = 0; r < shape.rows(); ++r)
+      for (int32_t j : rows[r]) kept[((r / s.q) / g) * shape.keys + j] = 1;
+    const Tensor naive = NaiveAttention(c.in, &m);
+    for (int64_t h = 0; h < s.hkv; ++h)
+      for (int64_t j = 0; j < shape.keys; ++j)
+        if (!kept[h * shape.keys + j])
+          for (int64_t d = 0; d < 16; ++d) {
+            c.k.data()[(h * shape.keys + j) * 16 + d] = std::nanf("");
+            c.v.data()[(h * shape.keys + j) * 16 + d] = std::nanf("");
+          }
+    for (AttentionPath path : {AttentionPath::kAuto, AttentionPath::kStream}) {
+      const Tensor out = MaskedAttention(c.in, m, path);
+      for (float x : out.vec()) REQUIRE(!std::isnan(x));
+      CHECK(MaxAbsDiff(out, naive) < 2e-5f);
+    }
+  }
 }
 
 TEST_CASE("empty and full masks mean dense attention") {

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -460,12 +461,26 @@ TEST_CASE("magic_pig signs appended keys only, and stays reproducible from its s
   std::copy_n(c.q.data(), 2 * 16, first.q.data());
   const std::string stack = R"([{"type":"magic_pig","lsh_k":3,"lsh_l":6,"seed":7}])";
   Run(stack, first.in, &state);
-  const size_t signed48 = state[0].codes.begin()->second.size();
-  CHECK(signed48 == 2 * 48 * 1);  // 6 tables of 3 bits: six byte lanes, one word per key
+  // Signatures per kv head (its query heads share them), room for `cap` keys
+  // per word, the first `count` signed: 6 tables of 3 bits are six byte
+  // lanes, one word per key.
+  const std::vector<uint64_t>& codes = state[0].codes.at("magic_pig#0.key_codes");
+  const std::vector<uint64_t>& count = state[0].codes.at("magic_pig#0.key_count");
+  CHECK(count == std::vector<uint64_t>{48});
+  CHECK(codes.size() == 1 * 1 * 48);
+  const std::vector<uint64_t> signed48 = codes;
   const Mask grown = Run(stack, c.in, &state);
-  CHECK(state[0].codes.begin()->second.size() == 2 * 64 * 1);
+  CHECK(count == std::vector<uint64_t>{64});
+  CHECK(codes.size() == 96);  // doubled: the next decode steps sign in place
+  CHECK(std::equal(signed48.begin(), signed48.end(), codes.begin()));  // kept, not re-signed
+  Case more(1, 2, 1, 1, 65, 16, 44);
+  std::copy_n(c.k.data(), 64 * 16, more.k.data());
+  std::copy_n(c.q.data(), 2 * 16, more.q.data());
+  Run(stack, more.in, &state);
+  CHECK(count == std::vector<uint64_t>{65});
+  CHECK(codes.size() == 96);
   CHECK(Run(stack, c.in).Density() > 0.0);
-  CHECK(RunError(stack, first.in, 0, &state).find("brings 48 keys, fewer than the 64 cached") !=
+  CHECK(RunError(stack, first.in, 0, &state).find("brings 48 keys, fewer than the 65 cached") !=
         std::string::npos);
   // Same seed, same mask; on any thread count.
   const Mask a = Run(stack, c.in), b = Run(stack, c.in);

@@ -62,75 +62,96 @@ class MagicPigMasker : public Masker {
     if (mean.rank() == 0) {
       mean = Tensor({B, H, D});
       if (config_.Bool("center")) {
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t h = 0; h < H; ++h) {
-            std::vector<double> acc(static_cast<size_t>(D), 0.0);
-            for (int64_t j = 0; j < N; ++j)
-              for (int64_t d = 0; d < D; ++d) acc[d] += in.key(b, h / g, j)[d];
+        // Summed once per kv head, written to each query head of its group.
+        ParallelRows(B * in.kv_heads(), [&](int64_t bkv) {
+          const int64_t b = bkv / in.kv_heads(), kvh = bkv % in.kv_heads();
+          std::vector<double> acc(static_cast<size_t>(D), 0.0);
+          for (int64_t j = 0; j < N; ++j)
+            for (int64_t d = 0; d < D; ++d) acc[d] += in.key(b, kvh, j)[d];
+          for (int64_t h = kvh * g; h < (kvh + 1) * g; ++h)
             for (int64_t d = 0; d < D; ++d)
               mean.data()[(b * H + h) * D + d] =
                   static_cast<float>(acc[d] / static_cast<double>(N));
-          }
+        });
       }
     } else if (mean.dim(0) != B || mean.dim(1) != H || mean.dim(2) != D) {
       return Status::Error("the layer's cached key mean " + ShapeToString(mean.shape()) +
                            " does not fit this call");
     }
-    // Norms of the centred keys, [B, H, N]: cached and extended; the
-    // transform's M is their maximum over the whole call.
+    // Key-side state per kv head (the query heads of a group share the key
+    // mean, so their key norms and signatures are equal): norms of the
+    // centred keys [B, Hkv, cap] and signatures word-major [B, Hkv, words,
+    // cap] (the match scan streams one word of every key at a time), for the
+    // first `count` keys; cap grows by doubling, so a decode step signs and
+    // stores only its new keys. The transform's M is the maximum norm.
     Tensor& norms = state.tensors[slot_ + ".key_norms"];
-    // Word-major, [B, H, words, N]: the match scan streams one word of every key at a time.
     std::vector<uint64_t>& codes = state.codes[slot_ + ".key_codes"];
-    const int64_t cached = norms.rank() == 3 ? norms.dim(2) : 0;
+    std::vector<uint64_t>& count_slot = state.codes[slot_ + ".key_count"];
+    const int64_t Hkv = in.kv_heads();
+    if (count_slot.empty()) count_slot.assign(1, 0);
+    const int64_t cached = static_cast<int64_t>(count_slot[0]);
+    int64_t cap = norms.rank() == 3 ? norms.dim(2) : 0;
     if (cached > N)
       return Status::Error("this call brings " + std::to_string(N) + " keys, fewer than the " +
                            std::to_string(cached) + " cached for layer " +
                            std::to_string(in.layer));
-    if (cached < N) {
-      Tensor grown({B, H, N});
-      for (int64_t bh = 0; bh < B * H; ++bh)
-        std::copy_n(norms.data() + bh * cached, cached, grown.data() + bh * N);
-      ParallelRows(B * H, [&](int64_t bh) {
-        const int64_t b = bh / H, h = bh % H;
-        const float* mu = mean.data() + bh * D;
-        for (int64_t j = cached; j < N; ++j) {
-          const float* k = in.key(b, h / g, j);
-          float s = 0;
-          for (int64_t d = 0; d < D; ++d) s += (k[d] - mu[d]) * (k[d] - mu[d]);
-          grown.data()[bh * N + j] = std::sqrt(s);
-        }
-      });
-      norms = std::move(grown);
-    }
-    float M = 0;
-    for (int64_t i = 0; i < norms.size(); ++i) M = std::max(M, norms.data()[i]);
-    if (M == 0) M = 1;
-    // Key signatures for the keys not yet signed.
-    if (static_cast<int64_t>(codes.size()) != B * H * cached * words_ && cached > 0)
+    if (cached > 0 && (norms.dim(0) != B || norms.dim(1) != Hkv ||
+                       static_cast<int64_t>(codes.size()) != B * Hkv * words_ * cap))
       return Status::Error("cached key signatures do not fit this call");
-    if (cached < N) {
-      std::vector<uint64_t> grown(static_cast<size_t>(B * H * N * words_));
-      for (int64_t bw = 0; bw < B * H * words_; ++bw)
-        std::copy_n(codes.data() + bw * cached, cached, grown.data() + bw * N);
-      ParallelRows(B * H, [&](int64_t bh) {
-        const int64_t b = bh / H, h = bh % H;
-        std::vector<float> x(static_cast<size_t>(E)), proj(static_cast<size_t>(bits));
-        std::vector<uint64_t> code(static_cast<size_t>(words_));
-        for (int64_t j = cached; j < N; ++j) {
-          Transform(in.key(b, h / g, j), mean.data() + bh * D, D, norms.data()[bh * N + j], M, true,
-                    x.data());
-          Sign(x.data(), *rt, E, proj.data(), code.data(), false);
-          for (int64_t w = 0; w < words_; ++w) grown[(bh * words_ + w) * N + j] = code[w];
-        }
-      });
-      codes = std::move(grown);
+    if (N > cap) {  // grow, keeping the cached keys
+      const int64_t grown_cap = std::max(N, 2 * cap);
+      Tensor grown({B, Hkv, grown_cap});
+      std::vector<uint64_t> grown_codes(static_cast<size_t>(B * Hkv * words_ * grown_cap));
+      for (int64_t bh = 0; bh < B * Hkv; ++bh)
+        std::copy_n(norms.data() + bh * cap, cached, grown.data() + bh * grown_cap);
+      for (int64_t bw = 0; bw < B * Hkv * words_; ++bw)
+        std::copy_n(codes.data() + bw * cap, cached, grown_codes.data() + bw * grown_cap);
+      norms = std::move(grown);
+      codes = std::move(grown_codes);
+      cap = grown_cap;
     }
+    // Work items: (batch, kv head, block of new keys).
+    constexpr int64_t kSignBlock = 64;
+    const int64_t blocks = (N - cached + kSignBlock - 1) / kSignBlock;
+    ParallelRows(B * Hkv * blocks, [&](int64_t item) {
+      const int64_t bh = item / blocks, j0 = cached + (item % blocks) * kSignBlock;
+      const int64_t b = bh / Hkv, kvh = bh % Hkv;
+      const float* mu = mean.data() + (b * H + kvh * g) * D;
+      for (int64_t j = j0; j < std::min(N, j0 + kSignBlock); ++j) {
+        const float* k = in.key(b, kvh, j);
+        float s = 0;
+        for (int64_t d = 0; d < D; ++d) s += (k[d] - mu[d]) * (k[d] - mu[d]);
+        norms.data()[bh * cap + j] = std::sqrt(s);
+      }
+    });
+    float M = 0;
+    for (int64_t bh = 0; bh < B * Hkv; ++bh)
+      for (int64_t j = 0; j < N; ++j) M = std::max(M, norms.data()[bh * cap + j]);
+    if (M == 0) M = 1;
+    // Signatures of the keys not yet signed, a block of keys per projection pass.
+    ParallelRows(B * Hkv * blocks, [&](int64_t item) {
+      const int64_t bh = item / blocks, j0 = cached + (item % blocks) * kSignBlock;
+      const int64_t j1 = std::min(N, j0 + kSignBlock), n = j1 - j0;
+      const int64_t b = bh / Hkv, kvh = bh % Hkv;
+      const float* mu = mean.data() + (b * H + kvh * g) * D;
+      std::vector<float> x(static_cast<size_t>(n * E)), proj(static_cast<size_t>(n * bits));
+      std::vector<uint64_t> code(static_cast<size_t>(words_));
+      for (int64_t j = j0; j < j1; ++j)
+        Transform(in.key(b, kvh, j), mu, D, norms.data()[bh * cap + j], M, true,
+                  x.data() + (j - j0) * E);
+      SignRows(x.data(), n, *rt, E, proj.data());
+      for (int64_t j = j0; j < j1; ++j) {
+        Pack(proj.data() + (j - j0) * bits, code.data(), false);
+        for (int64_t w = 0; w < words_; ++w) codes[(bh * words_ + w) * cap + j] = code[w];
+      }
+    });
+    count_slot[0] = static_cast<uint64_t>(N);
     // Queries: signatures, matches, and the collision probability of matches.
     std::vector<std::vector<int32_t>> kept(static_cast<size_t>(shape.rows()));
     std::vector<std::vector<float>> prob(static_cast<size_t>(shape.rows()));
     ParallelRows(shape.rows(), [&](int64_t row) {
       const int64_t b = shape.batch_of(row), h = (row / Q) % H, i = shape.query_of(row);
-      const int64_t bh = b * H + h;
+      const int64_t bh = b * H + h, bkv = b * Hkv + h / g;
       const float* mu = mean.data() + bh * D;
       std::vector<float> qc(static_cast<size_t>(D)), x(static_cast<size_t>(E)),
           proj(static_cast<size_t>(bits));
@@ -148,7 +169,7 @@ class MagicPigMasker : public Masker {
       float xq2 = 0;
       for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
       const float xq = std::sqrt(xq2);
-      const uint64_t* kc = codes.data() + bh * words_ * N;
+      const uint64_t* kc = codes.data() + bkv * words_ * cap;
       // <x~, k~_j> = (<x, k_j> - <x, mu>) / M over the head dimension (the
       // augmented coordinate of q~ is 0): one vectorised dot per matched key.
       const float inv_m = simple_lsh_ ? 1.0f / M : 1.0f;
@@ -164,7 +185,7 @@ class MagicPigMasker : public Masker {
         const int64_t nb = std::min(kBlock, N - j0);
         std::fill_n(hit, nb, uint8_t{0});
         for (int64_t w = 0; w < words_; ++w)
-          kernels::MatchLanes(kc + w * N + j0, nb, qcode[w], static_cast<int>(lane_bits_), low_,
+          kernels::MatchLanes(kc + w * cap + j0, nb, qcode[w], static_cast<int>(lane_bits_), low_,
                               high_, hit);
         for (int64_t j = 0; j < nb; ++j)
           if (hit[j]) out_keys.push_back(static_cast<int32_t>(j0 + j));
@@ -173,8 +194,13 @@ class MagicPigMasker : public Masker {
       size_t kept_n = 0;
       for (size_t t = 0; t < out_keys.size(); ++t) {
         const int64_t j = out_keys[t];
+        // Matched keys are scattered: fetch the row a few matches ahead.
+        if (t + 8 < out_keys.size()) {
+          const float* ahead = in.key(b, h / g, out_keys[t + 8]);
+          for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(ahead + d);
+        }
         const float dot = (Dot(x.data(), in.key(b, h / g, j), D) - x_mu) * inv_m;
-        const float kn = norms.data()[bh * N + j];
+        const float kn = norms.data()[bkv * cap + j];
         float xk;
         if (simple_lsh_) {
           const float aug = std::sqrt(std::max(0.0f, M * M - kn * kn)) / M;
@@ -213,20 +239,27 @@ class MagicPigMasker : public Masker {
     }
   }
 
-  // Packs sign(x R) > 0 into L codes of K bits, `words_` words. The head_dim part goes
-  // through the vectorised score kernel (rows of R^T are E apart; the kernel
-  // reads their first D floats), the augmentation coordinate is added after.
-  void Sign(const float* x, const Tensor& rt, int64_t E, float* proj, uint64_t* code,
-            bool is_query) const {
+  // proj[r * bits + t] = <x_r, R_t> for n rows x_r of E floats. The head_dim
+  // part goes through the vectorised score kernel (rows of R^T are E apart;
+  // the kernel reads their first D floats; each dot product is computed the
+  // same way for any n), the augmentation coordinate is added after.
+  void SignRows(const float* x, int64_t n, const Tensor& rt, int64_t E, float* proj) const {
     const int64_t bits = K_ * L_, D = simple_lsh_ ? E - 1 : E;
-    thread_local std::vector<const float*> cols;
+    thread_local std::vector<const float*> cols, rows;
     cols.resize(static_cast<size_t>(bits));
+    rows.resize(static_cast<size_t>(n));
     for (int64_t t = 0; t < bits; ++t) cols[t] = rt.data() + t * E;
-    kernels::ScoreTile(&x, 1, cols.data(), bits, D, 1.0f, proj, bits);
+    for (int64_t r = 0; r < n; ++r) rows[r] = x + r * E;
+    kernels::ScoreTile(rows.data(), n, cols.data(), bits, D, 1.0f, proj, bits);
     if (simple_lsh_)
-      for (int64_t t = 0; t < bits; ++t) proj[t] += x[D] * cols[t][D];
-    // Table l sits in lane l % lanes of word l / lanes. Unused lanes are 0 in
-    // keys and all ones in queries, so they never match.
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t t = 0; t < bits; ++t) proj[r * bits + t] += x[r * E + D] * cols[t][D];
+  }
+
+  // Packs sign(proj) > 0 into L codes of K bits, `words_` words. Table l
+  // sits in lane l % lanes of word l / lanes. Unused lanes are 0 in keys and
+  // all ones in queries, so they never match.
+  void Pack(const float* proj, uint64_t* code, bool is_query) const {
     const uint64_t lane_mask = lane_bits_ == 64 ? ~uint64_t{0} : (uint64_t{1} << lane_bits_) - 1;
     for (int64_t w = 0; w < words_; ++w) code[w] = 0;
     for (int64_t l = 0; l < words_ * lanes_; ++l) {
@@ -238,6 +271,12 @@ class MagicPigMasker : public Masker {
       }
       code[l / lanes_] |= c << ((l % lanes_) * lane_bits_);
     }
+  }
+
+  void Sign(const float* x, const Tensor& rt, int64_t E, float* proj, uint64_t* code,
+            bool is_query) const {
+    SignRows(x, 1, rt, E, proj);
+    Pack(proj, code, is_query);
   }
 
   // R transposed, [K*L, E]: from the projections file, or drawn from the seed.
