@@ -85,9 +85,10 @@ class Asha : public Scheduler {
         out += "  trial " + std::to_string(trial) + " bracket " + std::to_string(b) + "\n";
       for (size_t b = 0; b < st.rungs.size(); ++b)
         for (size_t r = 0; r < st.rungs[b].size(); ++r) {
-          out += "  bracket " + std::to_string(b) + " rung " + std::to_string(milestones_[b][r]) +
-                 ":";
-          for (const auto& [t, v] : st.rungs[b][r]) out += " " + std::to_string(t) + "=" + Number(v);
+          out +=
+              "  bracket " + std::to_string(b) + " rung " + std::to_string(milestones_[b][r]) + ":";
+          for (const auto& [t, v] : st.rungs[b][r])
+            out += " " + std::to_string(t) + "=" + Number(v);
           out += "\n";
         }
     }
@@ -104,10 +105,10 @@ class Asha : public Scheduler {
     double total = 0;
     for (const auto& m : milestones_)
       total += p.emplace_back(std::exp(static_cast<double>(m.size()) - static_cast<double>(most)));
-    double u = RandomUniform(RandomKey{static_cast<uint64_t>(seed_), StackStream(stack),
-                                       kPurposeBracket},
-                             static_cast<uint64_t>(number)) *
-               total;
+    double u =
+        RandomUniform(RandomKey{static_cast<uint64_t>(seed_), StackStream(stack), kPurposeBracket},
+                      static_cast<uint64_t>(number)) *
+        total;
     for (size_t b = 0; b < p.size(); ++b) {
       if (u < p[b]) return b;
       u -= p[b];
@@ -116,7 +117,7 @@ class Asha : public Scheduler {
   }
 
   struct StackState {
-    std::map<int64_t, size_t> bracket_of;                    // trial -> bracket
+    std::map<int64_t, size_t> bracket_of;                       // trial -> bracket
     std::vector<std::vector<std::map<int64_t, double>>> rungs;  // [bracket][rung]: trial -> reward
   };
   int64_t grace_, rf_, seed_;

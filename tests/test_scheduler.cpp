@@ -104,7 +104,7 @@ TEST_CASE("scheduler: the median stopping rule on a scripted sequence (hand-comp
                       {2, 1, 0.5, false},
                       {2, 2, 0.5, false},  // one other (trial 1): fewer than 2
                       {3, 1, 2.0, false},
-                      {3, 2, 2.0, true},   // means at 2: 1 (trial 1), 0.5 (2): median 0.75 < 2
+                      {3, 2, 2.0, true},  // means at 2: 1 (trial 1), 0.5 (2): median 0.75 < 2
                       {4, 1, 0.9, false},
                       {4, 2, 0.6, false},  // means 1, 0.5, 2: median 1 > best 0.6
                       {3, 3, 0.1, true},   // stopped stays stopped
@@ -330,8 +330,9 @@ TEST_CASE("scheduler: the state rebuilt from SQLite equals the live one, decisio
   auto report = [&](const storage::TrialRow& r, int64_t step) {
     const double objective = 0.01 * static_cast<double>((r.id * 37) % 23) + 0.001 * step;
     const bool stop = live->OnReport(r.stack, r.id, r.number, step, objective);
-    REQUIRE(store->AddReport(r.id, attempt[r.id], step, {{"error", objective}}, objective,
-                             stop ? "stop" : "continue")
+    REQUIRE(store
+                ->AddReport(r.id, attempt[r.id], step, {{"error", objective}}, objective,
+                            stop ? "stop" : "continue")
                 .ok());
     return stop;
   };
@@ -407,7 +408,8 @@ void CheckConsistent(const std::string& db, const std::string& study_name, int64
   CHECK(mismatches == 0);
 }
 
-TEST_CASE("scheduler: asha, hyperband and median in `run` (inproc): pruned trials stored and shown") {
+TEST_CASE(
+    "scheduler: asha, hyperband and median in `run` (inproc): pruned trials stored and shown") {
   for (const std::string type : {"asha", "hyperband", "median"}) {
     CAPTURE(type);
     TempDir dir;
@@ -469,17 +471,20 @@ TEST_CASE("scheduler: the coordinator killed with -9 mid-rung, then resume: same
   const pid_t run = Spawn({MASKTUNE_BINARY, "run", dir / "s.yaml", "--db", db, "--workers", "2",
                            "--heartbeat-ms", "50"});
   REQUIRE(WaitFor(db, "kill_sched", [](const auto& rows) {
-    int settled = 0;
-    for (const auto& r : rows) settled += r.status == "done" || r.status == "pruned";
-    return settled >= 6;
+    int settled = 0, running = 0;
+    for (const auto& r : rows) {
+      settled += r.status == "done" || r.status == "pruned";
+      running += r.status == "running";
+    }
+    return settled >= 6 && running >= 1;  // a trial takes 8 x 15 ms: still running at the kill
   }));
   kill(run, SIGKILL);
   waitpid(run, nullptr, 0);
   int running = 0;
   for (const auto& r : AllTrials(db, "kill_sched")) running += r.status == "running";
   CHECK(running >= 1);  // killed mid-trial: these go again under a new attempt
-  const pid_t resume = Spawn({MASKTUNE_BINARY, "resume", "kill_sched", "--db", db, "--workers",
-                              "2", "--heartbeat-ms", "50"});
+  const pid_t resume = Spawn({MASKTUNE_BINARY, "resume", "kill_sched", "--db", db, "--workers", "2",
+                              "--heartbeat-ms", "50"});
   CHECK(WaitExit(resume, 90) == 0);
   const auto rows = AllTrials(db, "kill_sched");
   CHECK(rows.size() == 24);
@@ -545,9 +550,8 @@ TEST_CASE("scheduler: REPORT and DECISION are type-checked like every message") 
         "REPORT.step: expected an integer, found string");
   CHECK(from_worker(R"({"trial":3,"attempt":1,"step":0,"metrics":{}})").status().message() ==
         "REPORT.step: expected an integer >= 1, found 0");
-  CHECK(from_worker(R"({"trial":3,"attempt":1,"step":1,"metrics":{"e":"x"}})")
-            .status()
-            .message() == "REPORT.metrics.e: expected a number, found string");
+  CHECK(from_worker(R"({"trial":3,"attempt":1,"step":1,"metrics":{"e":"x"}})").status().message() ==
+        "REPORT.metrics.e: expected a number, found string");
   auto from_coordinator = [](const std::string& command, const std::string& body) {
     return protocol::ParseFromCoordinator(protocol::Frames{"", command, body});
   };
