@@ -41,8 +41,12 @@ struct SoftmaxState {
     }
     for (int64_t x = 0; x < t; ++x) s[x] -= m;
     kernels::ExpInPlace(s, t);
-    if (p)
-      for (int64_t x = 0; x < t; ++x) s[x] = p[x] > 0.0f ? s[x] / p[x] : 0.0f;
+    if (p)  // selects, not branches, so the loop vectorises
+      for (int64_t x = 0; x < t; ++x) {
+        const bool kept = p[x] > 0.0f;
+        const float w = s[x] / (kept ? p[x] : 1.0f);
+        s[x] = kept ? w : 0.0f;
+      }
     for (int64_t x = 0; x < t; ++x) d += s[x];
   }
 
@@ -174,13 +178,9 @@ Tensor StreamingAttention(const AttentionInputs& in, const Mask* mask) {
           // The row's kept keys are a sorted subset of the sorted union.
           const Mask::RowEntries e = mask->SparseRow(row);
           int64_t at = std::lower_bound(e.cols, e.cols + e.size, j0) - e.cols;
-          for (int64_t x = 0; x < count; ++x) {
-            if (at < e.size && e.cols[at] == visit[x]) {
-              pr[x] = e.values[at++];
-            } else {
-              pr[x] = 0.0f;
-            }
-          }
+          std::fill_n(pr, count, 0.0f);
+          for (int64_t x = 0; x < count && at < e.size && e.cols[at] < j1; ++x)
+            if (e.cols[at] == visit[x]) pr[x] = e.values[at++];
         }
       }
       for (int64_t x0 = 0; x0 < count; x0 += kTile) {
@@ -203,8 +203,7 @@ Tensor StreamingAttention(const AttentionInputs& in, const Mask* mask) {
             for (int64_t x = 0; x < t; ++x) sr[x] += m[key_at(x0 + x)];
           const float* pr = mask ? p.data() + r * count + x0 : nullptr;
           if (pr)
-            for (int64_t x = 0; x < t; ++x)
-              if (pr[x] <= 0.0f) sr[x] = kNegInf;
+            for (int64_t x = 0; x < t; ++x) sr[x] = pr[x] <= 0.0f ? kNegInf : sr[x];
           states[static_cast<size_t>(it * rows_per_item + r)].Weigh(sr, pr, t, os[r], D);
         }
         kernels::AccumulateTile(os.data(), nrows, s.data(), kTile, vs.data(), t, D, vn.data());
