@@ -15,6 +15,7 @@ packages=(
   libzmq3-dev          # coordinator and workers
   cppzmq-dev
   libopenblas-dev      # the model runtime's matrix products
+  libboost-dev         # Asio and Beast: masktune dashboard's HTTP server
   clang-format         # make format-check (.ci/run) and make format
 )
 
