@@ -157,7 +157,7 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   progress.SetObjective(sweep->objective);
   if (auto p0 = store->GetProgress(study.value());
       p0.ok())  // a line at once, before any trial is done
-    progress.Start(p0->total, p0->done + p0->failed,
+    progress.Start(p0->total, p0->settled(),
                    local ? std::to_string(n) + " local workers" : "workers on " + copt.bind);
   copt.on_progress = [&](const storage::Progress& p) {
     progress.Update(p, store.value(), study.value());
