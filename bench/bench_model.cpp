@@ -175,6 +175,12 @@ int main(int argc, char** argv) {
     }
   }
 
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  if (!compare_json.empty())
+    if (auto cfg = registry.ParseJsonList(compare_json, ""); !cfg.ok()) {
+      std::fprintf(stderr, "bench_model: --compare: %s\n", cfg.status().message().c_str());
+      return 2;
+    }
   auto t0 = Clock::now();
   auto model = model::LlamaModel::Load(path);
   if (!model.ok()) {
@@ -195,13 +201,8 @@ int main(int argc, char** argv) {
     prompt.resize(static_cast<size_t>(n));
     return prompt;
   };
-  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
 
   if (!compare_json.empty()) {
-    if (auto cfg = registry.ParseJsonList(compare_json, ""); !cfg.ok()) {
-      std::fprintf(stderr, "bench_model: --compare: %s\n", cfg.status().message().c_str());
-      return 2;
-    }
     struct Row {
       int64_t context;
       double dense, sparse, dense_cpu, sparse_cpu, density;
