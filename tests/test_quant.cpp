@@ -108,13 +108,13 @@ TEST_CASE("quant: a hand-computed Q4_1 and Q4_0 block") {
   std::vector<float> x(32, 1.0f), y(1);
   QuantMatrix w{GgufTensorType::kQ4_1, 1, 32, 20, q41, nullptr};
   // sum (0.5 q - 1): q = 0, 1 x15, 15, 2 x15 -> 0.5 * (15 + 15 + 30) - 32 = -2
-  for (Kernel k : {Kernel::kBest, Kernel::kScalar}) {
+  for (Kernel k : {Kernel::kAvx512, Kernel::kAvx2, Kernel::kScalar}) {
     MatVecRows(w, x.data(), y.data(), 0, 1, k);
     CHECK(y[0] == -2.0f);
   }
   w = QuantMatrix{GgufTensorType::kQ4_0, 1, 32, 18, q40, nullptr};
   // sum 0.5 (q - 8) = 0.5 * (60 - 256) = -98
-  for (Kernel k : {Kernel::kBest, Kernel::kScalar}) {
+  for (Kernel k : {Kernel::kAvx512, Kernel::kAvx2, Kernel::kScalar}) {
     MatVecRows(w, x.data(), y.data(), 0, 1, k);
     CHECK(y[0] == -98.0f);
   }
@@ -128,14 +128,13 @@ TEST_CASE("quant: a hand-computed Q4_1 and Q4_0 block") {
 
 TEST_CASE("quant: every type and kernel equals dequantise-then-dot") {
   std::mt19937 rng(7);
-  MESSAGE("best kernel on this CPU: " << std::string(BestKernelName()));
-  for (GgufTensorType type : {GgufTensorType::kF32, GgufTensorType::kF16, GgufTensorType::kBF16,
-                              GgufTensorType::kQ8_0, GgufTensorType::kQ4_0,
-                              GgufTensorType::kQ4_1}) {
+  MESSAGE("best kernel on this CPU: " << std::string(KernelName()));
+  for (GgufTensorType type :
+       {GgufTensorType::kF32, GgufTensorType::kF16, GgufTensorType::kBF16, GgufTensorType::kQ8_0,
+        GgufTensorType::kQ4_0, GgufTensorType::kQ4_1}) {
     const bool blocked = BlockElements(type) == 32;
-    const std::vector<int64_t> widths =
-        blocked ? std::vector<int64_t>{32, 96, 160, 576}
-                : std::vector<int64_t>{1, 7, 8, 13, 16, 37, 576};
+    const std::vector<int64_t> widths = blocked ? std::vector<int64_t>{32, 96, 160, 576}
+                                                : std::vector<int64_t>{1, 7, 8, 13, 16, 37, 576};
     for (int64_t cols : widths) {
       const int64_t rows = 5;
       const std::vector<uint8_t> data = RandomRows(type, rows, cols, rng);
@@ -144,7 +143,7 @@ TEST_CASE("quant: every type and kernel equals dequantise-then-dot") {
       std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
       for (float& v : x) v = uniform(rng);
       DequantizeRows(w, 0, rows, dense.data());
-      for (Kernel k : {Kernel::kBest, Kernel::kScalar}) {
+      for (Kernel k : {Kernel::kAvx512, Kernel::kAvx2, Kernel::kScalar}) {
         // Rows 1..3 only: rows 0 and 4 of y stay untouched.
         std::vector<float> y(static_cast<size_t>(rows), 12345.0f);
         MatVecRows(w, x.data(), y.data(), 1, 4, k);
@@ -156,8 +155,7 @@ TEST_CASE("quant: every type and kernel equals dequantise-then-dot") {
             want += static_cast<double>(dense[r * cols + i]) * x[i];
             scale += std::fabs(static_cast<double>(dense[r * cols + i]) * x[i]);
           }
-          INFO(Name(type) << " cols " << cols << " row " << r
-                          << (k == Kernel::kScalar ? " scalar" : " best"));
+          INFO(Name(type) << " cols " << cols << " row " << r << " " << std::string(KernelName(k)));
           CHECK(std::fabs(y[r] - want) <= 1e-5 * scale + 1e-30);
         }
       }

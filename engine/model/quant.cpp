@@ -69,7 +69,8 @@ float DotScalar(GgufTensorType type, const uint8_t* row, const float* x, const f
         const uint8_t* p = row + b * 34;
         const float* xb = x + b * kQBlock;
         float s = 0;
-        for (int i = 0; i < kQBlock; ++i) s += static_cast<float>(static_cast<int8_t>(p[2 + i])) * xb[i];
+        for (int i = 0; i < kQBlock; ++i)
+          s += static_cast<float>(static_cast<int8_t>(p[2 + i])) * xb[i];
         acc += Half(p) * s;
       }
       return acc;
@@ -96,6 +97,14 @@ float DotScalar(GgufTensorType type, const uint8_t* row, const float* x, const f
 // ---- AVX2 + FMA + F16C kernels ---------------------------------------------
 
 #define MT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define MT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+// A stored half to float with F16C (HalfToFloat is an out-of-line call).
+MT_AVX2 inline float HalfF16c(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
 
 MT_AVX2 inline float HorizontalSum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -143,7 +152,7 @@ MT_AVX2 float DotAvx2(GgufTensorType type, const uint8_t* row, const float* x, c
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
         acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(x + i), acc);
       }
-      for (; i < cols; ++i) tail += Half(row + 2 * i) * x[i];
+      for (; i < cols; ++i) tail += HalfF16c(row + 2 * i) * x[i];
       break;
     }
     case GgufTensorType::kBF16: {
@@ -166,13 +175,13 @@ MT_AVX2 float DotAvx2(GgufTensorType type, const uint8_t* row, const float* x, c
           s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
                               _mm256_loadu_ps(xb + 8 * k), s);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(Half(p)), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfF16c(p)), s, acc);
       }
       break;
     case GgufTensorType::kQ4_0:
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* p = row + b * 18;
-        const float d = Half(p);
+        const float d = HalfF16c(p);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), NibbleDot(p + 2, x + b * kQBlock), acc);
         tail -= 8.0f * d * xsum[b];
       }
@@ -180,18 +189,106 @@ MT_AVX2 float DotAvx2(GgufTensorType type, const uint8_t* row, const float* x, c
     case GgufTensorType::kQ4_1:
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* p = row + b * 20;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(Half(p)), NibbleDot(p + 4, x + b * kQBlock), acc);
-        tail += Half(p + 2) * xsum[b];
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfF16c(p)), NibbleDot(p + 4, x + b * kQBlock), acc);
+        tail += HalfF16c(p + 2) * xsum[b];
       }
       break;
   }
   return HorizontalSum(_mm256_add_ps(acc, acc2)) + tail;
 }
 
+// The 4- and 8-bit block types with 16 lanes: a block is two vectors.
+// sum_i q_i x_i over one 4-bit block with 16 lanes (see NibbleDot).
+MT_AVX512 inline __m512 NibbleDot512(const uint8_t* q, const float* x) {
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m128i lo = _mm_and_si128(bytes, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+  const __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_loadu_ps(x));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), _mm512_loadu_ps(x + 16), s);
+}
+
+MT_AVX512 inline __m512 Int8Dot512(const uint8_t* q, const float* x) {
+  const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
+  const __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), _mm512_loadu_ps(x));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), _mm512_loadu_ps(x + 16), s);
+}
+
+// The block types with 16 lanes: a block is two vectors. Two blocks per
+// step into two accumulators, so consecutive blocks do not wait on one
+// accumulator's FMA latency.
+MT_AVX512 float DotAvx512(GgufTensorType type, const uint8_t* row, const float* x,
+                          const float* xsum, int64_t cols) {
+  const int64_t blocks = cols / kQBlock;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  float tail0 = 0, tail1 = 0;
+  int64_t b = 0;
+  switch (type) {
+    case GgufTensorType::kQ8_0:
+      for (; b + 2 <= blocks; b += 2) {
+        const uint8_t* p = row + b * 34;
+        acc0 =
+            _mm512_fmadd_ps(_mm512_set1_ps(HalfF16c(p)), Int8Dot512(p + 2, x + b * kQBlock), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_set1_ps(HalfF16c(p + 34)),
+                               Int8Dot512(p + 36, x + (b + 1) * kQBlock), acc1);
+      }
+      for (; b < blocks; ++b) {
+        const uint8_t* p = row + b * 34;
+        acc0 =
+            _mm512_fmadd_ps(_mm512_set1_ps(HalfF16c(p)), Int8Dot512(p + 2, x + b * kQBlock), acc0);
+      }
+      break;
+    case GgufTensorType::kQ4_0:
+      for (; b < blocks; ++b) {
+        const uint8_t* p = row + b * 18;
+        const float d = HalfF16c(p);
+        __m512& acc = b % 2 ? acc1 : acc0;
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), NibbleDot512(p + 2, x + b * kQBlock), acc);
+        (b % 2 ? tail1 : tail0) -= 8.0f * d * xsum[b];
+      }
+      break;
+    case GgufTensorType::kQ4_1:
+      for (; b + 2 <= blocks; b += 2) {
+        const uint8_t* p = row + b * 20;
+        acc0 = _mm512_fmadd_ps(_mm512_set1_ps(HalfF16c(p)), NibbleDot512(p + 4, x + b * kQBlock),
+                               acc0);
+        tail0 += HalfF16c(p + 2) * xsum[b];
+        acc1 = _mm512_fmadd_ps(_mm512_set1_ps(HalfF16c(p + 20)),
+                               NibbleDot512(p + 24, x + (b + 1) * kQBlock), acc1);
+        tail1 += HalfF16c(p + 22) * xsum[b + 1];
+      }
+      for (; b < blocks; ++b) {
+        const uint8_t* p = row + b * 20;
+        acc0 = _mm512_fmadd_ps(_mm512_set1_ps(HalfF16c(p)), NibbleDot512(p + 4, x + b * kQBlock),
+                               acc0);
+        tail0 += HalfF16c(p + 2) * xsum[b];
+      }
+      break;
+    default:  // the float types: AVX2 is as fast (memory-bound)
+      return DotAvx2(type, row, x, xsum, cols);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + (tail0 + tail1);
+}
+
 bool HaveAvx2() {
   static const bool have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                            __builtin_cpu_supports("f16c");
   return have;
+}
+
+bool HaveAvx512() {
+  static const bool have = HaveAvx2() && __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return have;
+}
+
+// What `kernel` runs on this CPU (kBest: the widest there is).
+Kernel Resolve(Kernel kernel) {
+  if (kernel == Kernel::kBest) kernel = Kernel::kAvx512;
+  if (kernel == Kernel::kAvx512 && !HaveAvx512()) kernel = Kernel::kAvx2;
+  if (kernel == Kernel::kAvx2 && !HaveAvx2()) kernel = Kernel::kScalar;
+  return kernel;
 }
 
 }  // namespace
@@ -277,7 +374,8 @@ void DequantizeRow(GgufTensorType type, const uint8_t* src, int64_t count, float
 }
 
 void DequantizeRows(const QuantMatrix& w, int64_t r0, int64_t r1, float* dst) {
-  for (int64_t r = r0; r < r1; ++r) DequantizeRow(w.type, w.row(r), w.cols, dst + (r - r0) * w.cols);
+  for (int64_t r = r0; r < r1; ++r)
+    DequantizeRow(w.type, w.row(r), w.cols, dst + (r - r0) * w.cols);
 }
 
 void MatVecRows(const QuantMatrix& w, const float* x, float* y, int64_t r0, int64_t r1,
@@ -287,13 +385,27 @@ void MatVecRows(const QuantMatrix& w, const float* x, float* y, int64_t r0, int6
     xsum.resize(static_cast<size_t>(w.cols / kQBlock));
     BlockSums(x, w.cols, xsum.data());
   }
-  if (kernel == Kernel::kBest && HaveAvx2()) {
-    for (int64_t r = r0; r < r1; ++r) y[r] = DotAvx2(w.type, w.row(r), x, xsum.data(), w.cols);
-  } else {
-    for (int64_t r = r0; r < r1; ++r) y[r] = DotScalar(w.type, w.row(r), x, xsum.data(), w.cols);
+  switch (Resolve(kernel)) {
+    case Kernel::kAvx512:
+      for (int64_t r = r0; r < r1; ++r) y[r] = DotAvx512(w.type, w.row(r), x, xsum.data(), w.cols);
+      return;
+    case Kernel::kAvx2:
+      for (int64_t r = r0; r < r1; ++r) y[r] = DotAvx2(w.type, w.row(r), x, xsum.data(), w.cols);
+      return;
+    default:
+      for (int64_t r = r0; r < r1; ++r) y[r] = DotScalar(w.type, w.row(r), x, xsum.data(), w.cols);
   }
 }
 
-const char* BestKernelName() { return HaveAvx2() ? "avx2" : "scalar"; }
+const char* KernelName(Kernel kernel) {
+  switch (Resolve(kernel)) {
+    case Kernel::kAvx512:
+      return "avx512";
+    case Kernel::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
 
 }  // namespace masktune::model

@@ -9,8 +9,10 @@
 //     weights' 4.5 to 16 bits per element instead of float32's 32.
 //   - DequantizeRows: a tile of rows to float32, for prefill, which multiplies
 //     the tile with many tokens at once (BLAS) while it sits in cache.
-// Kernels: AVX2+FMA+F16C when the CPU has them (checked once at run time),
-// else portable scalar code; `Kernel::kScalar` forces the latter (tests).
+// Kernels: AVX-512 (F, BW, VL) for the block types and AVX2+FMA+F16C when
+// the CPU has them (checked once at run time), else portable scalar code. A
+// narrower kernel can be asked for (tests, bench_quant); one the CPU lacks
+// falls back to the next narrower.
 // Thread-safety: the functions are pure; a QuantMatrix is an immutable view.
 #pragma once
 
@@ -35,7 +37,7 @@ struct QuantMatrix {
   size_t bytes() const { return static_cast<size_t>(rows) * row_bytes; }
 };
 
-enum class Kernel { kBest, kScalar };
+enum class Kernel { kBest, kAvx512, kAvx2, kScalar };
 
 // Elements per block and bytes per block of `type` (1 and the element size for
 // the float types).
@@ -55,7 +57,7 @@ void DequantizeRows(const QuantMatrix& w, int64_t r0, int64_t r1, float* dst);
 void MatVecRows(const QuantMatrix& w, const float* x, float* y, int64_t r0, int64_t r1,
                 Kernel kernel = Kernel::kBest);
 
-// "avx2" or "scalar": what Kernel::kBest runs on this CPU.
-const char* BestKernelName();
+// "avx512", "avx2" or "scalar": what `kernel` runs on this CPU.
+const char* KernelName(Kernel kernel = Kernel::kBest);
 
 }  // namespace masktune::model
