@@ -13,7 +13,8 @@
 #include "cli/commands.h"
 #include "cli/masker_list.h"
 #include "engine/attention.h"
-#include "engine/cuda/cuda_attention.h"
+#include "engine/backend.h"
+#include "engine/device.h"
 #include "engine/registry.h"
 #include "engine/safetensors.h"
 #include "engine/timing.h"
@@ -182,25 +183,25 @@ int RunAttend(const AttendOptions& o) {
   auto stack = MaskerStack::Build(registry, configs.value());
   if (!stack.ok()) return Fail("--maskers: " + stack.status().message());
 
-  const std::string device = o.device.empty() ? (cuda::Available() ? "cuda" : "cpu") : o.device;
-  if (device == "cuda" && !cuda::Available())
-#ifdef MASKTUNE_HAVE_CUDA
-    return Fail("--device cuda: no CUDA device");
-#else
-    return Fail("--device cuda: masktune was built without CUDA");
-#endif
-  // Masks are built on the CPU; attention runs on `device`.
-  auto masked = [&](const Mask& m) -> Result<Tensor> {
-    if (device == "cuda") return cuda::MaskedAttention(in, m);
-    return MaskedAttention(in, m);
-  };
-  auto dense_attention = [&]() -> Result<Tensor> {
-    if (device == "cuda") return cuda::DenseAttention(in);
-    return DenseAttention(in);
-  };
+  // The device, chosen once; masks are built on the CPU, attention runs there.
+  Device device = DefaultDevice();
+  if (!o.device.empty()) {
+    auto parsed = Device::Parse(o.device);
+    if (!parsed.ok()) return Fail("--device: " + parsed.status().message());
+    device = parsed.value();
+    if (Status s = Activate(device); !s.ok())
+      return Fail("--device " + o.device + ": " + s.message());
+  }
+  auto backend = CreateBackend(device);
+  if (!backend.ok()) return Fail("--device: " + backend.status().message());
+  auto resident_or = (*backend)->Upload(in);
+  if (!resident_or.ok()) return Fail(o.input + ": " + resident_or.status().message());
+  BackendInputs& resident = *resident_or.value();
+  auto masked = [&](const Mask& m) { return (*backend)->MaskedAttention(resident, m); };
+  auto dense_attention = [&] { return (*backend)->DenseAttention(resident); };
 
   StackState state;
-  auto mask = stack->ComputeMask(in, state);
+  auto mask = (*backend)->BuildMask(stack.value(), resident, state);
   if (!mask.ok()) return Fail(mask.status().message());
   auto out_or = masked(mask.value());
   if (!out_or.ok()) return Fail(out_or.status().message());
@@ -216,12 +217,12 @@ int RunAttend(const AttendOptions& o) {
   nlohmann::json line;
   line["density"] = mask->AttendedDensity();  // `--maskers '[]'`: dense, 1
   line["error"] = error;
-  line["device"] = device;
+  line["device"] = device.cuda() ? "cuda" : "cpu";  // the kind; cuda:N's N is the caller's
   if (o.repeat > 0) {
     // Each mask timing starts from a fresh layer state, as a first call does.
     line["mask_s"] = TimeCalls(o.repeat, [&] {
                        StackState fresh;
-                       (void)stack->ComputeMask(in, fresh);
+                       (void)(*backend)->BuildMask(stack.value(), resident, fresh);
                      }).median;
     line["attention_s"] = TimeCalls(o.repeat, [&] { (void)masked(mask.value()); }).median;
     line["dense_s"] = TimeCalls(o.repeat, [&] { (void)dense_attention(); }).median;
@@ -260,9 +261,8 @@ Action AddAttendCommand(CLI::App& app) {
                   "seed of every sampling masker in the list (overrides their `seed` fields)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", opts->device,
-                  "where attention runs: cpu or cuda (default: cuda when a GPU is present);\n"
-                  "masks are built on the CPU")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+                  "where attention runs: cpu, cuda (= cuda:0) or cuda:N (default: cuda:0 when a\n"
+                  "GPU is present); masks are built on the CPU");
   cmd->add_option("--scaling", opts->scaling,
                   "score scaling: a finite number (0 and negatives allowed; nan, inf and\n"
                   "values beyond float range are errors); default: the case metadata's,\n"

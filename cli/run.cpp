@@ -14,7 +14,7 @@
 
 #include "cli/commands.h"
 #include "cli/report.h"
-#include "engine/cuda/cuda_attention.h"
+#include "engine/device.h"
 #include "local/local.h"
 #include "search/plan.h"
 #include "storage/store.h"
@@ -43,7 +43,21 @@ struct RunOptions {
   int64_t max_trials = configs::kDefaultMaxTrials;  // resume: none (the plan was accepted once)
   int workers = 0;
   int64_t heartbeat_ms = 1000;
+  std::string device = "cpu";  // --device of the local workers
 };
+
+constexpr const char* kDeviceHelp =
+    "where trials run: cpu, cuda (= cuda:0) or cuda:N (GPU N of those visible); a benchmark\n"
+    "that cannot run there is refused (exit 2)";
+
+// --device, parsed once, checked against the benchmark (when known) and made
+// this process's (engine/device.h).
+Result<Device> ChooseDevice(const std::string& flag, const std::string& benchmark) {
+  MT_ASSIGN_OR_RETURN(Device device, Device::Parse(flag));
+  if (!benchmark.empty()) MT_RETURN_IF_ERROR(CheckBenchmarkDevice(benchmark, device));
+  MT_RETURN_IF_ERROR(Activate(device));
+  return device;
+}
 
 // SIGINT / SIGTERM: the coordinator's loop sees the signal number at its next
 // turn (its poll returns on EINTR), commits and returns.
@@ -105,6 +119,23 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
     std::fprintf(stderr, "%s\n", sweep.status().message().c_str());
     return kExitBadInput;
   }
+  // The device before anything is written: a benchmark it cannot run is bad input.
+  Device device;
+  if (o.bind.empty()) {
+    auto chosen = ChooseDevice(o.device, sweep->benchmark.name);
+    if (!chosen.ok())
+      return Fail(command, "--device " + o.device + ": " + chosen.status().message());
+    device = chosen.value();
+    // The local workers are known: resources none of them has are bad input.
+    const configs::ResourcesSpec& r = sweep->resources;
+    const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+    if (std::string misfit = r.Misfit(device.cuda() ? 1 : 0, cores); !misfit.empty()) {
+      const configs::Location& at = r.gpus_per_trial > 0 && !device.cuda() ? r.gpus_at : r.cpus_at;
+      std::fprintf(stderr, "%s: resources: %s (the local workers of --device %s)\n",
+                   at.ToString().c_str(), misfit.c_str(), device.ToString().c_str());
+      return kExitBadInput;
+    }
+  }
   const std::string db = o.db.empty() ? sweep->storage : o.db;
   auto store = storage::Store::Open(db);
   if (!store.ok()) {
@@ -164,6 +195,7 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   };
   LocalRun workers;
   workers.workers = local ? n : 0;  // `coordinator`: the workers are other processes
+  workers.device = device;
   // Local workers share the cores: each trial's OpenMP team gets its part.
   workers.threads_per_worker =
       std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
@@ -226,6 +258,7 @@ Action AddRunCommand(CLI::App& app) {
       ->check(CLI::Range(10, 60000));
   AddExtendFlag(cmd, o->extend);
   AddMaxTrialsFlag(cmd, o->max_trials);
+  cmd->add_option("--device", o->device, std::string(kDeviceHelp) + " (default cpu)");
   cmd->footer(kRunFooter);
   return [o] {
     std::ifstream f(o->file);
@@ -288,19 +321,24 @@ Action AddWorkerCommand(CLI::App& app) {
   auto insecure = std::make_shared<bool>(false);
   AddSecurityFlags(cmd, *keys, *insecure,
                    "CURVE key folder (masktune keys new): worker.key, coordinator.pub");
-  cmd->add_option("--device", o->device,
-                  "where trials' attention runs: cpu or cuda (default: cuda when a GPU is present)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  o->device.clear();
-  return [o, keys, insecure, give_up_s, welcome_s] {
+  auto device = std::make_shared<std::string>();
+  cmd->add_option("--device", *device,
+                  std::string(kDeviceHelp) +
+                      " when the coordinator's WELCOME names it (default: cuda:0 when a\n"
+                      "GPU is present, else cpu; a CPU-only benchmark then runs on the CPU)");
+  // Test-only: the GPUs READY announces, so resources can be tested on CPUs.
+  cmd->add_option("--announce-gpus", o->announce_gpus)->check(CLI::Range(0, 1 << 20))->group("");
+  return [o, keys, insecure, give_up_s, welcome_s, device] {
     if (Status s = CheckSecurity(o->connect, *keys, *insecure); !s.ok())
       return Fail("worker", s.message());
     o->give_up_after_ms = *give_up_s * 1000;
     o->welcome_timeout_ms = *welcome_s * 1000;
     o->stop = &g_stop;
-    if (o->device.empty()) o->device = cuda::Available() ? "cuda" : "cpu";
-    if (o->device == "cuda" && !cuda::Available())
-      return Fail("worker", "--device cuda: no CUDA device");
+    o->device_given = !device->empty();
+    auto chosen = o->device_given ? ChooseDevice(*device, "") : Result<Device>(DefaultDevice());
+    if (!chosen.ok())
+      return Fail("worker", "--device " + *device + ": " + chosen.status().message());
+    o->device = chosen.value();
     if (!keys->empty()) {
       auto k = security::LoadClientKeys(*keys);
       if (!k.ok()) return Fail("worker", k.status().message());
@@ -314,6 +352,8 @@ Action AddWorkerCommand(CLI::App& app) {
       std::fprintf(stderr, "masktune worker: %s\n", stats.status().message().c_str());
       return kExitFailure;
     }
+    if (!stats->refused.empty())
+      return Fail("worker", "--device " + o->device.ToString() + ": " + stats->refused);
     return kExitOk;
   };
 }
@@ -330,6 +370,7 @@ Action AddResumeCommand(CLI::App& app) {
   cmd->add_option("--workers", o->workers, "local workers")->check(CLI::PositiveNumber);
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "heartbeat interval")
       ->check(CLI::Range(10, 60000));
+  cmd->add_option("--device", o->device, std::string(kDeviceHelp) + " (default cpu)");
   cmd->footer(kRunFooter);
   return [o, study] {
     if (!std::ifstream(o->db)) return Fail("resume", o->db + ": no such database");

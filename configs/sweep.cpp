@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -939,12 +940,20 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
           const double g = Number(r["gpus_per_trial"], "resources.gpus_per_trial");
           if (g < 0 || g > 64)
             Fail(r["gpus_per_trial"], "resources.gpus_per_trial: expected a number in [0, 64]");
+          // No worker has more: each drives one GPU (one worker process per GPU).
+          if (g > 1)
+            Fail(r["gpus_per_trial"],
+                 "resources.gpus_per_trial: " + r["gpus_per_trial"].Scalar() +
+                     " GPUs per trial, more than any worker has: each worker drives one GPU "
+                     "(one worker process per GPU); expected a number in [0, 1]");
           c.resources.gpus_per_trial = g;
+          c.resources.gpus_at = At(r["gpus_per_trial"]);
         });
       if (r["cpus_per_trial"])
         Try([&] {
           c.resources.cpus_per_trial =
               Int(r["cpus_per_trial"], "resources.cpus_per_trial", 1, 1024);
+          c.resources.cpus_at = At(r["cpus_per_trial"]);
         });
     });
   if (root["workers"]) Try([&] { c.workers = Int(root["workers"], "workers", 0, 4096); });
@@ -1013,6 +1022,24 @@ std::string JoinErrors(std::vector<SweepError> errors, const std::string& path) 
 }
 
 }  // namespace
+
+int64_t ResourcesSpec::SlotsOn(int64_t gpus, int64_t cores) const {
+  int64_t slots = cores > 0 ? cores / std::max<int64_t>(1, cpus_per_trial)
+                            : std::numeric_limits<int64_t>::max();
+  // A small tolerance, so 3 x 0.333.. fits in one GPU.
+  if (gpus_per_trial > 0)
+    slots = std::min(slots,
+                     static_cast<int64_t>(static_cast<double>(gpus) / gpus_per_trial + 1e-9));
+  return slots;
+}
+
+std::string ResourcesSpec::Misfit(int64_t gpus, int64_t cores) const {
+  if (SlotsOn(gpus, cores) > 0) return "";
+  std::ostringstream s;
+  s << "a trial asks for " << gpus_per_trial << " GPU and " << cpus_per_trial
+    << " cores (resources), and the worker has " << gpus << " GPU and " << cores << " cores";
+  return s.str();
+}
 
 std::string Location::ToString() const {
   return file + ":" + std::to_string(line) + ":" + std::to_string(column);

@@ -118,9 +118,18 @@ struct SearchSpec {
   SchedulerSpec scheduler;
 };
 
+// What one trial takes of a worker, as Ray Tune's resources_per_trial: a
+// worker announces its GPUs and cores (READY) and gets a trial only when it
+// has them (a worker drives at most one GPU: DESIGN.md, "Multi-GPU nodes").
 struct ResourcesSpec {
-  double gpus_per_trial = 0.0;
+  double gpus_per_trial = 0.0;  // 0..1
   int64_t cpus_per_trial = 1;
+  Location gpus_at, cpus_at;  // where the file set them; line 0: not set
+  // Trials a worker with `gpus` GPUs and `cores` cores could run at once (0:
+  // none fits); cores 0 means not announced and does not limit.
+  int64_t SlotsOn(int64_t gpus, int64_t cores) const;
+  // Why such a worker gets no trial ("" when one fits).
+  std::string Misfit(int64_t gpus, int64_t cores) const;
 };
 
 struct SweepConfig {

@@ -40,6 +40,9 @@ struct WorkerState {
   std::string name;
   Clock::time_point last_seen;
   int64_t trial = 0, attempt = 0;  // trial 0: idle
+  // What it announced (READY); a worker takes a trial only when the sweep's
+  // resources fit (ResourcesSpec::SlotsOn), one at a time today.
+  int64_t cores = 0, gpus = 0;
 };
 
 // A trial handed to a worker: what TPE's history and the scheduler need.
@@ -270,7 +273,9 @@ class Coordinator {
     }
     WorkerState& w = workers_[identity];
     MT_RETURN_IF_ERROR(Release(w));  // it restarted mid-trial: that attempt is lost
-    w = WorkerState{ready.name, now, 0, 0};
+    w = WorkerState{ready.name, now, 0, 0, ready.cores, ready.gpus};
+    if (std::string misfit = sweep_.resources.Misfit(ready.gpus, ready.cores); !misfit.empty())
+      log_("worker " + ready.name + " gets no trials: " + misfit);
     MT_RETURN_IF_ERROR(store_.TouchWorker(
         study_, w.name,
         json{{"name", ready.name}, {"cores", ready.cores}, {"gpus", ready.gpus}}.dump()));
@@ -416,6 +421,7 @@ class Coordinator {
     int64_t running = Running();
     for (auto& [id, w] : workers_) {
       if (w.trial || (max_running > 0 && running >= max_running)) continue;
+      if (sweep_.resources.SlotsOn(w.gpus, w.cores) < 1) continue;  // waits for one that fits
       MT_RETURN_IF_ERROR(SuggestIfNeeded());
       if (progress_.queued == 0) break;
       MT_ASSIGN_OR_RETURN(auto trial, store_.StartNext(study_, w.name));

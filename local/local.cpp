@@ -53,6 +53,7 @@ Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::S
         w.name = DefaultWorkerName(local.name_prefix + std::to_string(i));
         w.heartbeat_interval_ms = options.heartbeat_interval_ms;
         w.threads = local.threads_per_worker;
+        w.device = local.device;
         w.stop = &stop;
         (void)RunWorker(context, registry, w);
       });

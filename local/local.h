@@ -16,6 +16,7 @@ namespace masktune {
 struct LocalRun {
   int workers = 1;
   int threads_per_worker = 0;          // OpenMP threads per worker's trials (0: default)
+  Device device;                       // where the workers' trials run (activated by the caller)
   std::string name_prefix = "local-";  // names read PREFIX<i>@HOST:PID
   std::shared_ptr<const security::ClientKeys>
       curve;  // the workers' keys when the coordinator uses CURVE

@@ -35,6 +35,7 @@ struct Job {
   int64_t trial = 0, attempt = 0;
   std::string maskers, benchmark_spec;
   bool report = false;  // under a scheduler: REPORT each sample, wait for its DECISION
+  Device device;        // where it runs: fixed at WELCOME for the study's benchmark
 };
 
 // A per-sample report waiting for the coordinator's decision.
@@ -56,10 +57,9 @@ struct Outcome {
 // built on the first trial of a study and kept; only this thread touches it.
 class TrialRunner {
  public:
-  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, std::string device,
-              int threads, std::string pipe)
+  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, int threads,
+              std::string pipe)
       : registry_(registry),
-        device_(std::move(device)),
         thread_([this, &context, threads, pipe] { Loop(context, threads, pipe); }) {}
   ~TrialRunner() {
     {
@@ -160,9 +160,7 @@ class TrialRunner {
   Outcome RunChecked(const Job& job, std::string& spec, std::unique_ptr<Benchmark>& benchmark,
                      Outcome& o, zmq::socket_t& tx) {
     if (!benchmark || spec != job.benchmark_spec) {
-      json bench_spec = json::parse(job.benchmark_spec);
-      bench_spec["device"] = device_;  // where this worker's attention runs
-      auto created = CreateBenchmark(bench_spec);
+      auto created = CreateBenchmark(json::parse(job.benchmark_spec), job.device);
       if (!created.ok()) {
         o.error = "benchmark: " + created.status().message();
         return o;
@@ -212,7 +210,6 @@ class TrialRunner {
   }
 
   const MaskerRegistry& registry_;
-  std::string device_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::optional<Job> job_ GUARDED_BY(mu_);
@@ -260,7 +257,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   zmq::socket_t done_rx(context, zmq::socket_type::pair);
   done_rx.set(zmq::sockopt::linger, 0);
   done_rx.bind(pipe);
-  TrialRunner runner(context, registry, options.device, options.threads, pipe);
+  TrialRunner runner(context, registry, options.threads, pipe);
+  Device device = options.device;  // for the study's benchmark, set at WELCOME
   auto stopped = [&] { return options.stop && options.stop->load(); };
 
   // One socket for the worker's life; ZeroMQ reconnects it by itself.
@@ -278,8 +276,10 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       context, dealer, "worker-" + std::to_string(::getpid()) + "-" + std::to_string(instance));
   dealer.connect(options.connect);
 
+  const int64_t gpus =
+      options.announce_gpus >= 0 ? options.announce_gpus : (options.device.cuda() ? 1 : 0);
   const protocol::Ready ready{options.name,
-                              static_cast<int64_t>(std::thread::hardware_concurrency()), 0};
+                              static_cast<int64_t>(std::thread::hardware_concurrency()), gpus};
   // READY goes out when the worker is idle and the socket takes it (a
   // refused handshake leaves no peer to queue it for: retried each turn).
   bool welcomed = false, ready_pending = true, first_ready = true;
@@ -369,6 +369,17 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         return stats;
       }
       if (auto* w = std::get_if<protocol::Welcome>(&m)) {
+        // A benchmark the worker's --device cannot run: leave now, before any
+        // trial, rather than fail every trial or run it elsewhere. A defaulted
+        // device falls back to the CPU for a CPU-only benchmark.
+        device = options.device;
+        if (Status s = CheckBenchmarkDevice(w->benchmark.value("name", ""), device); !s.ok()) {
+          if (options.device_given) {
+            stats.refused = s.message();
+            return stats;
+          }
+          device = Device::Cpu();
+        }
         benchmark_spec = w->benchmark.dump();
         welcomed = true;
       } else if (auto* t = std::get_if<protocol::TrialRequest>(&m)) {
@@ -386,7 +397,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         running_trial = t->trial;
         running_attempt = t->attempt;
         report_trial = report_step = 0;
-        runner.Submit(Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec, t->report});
+        runner.Submit(
+            Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec, t->report, device});
       } else if (auto* d = std::get_if<protocol::Decision>(&m)) {
         if (d->trial == running_trial && d->attempt == running_attempt)
           runner.Decide(d->trial, d->attempt, d->step, d->stop);

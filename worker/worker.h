@@ -19,6 +19,7 @@
 #include <string>
 #include <zmq.hpp>
 
+#include "engine/device.h"
 #include "engine/registry.h"
 #include "engine/status.h"
 #include "protocol/security.h"
@@ -30,8 +31,15 @@ struct WorkerOptions {
   std::shared_ptr<const security::ClientKeys> curve;  // null: plain
   std::string name;  // shown in the trials table; unique per worker (DefaultWorkerName)
   int64_t heartbeat_interval_ms = 1000;
-  int threads = 0;             // OpenMP threads for this worker's trials (0: the default)
-  std::string device = "cpu";  // where attention runs: cpu or cuda
+  int threads = 0;  // OpenMP threads for this worker's trials (0: the default)
+  Device device;    // where trials run (engine/device.h), activated by the caller
+  // --device was given: a benchmark that cannot run there is refused (the
+  // worker leaves, WorkerStats::refused); defaulted: such a benchmark runs on
+  // the CPU.
+  bool device_given = true;
+  // GPUs announced in READY; -1: 1 on a cuda device (a worker drives one),
+  // else 0. Tests override it (the hidden `worker --announce-gpus N`).
+  int64_t announce_gpus = -1;
   const std::atomic<bool>* stop = nullptr;
   // With no message from the coordinator for this long, give up (an error).
   int64_t give_up_after_ms = 600000;
@@ -50,6 +58,9 @@ struct WorkerStats {
   int64_t rejoins = 0;  // READY sent again because the coordinator did not know us
   int64_t dropped = 0;  // malformed messages from the coordinator
   bool done = false;    // DONE received
+  // Not empty: the study's benchmark cannot run on this worker's device (the
+  // message names both); the worker left at WELCOME, before taking a trial.
+  std::string refused;
 };
 
 Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& registry,

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "engine/attention.h"
+#include "engine/backend.h"
 #include "engine/benchmarks/benchmark.h"
 #include "engine/benchmarks/synthetic.h"
 #include "engine/cuda/cuda_attention.h"
@@ -84,12 +85,16 @@ std::vector<std::vector<int32_t>> TopMass(const AttentionInputs& in) {
 
 class AttentionErrorBenchmark : public Benchmark {
  public:
-  AttentionErrorBenchmark(std::vector<Sample> samples, bool cuda)
-      : samples_(std::move(samples)), cuda_(cuda) {
-    for (Sample& s : samples_) {
-      s.dense_out = DenseAttention(s.Inputs());
-      s.top_mass = TopMass(s.Inputs());
-    }
+  // `resident`: each sample's inputs on the backend, uploaded once (they
+  // point into `samples`, which must not move afterwards).
+  AttentionErrorBenchmark(std::vector<Sample> samples, std::unique_ptr<Backend> backend,
+                          std::vector<std::unique_ptr<BackendInputs>> resident)
+      : samples_(std::move(samples)), backend_(std::move(backend)), resident_(std::move(resident)) {}
+
+  // The dense reference (on the CPU, whatever the backend) and the top mass.
+  static void Prepare(Sample& s) {
+    s.dense_out = DenseAttention(s.Inputs());
+    s.top_mass = TopMass(s.Inputs());
   }
 
   Result<Metrics> Run(const MaskerRegistry& registry,
@@ -113,17 +118,15 @@ class AttentionErrorBenchmark : public Benchmark {
     };
     for (size_t i = 0; i < samples_.size(); ++i) {
       const Sample& s = samples_[i];
-      const AttentionInputs in = s.Inputs();
+      BackendInputs& resident = *resident_[i];
+      const AttentionInputs& in = resident.host();
       StackState state;  // samples are independent calls
-      auto mask = stack.ComputeMask(in, state);
+      auto mask = backend_->BuildMask(stack, resident, state);
       if (!mask.ok()) return mask.status().WithContext("sample " + std::to_string(i) + ": ");
       const double d = mask->AttendedDensity();  // a dense baseline ([]) reads every key
-      Tensor out;
-      if (cuda_) {
-        MT_ASSIGN_OR_RETURN(out, cuda::MaskedAttention(in, mask.value()));
-      } else {
-        out = MaskedAttention(in, mask.value());
-      }
+      auto out_or = backend_->MaskedAttention(resident, mask.value());
+      if (!out_or.ok()) return out_or.status().WithContext("sample " + std::to_string(i) + ": ");
+      const Tensor& out = out_or.value();
       const double e = RelativeL2Error(out, s.dense_out);
       density += d;
       error += e;
@@ -147,7 +150,8 @@ class AttentionErrorBenchmark : public Benchmark {
 
  private:
   std::vector<Sample> samples_;
-  bool cuda_ = false;  // masked attention on the GPU
+  std::unique_ptr<Backend> backend_;  // where masks and masked attention run
+  std::vector<std::unique_ptr<BackendInputs>> resident_;  // per sample
 };
 
 // noop: waits, then reports a density and an error computed from the
@@ -201,19 +205,26 @@ class NoopBenchmark : public Benchmark {
 
 }  // namespace
 
-Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
+Status CheckBenchmarkDevice(const std::string& name, const Device& device) {
+  if (device.cuda() && name == "ruler_niah")
+    return Status::Error(
+        "ruler_niah: runs on the CPU only; --device cuda is not supported yet (the model "
+        "runtime has no GPU path): run its workers with --device cpu");
+  return Status::Ok();  // attention_error runs on either; noop runs no attention
+}
+
+Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec,
+                                                   const Device& device) {
   const std::string name = spec.value("name", "");
+  MT_RETURN_IF_ERROR(CheckBenchmarkDevice(name, device));
   if (name == "noop")
     return std::unique_ptr<Benchmark>(
         new NoopBenchmark(spec.value("sleep_ms", 0), std::max<int64_t>(1, spec.value("steps", 1))));
   if (name == "ruler_niah") return CreateRulerNiahBenchmark(spec);
-  // Where masked attention runs (the dense reference stays on the CPU).
-  const std::string device = spec.value("device", std::string("cpu"));
-  if (device != "cpu" && device != "cuda")
-    return Status::Error("device: expected cpu or cuda, found '" + device + "'");
-  const bool cuda = device == "cuda";
-  if (cuda && !cuda::Available())
-    return Status::Error("device cuda: no CUDA device on this worker");
+  // Masked attention runs on `device`; the dense reference stays on the CPU.
+  if (device.cuda() && !cuda::Available())
+    return Status::Error("attention_error: device " + device.ToString() +
+                         ": no CUDA device on this worker");
   if (name != "attention_error") return Status::Error("unknown benchmark '" + name + "'");
   std::vector<Sample> samples;
   if (spec.contains("folder")) {
@@ -245,7 +256,16 @@ Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec) {
     const nlohmann::json syn = spec.value("synthetic", nlohmann::json::object());
     for (int64_t i = 0; i < syn.value("samples", 8); ++i) samples.push_back(Synthesize(syn, i));
   }
-  return std::unique_ptr<Benchmark>(new AttentionErrorBenchmark(std::move(samples), cuda));
+  MT_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateBackend(device));
+  std::vector<std::unique_ptr<BackendInputs>> resident;
+  for (Sample& s : samples) {
+    AttentionErrorBenchmark::Prepare(s);
+    MT_ASSIGN_OR_RETURN(auto r, backend->Upload(s.Inputs()));
+    resident.push_back(std::move(r));
+  }
+  // `samples` moves as a vector (its elements stay put): `resident` still points into them.
+  return std::unique_ptr<Benchmark>(
+      new AttentionErrorBenchmark(std::move(samples), std::move(backend), std::move(resident)));
 }
 
 }  // namespace masktune

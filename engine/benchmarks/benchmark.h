@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/device.h"
 #include "engine/masker.h"
 #include "engine/registry.h"
 #include "engine/status.h"
@@ -52,7 +53,14 @@ class Benchmark {
   }
 };
 
-Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec);
+// Built for `device` (engine/device.h), which every benchmark honours or
+// refuses (CheckBenchmarkDevice): a spec's own "device" field is ignored.
+Result<std::unique_ptr<Benchmark>> CreateBenchmark(const nlohmann::json& spec,
+                                                   const Device& device = Device::Cpu());
+// OK when benchmark `name` can run on `device`; else an error naming the
+// benchmark ("ruler_niah: runs on the CPU only; --device cuda is not supported
+// yet ..."). Says nothing of whether the device is present (Activate does).
+Status CheckBenchmarkDevice(const std::string& name, const Device& device);
 
 // {"name": "ruler_niah", "model": FILE.gguf ("" = default), "tasks": [..],
 //  "context_tokens": N, "samples": N, "seed": N, "setup": "A"|"B",

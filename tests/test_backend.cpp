@@ -1,0 +1,354 @@
+// The device, chosen once (engine/device.h) and honoured or refused by every
+// benchmark and command; the backend interface (engine/backend.h).
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <zmq.hpp>
+
+#include "configs/sweep.h"
+#include "engine/attention.h"
+#include "engine/backend.h"
+#include "engine/benchmarks/benchmark.h"
+#include "engine/cuda/cuda_attention.h"
+#include "engine/device.h"
+#include "tests/helpers.h"
+#include "tests/process_helpers.h"
+#include "worker/worker.h"
+
+namespace masktune {
+namespace {
+
+using namespace masktune::testing;
+
+constexpr const char* kRulerRefusal =
+    "ruler_niah: runs on the CPU only; --device cuda is not supported yet";
+
+std::string GoldenFile(const std::string& name) {
+  const char* env = std::getenv("MASKTUNE_GOLDEN_DIR");
+  return std::string(env ? env : MASKTUNE_GOLDEN_DIR) + "/" + name;
+}
+
+// A ruler_niah sweep whose model passes the sweep's check (the GGUF magic);
+// nothing here ever loads it.
+std::string RulerSweep(const TempDir& dir, const std::string& study) {
+  std::ofstream(dir / "model.gguf") << "GGUF-not-really-a-model";
+  std::ofstream(dir / "r.yaml") << "study: " << study << "\nbenchmark: {name: ruler_niah, model: "
+                                << dir / "model.gguf"
+                                << ", samples: 1}\nattention: {a: [causal]}\nstorage: "
+                                << dir / "r.db" << "\n";
+  return dir / "r.yaml";
+}
+
+TEST_CASE("device: cpu, cuda and cuda:N parse; anything else is an error quoting it") {
+  CHECK(Device::Parse("cpu").value() == Device::Cpu());
+  CHECK(Device::Parse("cuda").value() == Device::Cuda(0));
+  CHECK(Device::Parse("cuda:3").value() == Device::Cuda(3));
+  CHECK(Device::Parse("cuda:3").value().ToString() == "cuda:3");
+  CHECK(Device::Parse("cpu").value().ToString() == "cpu");
+  for (const char* bad : {"", "gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1024", "CUDA", "cuda:1 "}) {
+    CAPTURE(bad);
+    auto d = Device::Parse(bad);
+    REQUIRE(!d.ok());
+    CHECK(d.status().message() == "device '" + std::string(bad) +
+                                      "': expected cpu, cuda or cuda:N (N a GPU index, 0..1023)");
+  }
+  CHECK(Activate(Device::Cpu()).ok());
+#ifndef MASKTUNE_HAVE_CUDA
+  CHECK(Activate(Device::Cuda(0)).message() ==
+        "masktune was built without CUDA (cmake -DMASKTUNE_CUDA=ON)");
+#endif
+}
+
+TEST_CASE("device: every benchmark honours the device or refuses it, naming itself") {
+  CHECK(CheckBenchmarkDevice("ruler_niah", Device::Cpu()).ok());
+  CHECK(CheckBenchmarkDevice("attention_error", Device::Cuda(0)).ok());
+  CHECK(CheckBenchmarkDevice("noop", Device::Cuda(1)).ok());
+  const Status ruler = CheckBenchmarkDevice("ruler_niah", Device::Cuda(0));
+  REQUIRE(!ruler.ok());
+  CHECK(ruler.message().rfind(kRulerRefusal, 0) == 0);
+  // Refused before anything is loaded: the model does not exist.
+  auto created =
+      CreateBenchmark({{"name", "ruler_niah"}, {"model", "/nonexistent/m.gguf"}}, Device::Cuda(0));
+  REQUIRE(!created.ok());
+  CHECK(created.status().message().rfind(kRulerRefusal, 0) == 0);
+  // The spec's own "device" field no longer chooses anything.
+  auto noop = CreateBenchmark({{"name", "noop"}, {"device", "cuda"}}, Device::Cpu());
+  CHECK(noop.ok());
+  if (!cuda::Available()) {
+    auto ae = CreateBenchmark(
+        {{"name", "attention_error"},
+         {"synthetic", {{"keys", 64}, {"heads", 1}, {"kv_heads", 1}, {"head_dim", 8},
+                        {"queries", 1}, {"samples", 1}}}},
+        Device::Cuda(0));
+    REQUIRE(!ae.ok());
+    CHECK(ae.status().message() == "attention_error: device cuda:0: no CUDA device on this worker");
+  }
+}
+
+TEST_CASE("device: attend --device takes cuda:N; without CUDA it is refused with exit 2") {
+  const std::string input = " --input " + GoldenFile("oracle_topk_s0.safetensors");
+  CheckBadInput(Masktune("attend" + input + " --device gpu"),
+                "masktune attend: --device: device 'gpu': expected cpu, cuda or cuda:N");
+  const Run cpu = Masktune("attend" + input + " --device cpu");
+  CHECK(cpu.code == 0);
+  CHECK(cpu.output.find("\"device\":\"cpu\"") != std::string::npos);
+  if (!cuda::Available()) {
+#ifndef MASKTUNE_HAVE_CUDA
+    CheckBadInput(Masktune("attend" + input + " --device cuda:1"),
+                  "masktune attend: --device cuda:1: masktune was built without CUDA");
+#else
+    CheckBadInput(Masktune("attend" + input + " --device cuda:1"),
+                  "masktune attend: --device cuda:1: no CUDA device 1");
+#endif
+  }
+}
+
+TEST_CASE("device: run --device cuda refuses ruler_niah (exit 2) before touching the database") {
+  TempDir dir;
+  const std::string sweep = RulerSweep(dir, "ruler_on_cuda");
+  const Run r = Masktune("run " + sweep + " --device cuda --workers 1", "", 60);
+  CheckBadInput(r, std::string("masktune run: --device cuda: ") + kRulerRefusal);
+  CHECK(!std::filesystem::exists(dir / "r.db"));
+  CheckBadInput(Masktune("run " + sweep + " --device tpu", "", 60),
+                "masktune run: --device tpu: device 'tpu': expected cpu, cuda or cuda:N");
+}
+
+TEST_CASE("device: run --device reaches the local workers; cuda without CUDA is exit 2") {
+  TempDir dir;
+  std::ofstream(dir / "n.yaml") << "study: noop_device\nbenchmark: {name: noop}\n"
+                                << "attention: {a: [causal]}\nstorage: " << dir / "n.db" << "\n";
+  const Run cpu = Masktune("run " + dir / "n.yaml" + " --device cpu --workers 1", "", 60);
+  CAPTURE(cpu.output);
+  CHECK(cpu.code == 0);
+  if (!cuda::Available()) {
+    const Run gpu = Masktune("run " + dir / "n.yaml" + " --device cuda --workers 1", "", 60);
+#ifndef MASKTUNE_HAVE_CUDA
+    CheckBadInput(gpu, "masktune run: --device cuda: masktune was built without CUDA");
+#else
+    CheckBadInput(gpu, "masktune run: --device cuda: no CUDA device 0");
+#endif
+    CheckBadInput(Masktune("worker --connect tcp://127.0.0.1:1 --insecure --device cuda", "", 30),
+                  "masktune worker: --device cuda: ");
+  }
+}
+
+// A worker whose --device the study's benchmark cannot use leaves at
+// WELCOME, before any trial, saying why; with a defaulted device it runs the
+// benchmark on the CPU instead.
+TEST_CASE("device: a worker given --device cuda leaves a ruler_niah study at WELCOME") {
+  TempDir dir;
+  const std::string sweep = RulerSweep(dir, "ruler_worker");
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", sweep, "--bind", endpoint,
+                                   "--insecure", "--heartbeat-ms", "50"},
+                                  dir / "coordinator.log");
+  zmq::context_t context;
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  WorkerOptions o;
+  o.connect = endpoint;
+  o.name = "gpu-worker";
+  o.heartbeat_interval_ms = 50;
+  o.give_up_after_ms = 20000;
+  o.device = Device::Cuda(0);  // not activated: the refusal needs no GPU
+  o.device_given = true;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  auto stats = RunWorker(context, registry, o);
+  kill(coordinator, SIGTERM);
+  waitpid(coordinator, nullptr, 0);
+  REQUIRE(stats.ok());
+  CHECK(stats->trials == 0);
+  CHECK(stats->refused.rfind(kRulerRefusal, 0) == 0);
+  // No trial was taken, so none ran anywhere: every trial is still queued.
+  for (const auto& row : AllTrials(dir / "r.db", "ruler_worker")) CHECK(row.status == "queued");
+}
+
+// q, k, v of one decode-shaped call (2 kv heads of 2 query heads each).
+struct Inputs {
+  Tensor q = RandomTensor({1, 4, 3, 16}, 1), k = RandomTensor({1, 2, 200, 16}, 2),
+         v = RandomTensor({1, 2, 200, 16}, 3);
+  AttentionInputs in() const {
+    AttentionInputs a;
+    a.queries = &q;
+    a.keys = &k;
+    a.values = &v;
+    a.scaling = 0.25f;
+    return a;
+  }
+};
+
+Result<MaskerStack> Stack(const MaskerRegistry& registry) {
+  MT_ASSIGN_OR_RETURN(auto configs, registry.ParseJsonList(
+                                        R"([{"type": "sink", "sink_size": 4},
+                                            {"type": "local", "window_size": 16},
+                                            {"type": "oracle_top_k", "heavy_size": 0.1}])",
+                                        ""));
+  return MaskerStack::Build(registry, configs);
+}
+
+TEST_CASE("backend: the CPU backend computes what the CPU engine computes, bit for bit") {
+  const Inputs x;
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto stack = Stack(registry);
+  REQUIRE(stack.ok());
+  auto backend = CreateBackend(Device::Cpu());
+  REQUIRE(backend.ok());
+  CHECK((*backend)->device() == Device::Cpu());
+  auto resident = (*backend)->Upload(x.in());
+  REQUIRE(resident.ok());
+  StackState a, b;
+  auto mask = (*backend)->BuildMask(stack.value(), **resident, a);
+  auto direct = stack->ComputeMask(x.in(), b);
+  REQUIRE(mask.ok());
+  REQUIRE(direct.ok());
+  CHECK(mask->AttendedDensity() == direct->AttendedDensity());
+  CHECK(mask->AttendedDensity() < 0.5);
+  CHECK(MaxAbsDiff(mask->ToDense(), direct->ToDense()) == 0.0f);
+  auto masked = (*backend)->MaskedAttention(**resident, mask.value());
+  REQUIRE(masked.ok());
+  CHECK(MaxAbsDiff(masked.value(), MaskedAttention(x.in(), direct.value())) == 0.0f);
+  auto dense = (*backend)->DenseAttention(**resident);
+  REQUIRE(dense.ok());
+  CHECK(MaxAbsDiff(dense.value(), DenseAttention(x.in())) == 0.0f);
+  CHECK(RelativeL2Error(masked.value(), dense.value()) > 0.0);
+  // A mask of another shape is an error, not a read out of bounds.
+  const Inputs y;
+  AttentionInputs other = y.in();
+  other.used_keys = 100;
+  StackState c;
+  auto small = stack->ComputeMask(other, c);
+  REQUIRE(small.ok());
+  CHECK(!(*backend)->MaskedAttention(**resident, small.value()).ok());
+  // Inputs that fail CheckAttentionInputs are refused at upload.
+  AttentionInputs bad = x.in();
+  bad.values = &x.q;
+  CHECK(!(*backend)->Upload(bad).ok());
+}
+
+TEST_CASE("backend: the CUDA backend exists only where a GPU is; else the error names the device") {
+  auto backend = CreateBackend(Device::Cuda(0));
+  if (!cuda::Available()) {
+    REQUIRE(!backend.ok());
+#ifndef MASKTUNE_HAVE_CUDA
+    CHECK(backend.status().message() == "device cuda:0: masktune was built without CUDA");
+#else
+    CHECK(backend.status().message() == "device cuda:0: no CUDA device");
+#endif
+  }
+}
+
+// On a GPU (scripts/gpu_check.sh runs '*device*'): the same mask through
+// both backends gives the same outputs to float rounding.
+TEST_CASE("device: the CUDA backend matches the CPU backend" *
+          doctest::skip(!cuda::Available())) {
+  const Inputs x;
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto stack = Stack(registry);
+  REQUIRE(stack.ok());
+  auto cpu = CreateBackend(Device::Cpu());
+  auto gpu = CreateBackend(Device::Cuda(0));
+  REQUIRE(cpu.ok());
+  REQUIRE(gpu.ok());
+  auto rc = (*cpu)->Upload(x.in());
+  auto rg = (*gpu)->Upload(x.in());
+  REQUIRE(rc.ok());
+  REQUIRE(rg.ok());
+  StackState s;
+  auto mask = (*cpu)->BuildMask(stack.value(), **rc, s);
+  REQUIRE(mask.ok());
+  for (int repeat = 0; repeat < 2; ++repeat) {  // the resident inputs serve many calls
+    auto mc = (*cpu)->MaskedAttention(**rc, mask.value());
+    auto mg = (*gpu)->MaskedAttention(**rg, mask.value());
+    REQUIRE(mc.ok());
+    REQUIRE(mg.ok());
+    CHECK(MaxAbsDiff(mc.value(), mg.value()) < 1e-4f);
+    auto dc = (*cpu)->DenseAttention(**rc);
+    auto dg = (*gpu)->DenseAttention(**rg);
+    REQUIRE(dc.ok());
+    REQUIRE(dg.ok());
+    CHECK(MaxAbsDiff(dc.value(), dg.value()) < 1e-4f);
+  }
+}
+
+TEST_CASE("resources: slots per worker as Ray Tune counts them") {
+  configs::ResourcesSpec r;
+  r.gpus_per_trial = 0.25;
+  r.cpus_per_trial = 1;
+  CHECK(r.SlotsOn(1, 8) == 4);  // four per GPU at 0.25
+  CHECK(r.SlotsOn(1, 2) == 2);  // never more than its cores
+  CHECK(r.SlotsOn(1, 0) == 4);  // cores not announced: no limit from them
+  CHECK(r.SlotsOn(0, 64) == 0);
+  CHECK(r.Misfit(1, 2).empty());
+  CHECK(r.Misfit(0, 64) ==
+        "a trial asks for 0.25 GPU and 1 cores (resources), and the worker has 0 GPU and 64 "
+        "cores");
+  r.gpus_per_trial = 1.0 / 3;
+  CHECK(r.SlotsOn(1, 8) == 3);
+  r.gpus_per_trial = 0;
+  r.cpus_per_trial = 4;
+  CHECK(r.SlotsOn(0, 8) == 2);
+  CHECK(r.SlotsOn(0, 2) == 0);
+}
+
+TEST_CASE("resources: more than any worker has is refused at validate and run (FILE:LINE:COL)") {
+  TempDir dir;
+  std::ofstream(dir / "two.yaml") << "study: two\nbenchmark: {name: noop}\n"
+                                  << "resources: {gpus_per_trial: 2}\nattention: {a: [causal]}\n";
+  CheckBadInput(Masktune("validate " + dir / "two.yaml"),
+                dir / "two.yaml" +
+                    ":3:29: resources.gpus_per_trial: 2 GPUs per trial, more than any worker "
+                    "has: each worker drives one GPU");
+  // `run`'s local workers are known: --device cpu ones have no GPU.
+  std::ofstream(dir / "q.yaml") << "study: quarter\nbenchmark: {name: noop}\n"
+                                << "resources: {gpus_per_trial: 0.25}\nattention: {a: [causal]}\n"
+                                << "storage: " << dir / "q.db" << "\n";
+  CheckBadInput(Masktune("run " + dir / "q.yaml" + " --device cpu --workers 1", "", 60),
+                dir / "q.yaml" + ":3:29: resources: a trial asks for 0.25 GPU and 1 cores");
+  CHECK(!std::filesystem::exists(dir / "q.db"));
+  std::ofstream(dir / "c.yaml") << "study: cores\nbenchmark: {name: noop}\n"
+                                << "resources: {cpus_per_trial: 1024}\nattention: {a: [causal]}\n"
+                                << "storage: " << dir / "c.db" << "\n";
+  CheckBadInput(Masktune("run " + dir / "c.yaml" + " --workers 1", "", 60),
+                dir / "c.yaml" + ":3:29: resources: a trial asks for 0 GPU and 1024 cores");
+}
+
+// Workers announce their GPUs (here through the test-only --announce-gpus):
+// a trial that needs a GPU goes only to a worker that has one; the other is
+// told why in the coordinator's log and still ends with the study.
+TEST_CASE("resources: gpus_per_trial trials go only to workers that announce a GPU") {
+  TempDir dir;
+  std::ofstream(dir / "g.yaml") << "study: gpu_only\nbenchmark: {name: noop, sleep_ms: 20}\n"
+                                << "resources: {gpus_per_trial: 0.5, cpus_per_trial: 1}\n"
+                                << "search: {algorithm: random, num_samples: 12}\n"
+                                << "attention: {a: [{sink: {sink_size: {randint: [1, 64]}}}]}\n";
+  const std::string db = dir / "g.db";
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const pid_t coordinator =
+      Spawn({MASKTUNE_BINARY, "coordinator", dir / "g.yaml", "--bind", endpoint, "--db", db,
+             "--insecure", "--heartbeat-ms", "50"},
+            dir / "coordinator.log");
+  const pid_t cpu = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "cpu-only",
+                           "--insecure", "--heartbeat-ms", "50", "--device", "cpu"});
+  const pid_t gpu = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "one-gpu",
+                           "--insecure", "--heartbeat-ms", "50", "--device", "cpu",
+                           "--announce-gpus", "1"});
+  CHECK(WaitExit(coordinator, 60) == 0);
+  CHECK(WaitExit(gpu, 20) == 0);
+  CHECK(WaitExit(cpu, 20) == 0);  // told the study is over, though it ran nothing
+  const auto rows = AllTrials(db, "gpu_only");
+  CHECK(rows.size() == 12);
+  for (const auto& r : rows) {
+    CHECK(r.status == "done");
+    CHECK(r.worker == "one-gpu");
+  }
+  CHECK(Slurp(dir / "coordinator.log")
+            .find("worker cpu-only gets no trials: a trial asks for 0.5 GPU and 1 cores "
+                  "(resources), and the worker has 0 GPU") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace masktune
