@@ -7,6 +7,7 @@
 // ms/token (prefill once, then both decodes from it) and their ratio.
 // --kv-cache DIR keeps each dense prefill there (safetensors), so a rerun
 // skips it.
+#include <sys/resource.h>
 #include <time.h>
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -35,7 +37,10 @@ constexpr const char* kUsage =
     "  prefill per length, both decodes from it) and the ratio. STACK: a masker list\n"
     "  (JSON, or @FILE) or a name: magic_pig (sink 64 + local 64 + magic_pig K8 L75),\n"
     "  oracle_top_k (sink 64 + local 64 + oracle_top_k 0.1), quest.\n"
-    "--kv-cache DIR: keep each dense prefill in DIR (reused when the tokens match).\n";
+    "--kv-cache DIR: keep each dense prefill in DIR (reused when the tokens match).\n"
+    "--stacks dense,magic_pig,...: only these of the default stacks (dense, oracle_top_k,\n"
+    "  quest, magic_pig); --format json: a last line of JSON (prefill tokens/s, decode\n"
+    "  ms/token per stack, peak resident MB, weight MB) for bench/vs_llama_cpp.py.\n";
 
 const std::vector<std::pair<std::string, std::string>> kStacks = {
     {"dense", ""},
@@ -91,7 +96,7 @@ Result<Decoded> Decode(const MaskerRegistry& registry, const std::string& json, 
 // The dense prefill of `prompt`, from `cache_dir` when it holds this one.
 Result<std::pair<model::Sequence, std::vector<float>>> Prefill(
     const std::shared_ptr<const model::LlamaModel>& m, const std::vector<int32_t>& prompt,
-    int64_t capacity, const std::string& cache_dir) {
+    int64_t capacity, const std::string& cache_dir, double* tokens_per_s = nullptr) {
   const std::string file = cache_dir.empty() ? ""
                                              : cache_dir + "/bench-prefill-" +
                                                    std::to_string(prompt.size()) + ".safetensors";
@@ -109,6 +114,7 @@ Result<std::pair<model::Sequence, std::vector<float>>> Prefill(
   const double s = Since(t0);
   std::printf("prefill %zu tokens (dense): %.2f s = %.0f tokens/s\n", prompt.size(), s,
               static_cast<double>(prompt.size()) / s);
+  if (tokens_per_s) *tokens_per_s = static_cast<double>(prompt.size()) / s;
   if (!file.empty()) {
     std::filesystem::create_directories(cache_dir);
     if (Status st = seq.Save(file, logits); !st.ok())
@@ -128,7 +134,8 @@ std::vector<int64_t> ParseList(const std::string& s) {
 
 int main(int argc, char** argv) {
   if (int rc = masktune::bench::HelpOrArgError(argc, argv, kUsage); rc >= 0) return rc;
-  std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", compare, cache_dir;
+  std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", compare, cache_dir, stacks;
+  bool json_out = false;
   int64_t context = 2048, decode = 32;
   std::vector<int64_t> contexts = {2048, 4096, 8000};
   try {
@@ -146,6 +153,10 @@ int main(int argc, char** argv) {
         compare = value;
       else if (flag == "--kv-cache")
         cache_dir = value;
+      else if (flag == "--stacks")
+        stacks = value;
+      else if (flag == "--format" && (value == "text" || value == "json"))
+        json_out = value == "json";
       else {
         std::fprintf(stderr, "bench_model: unknown flag %s\n%s", flag.c_str(), kUsage);
         return 2;
@@ -233,33 +244,50 @@ int main(int argc, char** argv) {
       }
       rows.push_back({n, dense->ms_per_token, sparse->ms_per_token, dense->cpu_ms_per_token,
                       sparse->cpu_ms_per_token, sparse->density, dense->tokens == sparse->tokens});
-      std::printf("  context %6lld: dense %7.1f ms/token (cpu %.1f), %s %7.1f ms/token (cpu %.1f, "
-                  "density %.3f): %.2fx dense\n",
-                  (long long)n, dense->ms_per_token, dense->cpu_ms_per_token, compare.c_str(),
-                  sparse->ms_per_token, sparse->cpu_ms_per_token, sparse->density,
-                  sparse->ms_per_token / dense->ms_per_token);
+      std::printf(
+          "  context %6lld: dense %7.1f ms/token (cpu %.1f), %s %7.1f ms/token (cpu %.1f, "
+          "density %.3f): %.2fx dense\n",
+          (long long)n, dense->ms_per_token, dense->cpu_ms_per_token, compare.c_str(),
+          sparse->ms_per_token, sparse->cpu_ms_per_token, sparse->density,
+          sparse->ms_per_token / dense->ms_per_token);
       std::fflush(stdout);
     }
     std::printf("\n%-8s %14s %14s %8s %10s %10s %9s %8s %s\n", "context", "dense ms/tok",
                 "stack ms/tok", "ratio", "dense cpu", "stack cpu", "cpu ratio", "density",
                 "same tokens");
     for (const Row& r : rows)
-      std::printf("%-8lld %14.1f %14.1f %8.2f %10.1f %10.1f %9.2f %8.3f %s\n",
-                  (long long)r.context, r.dense, r.sparse, r.sparse / r.dense, r.dense_cpu,
-                  r.sparse_cpu, r.sparse_cpu / r.dense_cpu, r.density, r.same ? "yes" : "no");
+      std::printf("%-8lld %14.1f %14.1f %8.2f %10.1f %10.1f %9.2f %8.3f %s\n", (long long)r.context,
+                  r.dense, r.sparse, r.sparse / r.dense, r.dense_cpu, r.sparse_cpu,
+                  r.sparse_cpu / r.dense_cpu, r.density, r.same ? "yes" : "no");
     return 0;
   }
 
-  auto pre = Prefill(model.value(), prompt_of(context), context + decode + 1, cache_dir);
+  double pre_tokens_per_s = 0;  // stays 0 when the prefill comes from --kv-cache
+  auto pre = Prefill(model.value(), prompt_of(context), context + decode + 1, cache_dir,
+                     &pre_tokens_per_s);
   if (!pre.ok()) {
     std::fprintf(stderr, "%s\n", pre.status().message().c_str());
     return 1;
   }
   std::printf("decode %lld tokens after the context, greedy:\n", (long long)decode);
-  for (size_t i = 0; i < kStacks.size(); ++i) {
-    const auto& [name, json] = kStacks[i];
+  std::vector<std::pair<std::string, std::string>> chosen;
+  for (const auto& stack : kStacks)
+    if (stacks.empty() || ("," + stacks + ",").find("," + stack.first + ",") != std::string::npos)
+      chosen.push_back(stack);
+  if (chosen.empty()) {
+    std::fprintf(stderr, "bench_model: --stacks: none of '%s' is a stack name\n%s", stacks.c_str(),
+                 kUsage);
+    return 2;
+  }
+  nlohmann::json report = {
+      {"context", context},
+      {"decode", decode},
+      {"prefill_tokens_per_s", pre_tokens_per_s},
+      {"weights_mb", static_cast<double>(model.value()->weight_bytes()) / 1e6}};
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    const auto& [name, json] = chosen[i];
     // Each run decodes from a copy of the prefill, except the last, which takes it.
-    const bool last = i + 1 == kStacks.size();
+    const bool last = i + 1 == chosen.size();
     auto out = last ? Decode(registry, json, std::move(pre->first), pre->second, decode)
                     : Decode(registry, json, pre->first, pre->second, decode);
     if (!out.ok()) {
@@ -269,6 +297,14 @@ int main(int argc, char** argv) {
     std::printf("  %-14s %7.1f ms/token  %6.1f tokens/s  cpu %7.1f ms/token  density %.3f\n",
                 name.c_str(), out->ms_per_token, 1e3 / out->ms_per_token, out->cpu_ms_per_token,
                 out->density);
+    report["stacks"][name] = {{"decode_ms_per_token", out->ms_per_token},
+                              {"cpu_ms_per_token", out->cpu_ms_per_token},
+                              {"density", out->density}};
+    if (name == "dense") report["decode_ms_per_token"] = out->ms_per_token;
   }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  report["max_rss_mb"] = static_cast<double>(usage.ru_maxrss) / 1024.0;  // KiB on Linux
+  if (json_out) std::printf("%s\n", report.dump().c_str());
   return 0;
 }

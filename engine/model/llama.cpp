@@ -15,7 +15,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <mutex>
 
@@ -31,21 +33,39 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // tokens per causal-attention chunk of a long input
 
-// y[n, out] = x[n, in] W^T for W [out, in], split into slices of W's rows,
-// one per core or more. One token: the slice's rows dotted with x on the
-// blocks (MatVecRows). More: the slice is dequantised a tile of rows at a
-// time into a per-thread buffer (kept between calls, so no page faults per
-// call) and multiplied with all n tokens by a single-threaded BLAS call.
-void MatMul(const float* x, int64_t n, const QuantMatrix& w, float* y) {
+// One product y[n, out] = x[n, in] W^T for W [out, in] (see MatMul).
+struct Product {
+  const QuantMatrix& w;
+  float* y;
+};
+
+// Products that share the input x, split into slices of each W's rows
+// (about 64 rows, at least one per core) that one OpenMP loop shares out,
+// so the q, k, v (and the gate, up) products cost one fork and join. One
+// token: a slice's rows are dotted with x on the blocks (MatVecRows). More:
+// the slice is dequantised into a per-thread buffer (kept between calls, so
+// no page faults per call) and multiplied with all n tokens by a
+// single-threaded BLAS call.
+void MatMul(const float* x, int64_t n, std::initializer_list<Product> products) {
   constexpr int64_t kTileRows = 64;
-  const int64_t out = w.rows, in = w.cols;
+  constexpr size_t kMaxProducts = 3;
   const int64_t threads = omp_get_max_threads();
-  const int64_t per_thread =
-      std::max<int64_t>(1, (out + kTileRows * threads - 1) / (kTileRows * threads));
-  const int64_t slices = std::min<int64_t>(out, threads * per_thread);
+  std::array<int64_t, kMaxProducts + 1> first{};  // products[i] owns slices first[i] ..
+  size_t count = 0;
+  for (const Product& p : products) {
+    const int64_t per_thread =
+        std::max<int64_t>(1, (p.w.rows + kTileRows * threads - 1) / (kTileRows * threads));
+    first[count + 1] = first[count] + std::min<int64_t>(p.w.rows, threads * per_thread);
+    if (++count == kMaxProducts) break;
+  }
 #pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < slices; ++s) {
-    const int64_t lo = out * s / slices, hi = out * (s + 1) / slices, rows = hi - lo;
+  for (int64_t s = 0; s < first[count]; ++s) {
+    size_t i = 0;
+    while (s >= first[i + 1]) ++i;
+    const QuantMatrix& w = products.begin()[i].w;
+    float* y = products.begin()[i].y;
+    const int64_t out = w.rows, in = w.cols, slices = first[i + 1] - first[i], k = s - first[i];
+    const int64_t lo = out * k / slices, hi = out * (k + 1) / slices, rows = hi - lo;
     if (n == 1) {
       MatVecRows(w, x, y, lo, hi);
       continue;
@@ -229,7 +249,8 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
     const QuantMatrix& embd = model_->token_embedding();
     for (int64_t i = 0; i < n; ++i)
       DequantizeRow(embd.type, embd.row(tokens[start + i]), E, &x[i * E]);
-    std::vector<float> q(static_cast<size_t>(n * H * D)), kv(static_cast<size_t>(n * Hkv * D));
+    std::vector<float> q(static_cast<size_t>(n * H * D)), k(static_cast<size_t>(n * Hkv * D)),
+        v(k.size());
     std::vector<float> attn(q.size()), proj(x.size());
     std::vector<float> gate(static_cast<size_t>(n * F)), up(gate.size());
     Tensor qt({1, H, n, D});
@@ -242,24 +263,21 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
     for (int64_t l = 0; l < c.layers; ++l) {
       const LlamaLayer& L = model_->layers()[l];
       for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.attn_norm, c.rms_epsilon, E, &h[i * E]);
-      MatMul(h.data(), n, L.wq, q.data());
+      MatMul(h.data(), n, {{L.wq, q.data()}, {L.wk, k.data()}, {L.wv, v.data()}});
       for (int64_t i = 0; i < n; ++i) Rope(&q[i * H * D], H, D, c.rope_dim, c.rope_base, pos0 + i);
       for (int64_t i = 0; i < n; ++i)
         for (int64_t hh = 0; hh < H; ++hh)
           std::copy_n(&q[(i * H + hh) * D], D, qt.data() + (hh * n + i) * D);
       // Keys and values straight into the cache, [kv head][position][dim].
-      MatMul(h.data(), n, L.wk, kv.data());
       for (int64_t i = 0; i < n; ++i)
-        Rope(&kv[i * Hkv * D], Hkv, D, c.rope_dim, c.rope_base, pos0 + i);
+        Rope(&k[i * Hkv * D], Hkv, D, c.rope_dim, c.rope_base, pos0 + i);
       for (int64_t i = 0; i < n; ++i)
-        for (int64_t kh = 0; kh < Hkv; ++kh)
-          std::copy_n(&kv[(i * Hkv + kh) * D], D,
+        for (int64_t kh = 0; kh < Hkv; ++kh) {
+          std::copy_n(&k[(i * Hkv + kh) * D], D,
                       k_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
-      MatMul(h.data(), n, L.wv, kv.data());
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t kh = 0; kh < Hkv; ++kh)
-          std::copy_n(&kv[(i * Hkv + kh) * D], D,
+          std::copy_n(&v[(i * Hkv + kh) * D], D,
                       v_cache_[l].data() + (kh * capacity_ + pos0 + i) * D);
+        }
 
       AttentionInputs in;
       in.queries = &qt;
@@ -283,15 +301,14 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
       for (int64_t i = 0; i < n; ++i)
         for (int64_t hh = 0; hh < H; ++hh)
           std::copy_n(out.data() + (hh * n + i) * D, D, &attn[(i * H + hh) * D]);
-      MatMul(attn.data(), n, L.wo, proj.data());
+      MatMul(attn.data(), n, {{L.wo, proj.data()}});
       for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 
       for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.ffn_norm, c.rms_epsilon, E, &h[i * E]);
-      MatMul(h.data(), n, L.w_gate, gate.data());
-      MatMul(h.data(), n, L.w_up, up.data());
+      MatMul(h.data(), n, {{L.w_gate, gate.data()}, {L.w_up, up.data()}});
       for (size_t i = 0; i < gate.size(); ++i)
         gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-      MatMul(gate.data(), n, L.w_down, proj.data());
+      MatMul(gate.data(), n, {{L.w_down, proj.data()}});
       for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
     }
     tokens_.insert(tokens_.end(), tokens.begin() + static_cast<std::ptrdiff_t>(start),
@@ -300,7 +317,7 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
     if (start + n == tokens.size()) {
       RmsNorm(&x[(n - 1) * E], model_->output_norm(), c.rms_epsilon, E, h.data());
       logits.resize(static_cast<size_t>(c.vocab));
-      MatMul(h.data(), 1, model_->output(), logits.data());
+      MatMul(h.data(), 1, {{model_->output(), logits.data()}});
     }
   }
   return logits;
