@@ -190,6 +190,42 @@ Result<MaskerStack> Stack(const MaskerRegistry& registry) {
   return MaskerStack::Build(registry, configs);
 }
 
+// Without --device (cuda by default on a GPU node), a CPU-only benchmark
+// runs on the CPU, and the worker says so.
+TEST_CASE("device: a worker whose device was defaulted runs a ruler_niah study on the CPU") {
+  TempDir dir;
+  const std::string sweep = RulerSweep(dir, "ruler_default");
+  std::ofstream(sweep, std::ios::app) << "search: {max_failures: 1}\n";
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", sweep, "--bind", endpoint,
+                                   "--insecure", "--heartbeat-ms", "50"},
+                                  dir / "coordinator.log");
+  zmq::context_t context;
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  WorkerOptions o;
+  o.connect = endpoint;
+  o.name = "default-worker";
+  o.heartbeat_interval_ms = 50;
+  o.give_up_after_ms = 20000;
+  o.device = Device::Cuda(0);  // what DefaultDevice() gives on a GPU node
+  o.device_given = false;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  auto stats = RunWorker(context, registry, o);
+  CHECK(WaitExit(coordinator, 30) == 1);  // its one trial failed
+  REQUIRE(stats.ok());
+  CHECK(stats->refused.empty());
+  CHECK(stats->done);
+  CHECK(std::find(lines.begin(), lines.end(),
+                  "no --device given: ruler_niah: runs on the CPU only, so its trials run on "
+                  "the CPU") != lines.end());
+  // It ran on the CPU: the trial got as far as loading the (fake) model.
+  const auto rows = AllTrials(dir / "r.db", "ruler_default");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0].status == "failed");
+  CHECK(rows[0].error.find("model.gguf") != std::string::npos);
+}
+
 TEST_CASE("backend: the CPU backend computes what the CPU engine computes, bit for bit") {
   const Inputs x;
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();

@@ -379,6 +379,8 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
             return stats;
           }
           device = Device::Cpu();
+          log("no --device given: " + s.message().substr(0, s.message().find(';')) +
+              ", so its trials run on the CPU");
         }
         benchmark_spec = w->benchmark.dump();
         welcomed = true;
