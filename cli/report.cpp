@@ -156,13 +156,19 @@ void ProgressPrinter::Show(const storage::Progress& p, std::optional<double> bes
   std::string best_text = "--";
   if (best) best_text = best_name_ + FormatNumber(negate_best_ ? -*best : *best);
   char line[320];
-  // Pruned trials (an early-stopping scheduler) are shown once there are any.
-  const std::string pruned =
-      p.pruned > 0 ? ", " + std::to_string(p.pruned) + " pruned" : std::string();
-  std::snprintf(line, sizeof line, "%lld/%lld done, %lld running, %lld failed%s, best %s, %s",
-                static_cast<long long>(p.done), static_cast<long long>(p.total),
+  // Once an early-stopping scheduler has pruned trials, the count is of
+  // settled trials (done or pruned), so a finished study reads T/T.
+  char head[96];
+  if (p.pruned > 0)
+    std::snprintf(head, sizeof head, "%lld/%lld settled (%lld done, %lld pruned)",
+                  static_cast<long long>(settled_total), static_cast<long long>(p.total),
+                  static_cast<long long>(p.done), static_cast<long long>(p.pruned));
+  else
+    std::snprintf(head, sizeof head, "%lld/%lld done", static_cast<long long>(p.done),
+                  static_cast<long long>(p.total));
+  std::snprintf(line, sizeof line, "%s, %lld running, %lld failed, best %s, %s", head,
                 static_cast<long long>(p.running), static_cast<long long>(p.failed),
-                pruned.c_str(), best_text.c_str(), eta.c_str());
+                best_text.c_str(), eta.c_str());
   Print(line, p.total ? static_cast<double>(settled_total) / static_cast<double>(p.total) : 1.0);
 }
 
@@ -279,8 +285,7 @@ int PrintBest(storage::Store& store, int64_t study, const configs::SweepConfig& 
     std::string metrics;
     for (const auto& [k, v] : r->metrics)
       metrics += (metrics.empty() ? "" : ", ") + k + " " + FormatNumber(v);
-    if (r->status == "pruned")
-      value += " (pruned at sample " + std::to_string(r->steps) + ")";
+    if (r->status == "pruned") value += " (pruned at sample " + std::to_string(r->steps) + ")";
     std::printf("best %s: trial %lld, %s; %s; params %s\n", s.name.c_str(),
                 static_cast<long long>(r->id), value.c_str(), metrics.c_str(),
                 FormatParams(r->params).c_str());

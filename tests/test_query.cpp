@@ -332,6 +332,14 @@ TEST_CASE("progress: a resumed study counts only trials settled since Start; nev
   t.now += 1;  // 39 settled in 21 s: the last one is under a second away, not 0
   t.printer.Show(P(100, 99, 1), 0.5);
   CHECK(t.Last() == "99/100 done, 1 running, 0 failed, best 0.5, ETA <1s");
+  // With an early-stopping scheduler the count is of settled trials.
+  storage::Progress pruned = P(100, 40, 0);
+  pruned.pruned = 60;
+  pruned.queued = 0;
+  t.now += 1;
+  t.printer.Show(pruned, 0.5);
+  CHECK(t.Last() ==
+        "100/100 settled (40 done, 60 pruned), 0 running, 0 failed, best 0.5, took 22s");
   CHECK(cli::FormatDuration(0.2) == "<1s");
   CHECK(cli::FormatDuration(59.4) == "59s");
   CHECK(cli::FormatDuration(7322) == "2h02m");
