@@ -87,12 +87,10 @@ int main(int argc, char** argv) {
               static_cast<long long>(kRows), static_cast<long long>(kCols), threads);
   std::printf("%-6s %-7s %12s %12s %14s\n", "type", "kernel", "in cache", "streaming",
               "bytes/weight");
-  const std::pair<GgufTensorType, const char*> types[] = {{GgufTensorType::kQ4_1, "Q4_1"},
-                                                           {GgufTensorType::kQ4_0, "Q4_0"},
-                                                           {GgufTensorType::kQ8_0, "Q8_0"},
-                                                           {GgufTensorType::kF16, "F16"},
-                                                           {GgufTensorType::kBF16, "BF16"},
-                                                           {GgufTensorType::kF32, "F32"}};
+  const std::pair<GgufTensorType, const char*> types[] = {
+      {GgufTensorType::kQ4_1, "Q4_1"}, {GgufTensorType::kQ4_0, "Q4_0"},
+      {GgufTensorType::kQ8_0, "Q8_0"}, {GgufTensorType::kF16, "F16"},
+      {GgufTensorType::kBF16, "BF16"}, {GgufTensorType::kF32, "F32"}};
   auto product = [&](const QuantMatrix& w, Kernel k) {
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < threads; ++t)
@@ -104,7 +102,8 @@ int main(int argc, char** argv) {
     std::vector<std::vector<uint8_t>> data;
     std::vector<QuantMatrix> mats;
     for (int64_t i = 0; i < count; ++i) data.push_back(RandomMatrix(type, rng));
-    for (auto& d : data) mats.push_back(QuantMatrix{type, kRows, kCols, bytes / kRows, d.data(), {}});
+    for (auto& d : data)
+      mats.push_back(QuantMatrix{type, kRows, kCols, bytes / kRows, d.data(), {}});
     for (Kernel k : {Kernel::kAvx512, Kernel::kAvx2, Kernel::kScalar}) {
       const double hot = Time(400, [&] { product(mats[0], k); });
       const double cold = Time(3, [&] {
@@ -116,8 +115,10 @@ int main(int argc, char** argv) {
     }
   }
   // The float32 baseline through OpenBLAS (one single-threaded sgemv per slice of rows).
-  const int64_t count = std::max<int64_t>(1, static_cast<int64_t>(megabytes * 1e6 / (kRows * kCols * 4)));
-  std::vector<std::vector<float>> dense(static_cast<size_t>(count), std::vector<float>(kRows * kCols, 0.5f));
+  const int64_t count =
+      std::max<int64_t>(1, static_cast<int64_t>(megabytes * 1e6 / (kRows * kCols * 4)));
+  std::vector<std::vector<float>> dense(static_cast<size_t>(count),
+                                        std::vector<float>(kRows * kCols, 0.5f));
   auto sgemv = [&](const std::vector<float>& w) {
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < threads; ++t) {
@@ -133,7 +134,8 @@ int main(int argc, char** argv) {
   const double b = kRows * kCols * 4.0;
   std::printf("%-6s %-7s %12.2f %12.2f %14.3f\n", "F32", "sgemv", b / hot / 1e9,
               b * static_cast<double>(count) / cold / 1e9, 4.0);
-  std::printf("(a decoded token reads every weight once: time per token ~ bytes/weight x "
-              "weights / streaming GB/s)\n");
+  std::printf(
+      "(a decoded token reads every weight once: time per token ~ bytes/weight x "
+      "weights / streaming GB/s)\n");
   return 0;
 }

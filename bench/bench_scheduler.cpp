@@ -10,7 +10,8 @@
 //                        [--workers 2] [--scheduler asha|hyperband|median] [--rf 4]
 //                        [--grace 1] [--folder DIR] [--benchmark attention_error|ruler_niah]
 // ruler_niah (the default model): tasks niah_single_1 and niah_multikey_1, --samples per
-// task, --keys = context tokens; slow on a CPU: use few seeds and trials.   (safetensors samples instead of synthetic
+// task, --keys = context tokens; slow on a CPU: use few seeds and trials.   (safetensors samples
+// instead of synthetic
 //                        ones:
 //                                          scripts/bench_optuna.py compares on such a folder)
 #include <unistd.h>
@@ -31,7 +32,7 @@ namespace {
 
 struct Outcome {
   int64_t trials = 0, pruned = 0, failed = 0, evaluations = 0;
-  std::string failure;  // the first failed trial's error
+  std::string failure;                 // the first failed trial's error
   std::map<std::string, double> best;  // per stack: the lowest objective of a complete trial
   double seconds = 0;
 };
@@ -46,15 +47,15 @@ std::string SweepText(int64_t seed, int64_t num_samples, int64_t samples, int64_
               "  context_tokens: " +
                   std::to_string(keys) + "\n  samples: " + std::to_string(samples) +
                   "\n  seed: 1\n  setup: B\n  max_new_tokens: 16\n"
-      : "benchmark:\n  name: attention_error\n" +
-            (folder.empty() ? "  data: {synthetic: {keys: " + std::to_string(keys) +
-                                  ", heads: 8, kv_heads: 2, head_dim: 64, samples: " +
-                                  std::to_string(samples) + ", seed: 7}}\n"
-                            : "  data: {folder: '" + folder + "'}\n");
+            : "benchmark:\n  name: attention_error\n" +
+                  (folder.empty() ? "  data: {synthetic: {keys: " + std::to_string(keys) +
+                                        ", heads: 8, kv_heads: 2, head_dim: 64, samples: " +
+                                        std::to_string(samples) + ", seed: 7}}\n"
+                                  : "  data: {folder: '" + folder + "'}\n");
   std::string text = "study: bench\n" + benchmark +
                      "objective: sparsity_10\n"
-      "search:\n  algorithm: random\n  num_samples: " +
-      std::to_string(num_samples) + "\n  seed: " + std::to_string(seed) + "\n";
+                     "search:\n  algorithm: random\n  num_samples: " +
+                     std::to_string(num_samples) + "\n  seed: " + std::to_string(seed) + "\n";
   if (!scheduler.empty())
     text += "  scheduler: {type: " + scheduler + ", grace_period: " + std::to_string(grace) +
             (scheduler == "median" ? std::string() : ", reduction_factor: " + std::to_string(rf)) +

@@ -159,8 +159,9 @@ class Dashboard {
     o.index_url = "/";
     std::string html = RenderReport(*loaded.report, o);
     const auto took = std::chrono::steady_clock::now() - now;
-    cache_[study] = {key, html, now + std::max<std::chrono::steady_clock::duration>(
-                                          kMinRenderInterval, kRenderShare * took)};
+    cache_[study] = {key, html,
+                     now + std::max<std::chrono::steady_clock::duration>(kMinRenderInterval,
+                                                                         kRenderShare * took)};
     return {http::status::ok, "text/html; charset=utf-8", std::move(html)};
   }
 
@@ -189,7 +190,8 @@ void Serve(Dashboard& dashboard, tcp::socket socket) {
     Reply reply;
     try {
       reply = dashboard.Handle(std::string(req.method_string()), std::string(req.target()));
-    } catch (const std::exception& e) {  // a bug or out of memory: this request fails, not the server
+    } catch (
+        const std::exception& e) {  // a bug or out of memory: this request fails, not the server
       std::fprintf(stderr, "masktune dashboard: internal error: %s\n", e.what());
       reply = {http::status::internal_server_error, "text/html; charset=utf-8",
                RenderErrorPage(500, "Internal Server Error", e.what())};

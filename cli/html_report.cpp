@@ -1075,8 +1075,7 @@ std::string RenderReport(const StudyReport& r, const RenderOptions& o) {
     std::string message = t.error;
     if (message.empty() && t.steps > 0) {
       // A trial the scheduler stopped: where, and how it stood then.
-      message = "stopped after " + std::to_string(t.steps) + " sample" +
-                (t.steps == 1 ? "" : "s");
+      message = "stopped after " + std::to_string(t.steps) + " sample" + (t.steps == 1 ? "" : "s");
       if (t.objective)
         message += "; " + c.objective_short + " " +
                    Num(c.view.negate ? -*t.objective : *t.objective) + " there";

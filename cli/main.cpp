@@ -16,11 +16,11 @@ int Main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
   std::map<CLI::App*, Action> actions;
   // Each Add*Command adds one subcommand, the newest in app's list.
-  for (auto add : {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand,
-                   AddTrialsCommand, AddStatusCommand, AddCheckCommand, AddExportCommand,
-                   AddCoordinatorCommand, AddWorkerCommand, AddAttendCommand, AddRulerCommand,
-                   AddCaptureCommand, AddKeysCommand, AddLaunchCommand, AddReportCommand,
-                   AddDashboardCommand}) {
+  for (auto add :
+       {AddRunCommand, AddResumeCommand, AddValidateCommand, AddBestCommand, AddTrialsCommand,
+        AddStatusCommand, AddCheckCommand, AddExportCommand, AddCoordinatorCommand,
+        AddWorkerCommand, AddAttendCommand, AddRulerCommand, AddCaptureCommand, AddKeysCommand,
+        AddLaunchCommand, AddReportCommand, AddDashboardCommand}) {
     Action action = add(app);
     actions[app.get_subcommands({}).back()] = std::move(action);
   }

@@ -188,11 +188,10 @@ std::string Render(const Chart& c) {
 
   int drawn = 0;
   for (const Point& p : c.points) drawn += sx.ok(p.x) && sy.ok(p.y);
-  std::string out = "<figure class=\"chart\" data-kind=\"" + Escape(c.kind) + "\" data-stack=\"" +
-                    Escape(c.stack) + "\"" +
-                    (c.param.empty() ? "" : " data-param=\"" + Escape(c.param) + "\"") +
-                    " data-points=\"" + std::to_string(drawn) + "\" style=\"width:" + Fixed(W) +
-                    "px\">";
+  std::string out =
+      "<figure class=\"chart\" data-kind=\"" + Escape(c.kind) + "\" data-stack=\"" +
+      Escape(c.stack) + "\"" + (c.param.empty() ? "" : " data-param=\"" + Escape(c.param) + "\"") +
+      " data-points=\"" + std::to_string(drawn) + "\" style=\"width:" + Fixed(W) + "px\">";
   out += "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " + Fixed(W) + " " + Fixed(H) +
          "\" width=\"" + Fixed(W) + "\" height=\"" + Fixed(H) + "\" role=\"img\" aria-label=\"" +
          Escape(c.title) + "\">";

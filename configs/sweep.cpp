@@ -668,7 +668,8 @@ void Parser::CheckScheduler(SweepConfig& c, bool benchmark_ok) const {
   if (c.objective.multi()) {
     std::string names;
     for (const auto& [m, minimise] : c.objective.metrics) names += (names.empty() ? "" : ", ") + m;
-    errors_.emplace_back(s.where, w + ": a scheduler ranks trials on one number, and the "
+    errors_.emplace_back(s.where, w +
+                                      ": a scheduler ranks trials on one number, and the "
                                       "objective is a Pareto front of " +
                                       std::to_string(c.objective.metrics.size()) + " metrics (" +
                                       names +
@@ -682,10 +683,10 @@ void Parser::CheckScheduler(SweepConfig& c, bool benchmark_ok) const {
                                    c.benchmark.name != "attention_error");
   if (s.max_t == 0) s.max_t = known ? steps : 0;
   if (known && s.max_t > steps) {
-    errors_.emplace_back(s.max_t_at, w + ".max_t: " + std::to_string(s.max_t) +
-                                         " is more than the benchmark's " + std::to_string(steps) +
-                                         " samples (max_t counts samples: " +
-                                         BenchmarkStepsText(c.benchmark) + ")");
+    errors_.emplace_back(
+        s.max_t_at, w + ".max_t: " + std::to_string(s.max_t) + " is more than the benchmark's " +
+                        std::to_string(steps) +
+                        " samples (max_t counts samples: " + BenchmarkStepsText(c.benchmark) + ")");
     return;
   }
   if (s.max_t > 0 && s.grace_period > s.max_t) {
@@ -702,10 +703,11 @@ void Parser::CheckScheduler(SweepConfig& c, bool benchmark_ok) const {
   if (s.brackets == 0) s.brackets = s.type == "hyperband" ? possible : 1;
   if (s.brackets > possible)
     errors_.emplace_back(s.brackets_at.line ? s.brackets_at : s.where,
-                         w + ".brackets: " + std::to_string(s.brackets) + " brackets need rungs up to " +
-                             "grace_period x reduction_factor^" + std::to_string(s.brackets - 1) +
-                             ", beyond max_t " + std::to_string(s.max_t) + " (at most " +
-                             std::to_string(possible) + " here)");
+                         w + ".brackets: " + std::to_string(s.brackets) +
+                             " brackets need rungs up to " + "grace_period x reduction_factor^" +
+                             std::to_string(s.brackets - 1) + ", beyond max_t " +
+                             std::to_string(s.max_t) + " (at most " + std::to_string(possible) +
+                             " here)");
 }
 
 ParamSpace Parser::ParseSpace(const YAML::Node& n, const FieldSpec& spec,
@@ -1028,8 +1030,8 @@ int64_t ResourcesSpec::SlotsOn(int64_t gpus, int64_t cores) const {
                             : std::numeric_limits<int64_t>::max();
   // A small tolerance, so 3 x 0.333.. fits in one GPU.
   if (gpus_per_trial > 0)
-    slots = std::min(slots,
-                     static_cast<int64_t>(static_cast<double>(gpus) / gpus_per_trial + 1e-9));
+    slots =
+        std::min(slots, static_cast<int64_t>(static_cast<double>(gpus) / gpus_per_trial + 1e-9));
   return slots;
 }
 
@@ -1213,8 +1215,7 @@ std::string PlanFingerprintText(const SweepConfig& sweep) {
 
 int64_t BenchmarkSteps(const BenchmarkSpec& b) {
   if (b.name == "noop") return b.steps;
-  if (b.name == "ruler_niah")
-    return static_cast<int64_t>(b.ruler.tasks.size()) * b.ruler.samples;
+  if (b.name == "ruler_niah") return static_cast<int64_t>(b.ruler.tasks.size()) * b.ruler.samples;
   if (b.synthetic) return b.data.samples;
   int64_t files = 0;
   std::error_code ec;

@@ -98,11 +98,11 @@ struct ObjectiveSpec {
 // Time is the benchmark's samples (BenchmarkSteps); the metric and mode are
 // the objective's (a Pareto objective is refused).
 struct SchedulerSpec {
-  std::string type;  // "" (none) | asha | hyperband | median
+  std::string type;   // "" (none) | asha | hyperband | median
   int64_t max_t = 0;  // 0: the benchmark's sample count
   int64_t grace_period = 1;
-  int64_t reduction_factor = 4;     // asha, hyperband
-  int64_t brackets = 0;             // asha, hyperband; 0: asha 1, hyperband all
+  int64_t reduction_factor = 4;      // asha, hyperband
+  int64_t brackets = 0;              // asha, hyperband; 0: asha 1, hyperband all
   int64_t min_samples_required = 3;  // median
   Location where, max_t_at, grace_at, brackets_at;
   bool enabled() const { return !type.empty(); }

@@ -305,9 +305,9 @@ class Coordinator {
   Status OnStep(const std::string& identity, WorkerState& w, const protocol::StepReport& r) {
     if (r.trial != w.trial || r.attempt != w.attempt) {
       ++stats_.malformed;
-      drop_log_("ignored a report from worker " + w.name + " for trial " +
-                std::to_string(r.trial) + " attempt " + std::to_string(r.attempt) +
-                ": it runs " + (w.trial ? "trial " + std::to_string(w.trial) : "nothing"));
+      drop_log_("ignored a report from worker " + w.name + " for trial " + std::to_string(r.trial) +
+                " attempt " + std::to_string(r.attempt) + ": it runs " +
+                (w.trial ? "trial " + std::to_string(w.trial) : "nothing"));
       return Status::Ok();
     }
     auto running = dispatched_.find(r.trial);
@@ -321,8 +321,9 @@ class Coordinator {
       } else {
         const Dispatched& d = running->second;
         stop = scheduler_->OnReport(d.stack, r.trial, d.number, r.step, objective);
-        MT_RETURN_IF_ERROR(store_.AddReport(r.trial, r.attempt, r.step, r.metrics, objective,
-                                            stop ? "stop" : "continue")
+        MT_RETURN_IF_ERROR(store_
+                               .AddReport(r.trial, r.attempt, r.step, r.metrics, objective,
+                                          stop ? "stop" : "continue")
                                .status());
         ++stats_.reports;
         if (stop) MT_RETURN_IF_ERROR(SettleStopped(r, objective, d));
@@ -335,10 +336,10 @@ class Coordinator {
   // A trial the scheduler stopped: done when it reached max_t, else pruned.
   Status SettleStopped(const protocol::StepReport& r, double objective, const Dispatched& d) {
     const bool complete = r.step >= scheduler_->max_t();
-    MT_ASSIGN_OR_RETURN(bool recorded,
-                        complete
-                            ? store_.RecordResult(r.trial, r.attempt, r.metrics, objective, r.step)
-                            : store_.RecordPruned(r.trial, r.attempt, r.step, r.metrics, objective));
+    MT_ASSIGN_OR_RETURN(
+        bool recorded, complete
+                           ? store_.RecordResult(r.trial, r.attempt, r.metrics, objective, r.step)
+                           : store_.RecordPruned(r.trial, r.attempt, r.step, r.metrics, objective));
     if (!recorded) return Status::Ok();
     if (complete) {
       ++stats_.results;

@@ -54,11 +54,11 @@ struct CoordinatorOptions {
 struct CoordinatorStats {
   int64_t results = 0, failures = 0, requeued = 0;
   int64_t reports = 0, pruned = 0;  // per-sample reports taken; trials a scheduler stopped
-  int64_t malformed = 0;           // messages dropped by protocol checks (logged, rate-limited)
-  int64_t refused = 0;             // peers the CURVE handshake (ZAP) turned away
-  int64_t handshake_failures = 0;  // plain, garbage or HTTP peers on a CURVE socket
-  int64_t rejoins = 0;             // unknown peers asked to send READY (e.g. after our restart)
-  int interrupted_by = 0;          // the signal that stopped the study; 0: it finished
+  int64_t malformed = 0;            // messages dropped by protocol checks (logged, rate-limited)
+  int64_t refused = 0;              // peers the CURVE handshake (ZAP) turned away
+  int64_t handshake_failures = 0;   // plain, garbage or HTTP peers on a CURVE socket
+  int64_t rejoins = 0;              // unknown peers asked to send READY (e.g. after our restart)
+  int interrupted_by = 0;           // the signal that stopped the study; 0: it finished
 };
 
 // Who runs a coordinator, for the study's lease: "HOST:PID".

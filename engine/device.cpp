@@ -7,9 +7,7 @@
 
 namespace masktune {
 
-std::string Device::ToString() const {
-  return cuda() ? "cuda:" + std::to_string(index) : "cpu";
-}
+std::string Device::ToString() const { return cuda() ? "cuda:" + std::to_string(index) : "cpu"; }
 
 Result<Device> Device::Parse(std::string_view text) {
   auto bad = [&] {

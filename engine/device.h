@@ -39,8 +39,8 @@ Device DefaultDevice();
 
 // Makes `device` this process's: the CPU always works; cuda:N needs a build
 // with CUDA ("masktune was built without CUDA ...") and a device N ("no CUDA
-// device N"); the message does not repeat the device. For cuda:N, narrows CUDA_VISIBLE_DEVICES to that device first,
-// so call this once, before any other CUDA call of the process.
+// device N"); the message does not repeat the device. For cuda:N, narrows CUDA_VISIBLE_DEVICES to
+// that device first, so call this once, before any other CUDA call of the process.
 Status Activate(const Device& device);
 
 }  // namespace masktune

@@ -79,7 +79,7 @@ struct TrialRow {
   std::string params;  // JSON object: parameter name -> value
   std::string status;  // queued | running | done | failed | pruned
   int64_t attempts = 0;
-  int64_t steps = 0;   // samples reached, for trials run under a scheduler; 0: not recorded
+  int64_t steps = 0;  // samples reached, for trials run under a scheduler; 0: not recorded
   std::string worker, error;
   std::optional<double> objective;
   Metrics metrics;                   // a NaN metric is stored as NULL and read back as NaN
@@ -96,7 +96,7 @@ struct ReportRow {
   int64_t seq = 0;  // the order the coordinator took them in
   int64_t trial = 0, attempt = 0, step = 0;
   std::string stack;
-  int64_t number = 0;  // the trial's number in its stack
+  int64_t number = 0;    // the trial's number in its stack
   double objective = 0;  // NaN when the metrics lack the objective's
   std::string decision;  // continue | stop
   Metrics metrics;

@@ -36,10 +36,11 @@ std::string GoldenFile(const std::string& name) {
 // nothing here ever loads it.
 std::string RulerSweep(const TempDir& dir, const std::string& study) {
   std::ofstream(dir / "model.gguf") << "GGUF-not-really-a-model";
-  std::ofstream(dir / "r.yaml") << "study: " << study << "\nbenchmark: {name: ruler_niah, model: "
-                                << dir / "model.gguf"
+  std::ofstream(dir / "r.yaml") << "study: " << study
+                                << "\nbenchmark: {name: ruler_niah, model: " << dir / "model.gguf"
                                 << ", samples: 1}\nattention: {a: [causal]}\nstorage: "
-                                << dir / "r.db" << "\n";
+                                << dir / "r.db"
+                                << "\n";
   return dir / "r.yaml";
 }
 
@@ -49,7 +50,8 @@ TEST_CASE("device: cpu, cuda and cuda:N parse; anything else is an error quoting
   CHECK(Device::Parse("cuda:3").value() == Device::Cuda(3));
   CHECK(Device::Parse("cuda:3").value().ToString() == "cuda:3");
   CHECK(Device::Parse("cpu").value().ToString() == "cpu");
-  for (const char* bad : {"", "gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1024", "CUDA", "cuda:1 "}) {
+  for (const char* bad :
+       {"", "gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:1024", "CUDA", "cuda:1 "}) {
     CAPTURE(bad);
     auto d = Device::Parse(bad);
     REQUIRE(!d.ok());
@@ -79,11 +81,15 @@ TEST_CASE("device: every benchmark honours the device or refuses it, naming itse
   auto noop = CreateBenchmark({{"name", "noop"}, {"device", "cuda"}}, Device::Cpu());
   CHECK(noop.ok());
   if (!cuda::Available()) {
-    auto ae = CreateBenchmark(
-        {{"name", "attention_error"},
-         {"synthetic", {{"keys", 64}, {"heads", 1}, {"kv_heads", 1}, {"head_dim", 8},
-                        {"queries", 1}, {"samples", 1}}}},
-        Device::Cuda(0));
+    auto ae = CreateBenchmark({{"name", "attention_error"},
+                               {"synthetic",
+                                {{"keys", 64},
+                                 {"heads", 1},
+                                 {"kv_heads", 1},
+                                 {"head_dim", 8},
+                                 {"queries", 1},
+                                 {"samples", 1}}}},
+                              Device::Cuda(0));
     REQUIRE(!ae.ok());
     CHECK(ae.status().message() == "attention_error: device cuda:0: no CUDA device on this worker");
   }
@@ -120,7 +126,8 @@ TEST_CASE("device: run --device cuda refuses ruler_niah (exit 2) before touching
 TEST_CASE("device: run --device reaches the local workers; cuda without CUDA is exit 2") {
   TempDir dir;
   std::ofstream(dir / "n.yaml") << "study: noop_device\nbenchmark: {name: noop}\n"
-                                << "attention: {a: [causal]}\nstorage: " << dir / "n.db" << "\n";
+                                << "attention: {a: [causal]}\nstorage: " << dir / "n.db"
+                                << "\n";
   const Run cpu = Masktune("run " + dir / "n.yaml" + " --device cpu --workers 1", "", 60);
   CAPTURE(cpu.output);
   CHECK(cpu.code == 0);
@@ -279,8 +286,7 @@ TEST_CASE("backend: the CUDA backend exists only where a GPU is; else the error 
 
 // On a GPU (scripts/gpu_check.sh runs '*device*'): the same mask through
 // both backends gives the same outputs to float rounding.
-TEST_CASE("device: the CUDA backend matches the CPU backend" *
-          doctest::skip(!cuda::Available())) {
+TEST_CASE("device: the CUDA backend matches the CPU backend" * doctest::skip(!cuda::Available())) {
   const Inputs x;
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   auto stack = Stack(registry);
@@ -341,13 +347,15 @@ TEST_CASE("resources: more than any worker has is refused at validate and run (F
   // `run`'s local workers are known: --device cpu ones have no GPU.
   std::ofstream(dir / "q.yaml") << "study: quarter\nbenchmark: {name: noop}\n"
                                 << "resources: {gpus_per_trial: 0.25}\nattention: {a: [causal]}\n"
-                                << "storage: " << dir / "q.db" << "\n";
+                                << "storage: " << dir / "q.db"
+                                << "\n";
   CheckBadInput(Masktune("run " + dir / "q.yaml" + " --device cpu --workers 1", "", 60),
                 dir / "q.yaml" + ":3:29: resources: a trial asks for 0.25 GPU and 1 cores");
   CHECK(!std::filesystem::exists(dir / "q.db"));
   std::ofstream(dir / "c.yaml") << "study: cores\nbenchmark: {name: noop}\n"
                                 << "resources: {cpus_per_trial: 1024}\nattention: {a: [causal]}\n"
-                                << "storage: " << dir / "c.db" << "\n";
+                                << "storage: " << dir / "c.db"
+                                << "\n";
   CheckBadInput(Masktune("run " + dir / "c.yaml" + " --workers 1", "", 60),
                 dir / "c.yaml" + ":3:29: resources: a trial asks for 0 GPU and 1024 cores");
 }
@@ -363,15 +371,14 @@ TEST_CASE("resources: gpus_per_trial trials go only to workers that announce a G
                                 << "attention: {a: [{sink: {sink_size: {randint: [1, 64]}}}]}\n";
   const std::string db = dir / "g.db";
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  const pid_t coordinator =
-      Spawn({MASKTUNE_BINARY, "coordinator", dir / "g.yaml", "--bind", endpoint, "--db", db,
-             "--insecure", "--heartbeat-ms", "50"},
-            dir / "coordinator.log");
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "g.yaml", "--bind",
+                                   endpoint, "--db", db, "--insecure", "--heartbeat-ms", "50"},
+                                  dir / "coordinator.log");
   const pid_t cpu = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "cpu-only",
                            "--insecure", "--heartbeat-ms", "50", "--device", "cpu"});
-  const pid_t gpu = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "one-gpu",
-                           "--insecure", "--heartbeat-ms", "50", "--device", "cpu",
-                           "--announce-gpus", "1"});
+  const pid_t gpu =
+      Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "one-gpu", "--insecure",
+             "--heartbeat-ms", "50", "--device", "cpu", "--announce-gpus", "1"});
   CHECK(WaitExit(coordinator, 60) == 0);
   CHECK(WaitExit(gpu, 20) == 0);
   CHECK(WaitExit(cpu, 20) == 0);  // told the study is over, though it ran nothing

@@ -24,7 +24,7 @@
 namespace masktune {
 namespace {
 
-const nlohmann::json kSmolShape = {{"keys", 2048}, {"heads", 9},   {"kv_heads", 3},
+const nlohmann::json kSmolShape = {{"keys", 2048},   {"heads", 9},   {"kv_heads", 3},
                                    {"head_dim", 64}, {"samples", 8}, {"seed", 7}};
 
 struct Stats {
@@ -78,8 +78,8 @@ Stats Measure(const nlohmann::json& spec, int samples) {
       for (int64_t j = 0; j < N / 10; ++j) st.top10 += p[j];
     }
   }
-  for (double* x : {&st.sink, &st.local, &st.top10, &st.key_mean, &st.score_std, &st.q_norm,
-                    &st.v_norm})
+  for (double* x :
+       {&st.sink, &st.local, &st.top10, &st.key_mean, &st.score_std, &st.q_norm, &st.v_norm})
     *x /= static_cast<double>(rows);
   return st;
 }
@@ -124,9 +124,8 @@ TEST_CASE("synthetic: stack errors near the captured ones") {
   CHECK(sink_local > 0.18);  // captured 0.25 | 0.37; old 1.46
   CHECK(sink_local < 0.5);
   const double top_k =
-      StackError(kSmolShape,
-                 R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},)"
-                 R"({"type":"oracle_top_k","heavy_size":0.1}])");
+      StackError(kSmolShape, R"([{"type":"sink","sink_size":64},{"type":"local","window_size":64},)"
+                             R"({"type":"oracle_top_k","heavy_size":0.1}])");
   CHECK(top_k > 0.015);  // captured 0.083 | 0.052
   CHECK(top_k < 0.12);
   const double vattention = StackError(
@@ -152,8 +151,8 @@ TEST_CASE("synthetic: deterministic, seeded, finite on any shape") {
   // queries as keys (causal), GQA groups of one.
   for (auto [n, h, hkv, d, q] : {std::tuple{1, 1, 1, 1, 1}, std::tuple{5, 2, 1, 3, 5},
                                  std::tuple{300, 4, 4, 16, 7}, std::tuple{64, 6, 2, 2, 1}}) {
-    const nlohmann::json spec = {{"keys", n}, {"heads", h}, {"kv_heads", hkv}, {"head_dim", d},
-                                 {"queries", q}, {"seed", 1}};
+    const nlohmann::json spec = {{"keys", n},     {"heads", h},   {"kv_heads", hkv},
+                                 {"head_dim", d}, {"queries", q}, {"seed", 1}};
     const AttentionSample s = SynthesizeAttention(spec, 0);
     CHECK(s.q.shape() == Shape{1, h, q, d});
     CHECK(s.k.shape() == Shape{1, hkv, n, d});

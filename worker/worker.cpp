@@ -285,7 +285,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   bool welcomed = false, ready_pending = true, first_ready = true;
   std::string benchmark_spec;
   int64_t running_trial = 0, running_attempt = 0;  // what the coordinator gave us, 0: none
-  int64_t report_trial = 0, report_step = 0;         // the last REPORT sent
+  int64_t report_trial = 0, report_step = 0;       // the last REPORT sent
   Clock::time_point report_sent;
   const auto started = Clock::now();
   Clock::time_point last_heard = started, next_heartbeat = started + interval, ready_sent = started;

@@ -89,7 +89,9 @@ class AttentionErrorBenchmark : public Benchmark {
   // point into `samples`, which must not move afterwards).
   AttentionErrorBenchmark(std::vector<Sample> samples, std::unique_ptr<Backend> backend,
                           std::vector<std::unique_ptr<BackendInputs>> resident)
-      : samples_(std::move(samples)), backend_(std::move(backend)), resident_(std::move(resident)) {}
+      : samples_(std::move(samples)),
+        backend_(std::move(backend)),
+        resident_(std::move(resident)) {}
 
   // The dense reference (on the CPU, whatever the backend) and the top mass.
   static void Prepare(Sample& s) {
@@ -150,7 +152,7 @@ class AttentionErrorBenchmark : public Benchmark {
 
  private:
   std::vector<Sample> samples_;
-  std::unique_ptr<Backend> backend_;  // where masks and masked attention run
+  std::unique_ptr<Backend> backend_;                      // where masks and masked attention run
   std::vector<std::unique_ptr<BackendInputs>> resident_;  // per sample
 };
 

@@ -33,26 +33,26 @@ enum Purpose : uint32_t {
   kDrawQuery = 1,
   kDrawKey = 2,
   kDrawValue = 3,
-  kFrame = 4,       // frame directions, per kv head: counter (kvh << 40 | vec << 20 | dim)
-  kHeadTraits = 5,  // per kv head and query head: uniforms
-  kHeavy = 6,       // heavy-hitter positions and sizes
-  kSpectrum = 7,    // per-channel scales
-  kValueBlocks = 8, // the value component shared by a block of 32 neighbouring keys
+  kFrame = 4,        // frame directions, per kv head: counter (kvh << 40 | vec << 20 | dim)
+  kHeadTraits = 5,   // per kv head and query head: uniforms
+  kHeavy = 6,        // heavy-hitter positions and sizes
+  kSpectrum = 7,     // per-channel scales
+  kValueBlocks = 8,  // the value component shared by a block of 32 neighbouring keys
 };
 
 // Fitted constants (scaled-score units unless noted).
-constexpr double kContentStd = 1.5;     // std of the content part of the scores
-constexpr double kRecencyPeak = 10.5;    // R(0)
-constexpr double kRecencySlope = 1.5;    // R(d) = peak - slope ln(1 + d), at least 0
+constexpr double kContentStd = 1.5;    // std of the content part of the scores
+constexpr double kRecencyPeak = 10.5;  // R(0)
+constexpr double kRecencySlope = 1.5;  // R(d) = peak - slope ln(1 + d), at least 0
 constexpr double kSinkLo = 9.0, kSinkHi = 13.0;
-constexpr double kBroadShare = 0.15;     // kv heads without a sink
-constexpr double kKeyMean = 1.5;        // |key mean| / sqrt(D)
-constexpr double kKeyNoise = 1.45;      // per-channel std of the key residual
-constexpr double kQueryAway = -0.4;     // query component along the key mean / sqrt(D)
-constexpr double kValueMean = 0.45;     // |value mean| / sqrt(D)
-constexpr double kValueNoise = 0.5;     // per-channel std of the value residual
-constexpr double kValueDrift = 0.5;     // per-channel std of the value part shared by 32 neighbours
-constexpr double kSinkValue = 0.3;      // |v_0| / typical |v|
+constexpr double kBroadShare = 0.15;  // kv heads without a sink
+constexpr double kKeyMean = 1.5;      // |key mean| / sqrt(D)
+constexpr double kKeyNoise = 1.45;    // per-channel std of the key residual
+constexpr double kQueryAway = -0.4;   // query component along the key mean / sqrt(D)
+constexpr double kValueMean = 0.45;   // |value mean| / sqrt(D)
+constexpr double kValueNoise = 0.5;   // per-channel std of the value residual
+constexpr double kValueDrift = 0.5;   // per-channel std of the value part shared by 32 neighbours
+constexpr double kSinkValue = 0.3;    // |v_0| / typical |v|
 
 struct Frame {
   std::vector<double> mean, sink, recency, heavy;  // orthonormal, D each (zero when D is too small)
@@ -133,7 +133,8 @@ AttentionSample SynthesizeAttention(const nlohmann::json& s, int64_t index) {
     for (double& l : lambda) l /= std::sqrt(ms / static_cast<double>(D));
 
     const bool broad = uniform(kHeadTraits, kv_base) < kBroadShare;
-    const double sink = broad ? -1.0 : kSinkLo + (kSinkHi - kSinkLo) * uniform(kHeadTraits, kv_base | 1);
+    const double sink =
+        broad ? -1.0 : kSinkLo + (kSinkHi - kSinkLo) * uniform(kHeadTraits, kv_base | 1);
     const double value_scale = 0.6 + 0.8 * uniform(kHeadTraits, kv_base | 2);
 
     // Keys: mean + content residual + recency + heavy hitters + the sink.
@@ -166,8 +167,9 @@ AttentionSample SynthesizeAttention(const nlohmann::json& s, int64_t index) {
         const double noise = kKeyNoise * std::sqrt(lambda[d]) * RandomNormal(kn, row + d);
         k[d] = static_cast<float>(kKeyMean * sqrt_d * f.mean[d] + noise + c_rec * f.recency[d] +
                                   c_heavy * f.heavy[d] + c_sink * f.sink[d]);
-        const double vr = kValueNoise * RandomNormal(vn, row + d) +
-                          kValueDrift * RandomNormal(vd, (static_cast<uint64_t>(kvh) * N + j / 32) * D + d);
+        const double vr =
+            kValueNoise * RandomNormal(vn, row + d) +
+            kValueDrift * RandomNormal(vd, (static_cast<uint64_t>(kvh) * N + j / 32) * D + d);
         v[d] = static_cast<float>(value_scale *
                                   (kValueMean * sqrt_d * vmean[d] / (vm_norm + 1e-12) + vr));
       }
@@ -193,10 +195,9 @@ AttentionSample SynthesizeAttention(const nlohmann::json& s, int64_t index) {
         const uint64_t row = (static_cast<uint64_t>(h) * Q + i) * D;
         for (int64_t d = 0; d < D; ++d) {
           const double noise = sigma_q * std::sqrt(lambda[d]) * RandomNormal(qn, row + d);
-          q[d] = static_cast<float>(kQueryAway * sqrt_d * f.mean[d] +
-                                    q_dir * (w_sink * f.sink[d] + w_rec * f.recency[d] +
-                                             w_heavy * f.heavy[d]) +
-                                    noise);
+          q[d] = static_cast<float>(
+              kQueryAway * sqrt_d * f.mean[d] +
+              q_dir * (w_sink * f.sink[d] + w_rec * f.recency[d] + w_heavy * f.heavy[d]) + noise);
         }
       }
     }
