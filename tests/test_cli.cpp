@@ -222,6 +222,22 @@ TEST_CASE("validate prints the plan, or the error with its place and exit code 2
                     ":5:28: attention.a[0] (local): field 'window_size': expected "
                     "an integer count > 0, found -4");
   CheckBadInput(Masktune("validate " + dir / "none.yaml"), "cannot open the sweep file");
+
+  // A scheduler is part of the plan.
+  const Run asha = Masktune("validate " + examples + "asha.yaml");
+  CHECK(asha.code == 0);
+  CHECK(asha.output.find("scheduler asha: max_t 16 samples, grace_period 1, reduction_factor 4, "
+                         "brackets 1\n") != std::string::npos);
+  // --device: whether the workers' device can run the benchmark; this machine need not have it.
+  CHECK(Masktune("validate " + examples + "quickstart.yaml --device cuda:1").code == 0);
+  CheckBadInput(Masktune("validate " + examples + "quickstart.yaml --device tpu"),
+                "quickstart.yaml: --device tpu: ");
+  if (std::filesystem::exists(std::string(MASKTUNE_SOURCE_DIR) +
+                              "/models/SmolLM2-135M-Instruct.Q4_1.gguf")) {
+    CHECK(Masktune("validate " + examples + "ruler_magic_pig.yaml --device cpu").code == 0);
+    CheckBadInput(Masktune("validate " + examples + "ruler_magic_pig.yaml --device cuda"),
+                  "ruler_niah: runs on the CPU only");
+  }
 }
 
 TEST_CASE("run, then best, trials, status and export on its database") {
