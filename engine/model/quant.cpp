@@ -380,7 +380,8 @@ void DequantizeRows(const QuantMatrix& w, int64_t r0, int64_t r1, float* dst) {
 
 void MatVecRows(const QuantMatrix& w, const float* x, float* y, int64_t r0, int64_t r1,
                 Kernel kernel) {
-  std::vector<float> xsum;
+  // Per thread and kept: a decoded token calls this thousands of times.
+  thread_local std::vector<float> xsum;
   if (w.type == GgufTensorType::kQ4_0 || w.type == GgufTensorType::kQ4_1) {
     xsum.resize(static_cast<size_t>(w.cols / kQBlock));
     BlockSums(x, w.cols, xsum.data());
