@@ -299,7 +299,6 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
       // Both setups start from the dense context (one cache file serves both);
       // setup A runs the question densely on top of it.
       const std::string name = CacheName(path, task, context_tokens, seed, i, context);
-      MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, cache_dir, name));
       PreparedSample sample{task,    std::move(p.expected), {}, std::nullopt, {}, {}, {}, {},
                             capacity};
       if (setup_a) {
@@ -308,13 +307,19 @@ Result<std::unique_ptr<Benchmark>> CreateRulerNiahBenchmark(
       }
       sample.question = std::move(question);
       if (cache_dir.empty()) {
+        MT_ASSIGN_OR_RETURN(auto prefix, DensePrefix(model, context, capacity, "", name));
         if (setup_a) {
           MT_ASSIGN_OR_RETURN(prefix.second, prefix.first.Forward(sample.dense_question));
         }
         sample.prefix.emplace(std::move(prefix.first));
         sample.logits = std::move(prefix.second);
       } else {
+        // Computed and written now when absent; a present file is read (and
+        // checked against the tokens) by each trial, not here as well.
         sample.file = cache_dir + "/" + name;
+        if (!std::filesystem::exists(sample.file)) {
+          MT_RETURN_IF_ERROR(DensePrefix(model, context, capacity, cache_dir, name).status());
+        }
         sample.context = std::move(context);
       }
       prepared.push_back(std::move(sample));
