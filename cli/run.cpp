@@ -171,10 +171,14 @@ int RunStudy(const std::string& command, const std::string& sweep_path,
   }
 
   const bool local = o.bind.empty();
-  const int n = o.workers > 0 ? o.workers
-                : sweep->workers > 0
-                    ? static_cast<int>(sweep->workers)
-                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Without resources, one local worker per core, each trial on its own
+  // core; with resources, one worker holding every core (and the GPU), which
+  // runs as many trials at once as they allow (ResourcesSpec::Concurrency).
+  const bool resources = sweep->resources.gpus_per_trial > 0 || sweep->resources.cpus_at.line > 0;
+  const int n = o.workers > 0        ? o.workers
+                : sweep->workers > 0 ? static_cast<int>(sweep->workers)
+                : resources          ? 1
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   CoordinatorOptions copt;
   copt.bind = local ? "inproc://masktune-" + std::to_string(::getpid()) : o.bind;
   if (!o.keys.empty()) {
@@ -326,6 +330,10 @@ Action AddWorkerCommand(CLI::App& app) {
                   std::string(kDeviceHelp) +
                       " when the coordinator's WELCOME names it (default: cuda:0 when a\n"
                       "GPU is present, else cpu; a CPU-only benchmark then runs on the CPU)");
+  cmd->add_option("--cores", o->announce_cores,
+                  "the cores this worker offers to the sweep's resources.cpus_per_trial (default: "
+                  "the cores the process may run on, as sched_getaffinity says)")
+      ->check(CLI::Range(1, 1 << 20));
   // Test-only: the GPUs READY announces, so resources can be tested on CPUs.
   cmd->add_option("--announce-gpus", o->announce_gpus)->check(CLI::Range(0, 1 << 20))->group("");
   return [o, keys, insecure, give_up_s, welcome_s, device] {

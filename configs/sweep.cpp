@@ -936,7 +936,7 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
   if (root["resources"])
     Try([&] {
       const YAML::Node r = Map(root["resources"], "resources");
-      CheckKeys(r, "resources", {"gpus_per_trial", "cpus_per_trial"});
+      CheckKeys(r, "resources", {"gpus_per_trial", "cpus_per_trial", "no_fit_timeout_s"});
       if (r["gpus_per_trial"])
         Try([&] {
           const double g = Number(r["gpus_per_trial"], "resources.gpus_per_trial");
@@ -956,6 +956,12 @@ SweepConfig Parser::Parse(const YAML::Node& root) {
           c.resources.cpus_per_trial =
               Int(r["cpus_per_trial"], "resources.cpus_per_trial", 1, 1024);
           c.resources.cpus_at = At(r["cpus_per_trial"]);
+        });
+      if (r["no_fit_timeout_s"])
+        Try([&] {
+          c.resources.no_fit_timeout_s =
+              Int(r["no_fit_timeout_s"], "resources.no_fit_timeout_s", 1, 7 * 24 * 3600);
+          c.resources.no_fit_at = At(r["no_fit_timeout_s"]);
         });
     });
   if (root["workers"]) Try([&] { c.workers = Int(root["workers"], "workers", 0, 4096); });
@@ -1033,6 +1039,19 @@ int64_t ResourcesSpec::SlotsOn(int64_t gpus, int64_t cores) const {
     slots =
         std::min(slots, static_cast<int64_t>(static_cast<double>(gpus) / gpus_per_trial + 1e-9));
   return slots;
+}
+
+int64_t ResourcesSpec::Concurrency(int64_t gpus, int64_t cores) const {
+  const int64_t fit = SlotsOn(gpus, cores);
+  if (fit < 1) return 0;
+  if ((gpus_per_trial <= 0 && cpus_at.line == 0) || cores <= 0) return 1;
+  return std::min<int64_t>(fit, 1024);  // protocol::kMaxSlots
+}
+
+int64_t ResourcesSpec::ThreadsPerTrial(int64_t gpus, int64_t cores) const {
+  if (cpus_at.line > 0) return cpus_per_trial;
+  const int64_t slots = Concurrency(gpus, cores);
+  return cores > 0 && slots > 0 ? std::max<int64_t>(1, cores / slots) : 0;
 }
 
 std::string ResourcesSpec::Misfit(int64_t gpus, int64_t cores) const {

@@ -130,6 +130,20 @@ struct ResourcesSpec {
   int64_t SlotsOn(int64_t gpus, int64_t cores) const;
   // Why such a worker gets no trial ("" when one fits).
   std::string Misfit(int64_t gpus, int64_t cores) const;
+  // Trials such a worker runs at once: SlotsOn when the file asks for
+  // resources (gpus_per_trial > 0 or cpus_per_trial written), else 1, the
+  // whole worker per trial (masktune's trials are multi-threaded, unlike Ray
+  // Tune's default of one core each); 0 when none fits; at most
+  // protocol::kMaxSlots, and 1 when the worker announced no cores.
+  int64_t Concurrency(int64_t gpus, int64_t cores) const;
+  // OpenMP threads per trial on such a worker: cpus_per_trial when written,
+  // else its cores shared among Concurrency()'s trials (0: not announced,
+  // the OpenMP default).
+  int64_t ThreadsPerTrial(int64_t gpus, int64_t cores) const;
+  // How long queued trials wait while workers are connected but none fits,
+  // before they fail naming the resources and the workers seen.
+  int64_t no_fit_timeout_s = 600;
+  Location no_fit_at;
 };
 
 struct SweepConfig {

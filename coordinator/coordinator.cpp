@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "protocol/throttled_log.h"
 #include "search/objective.h"
@@ -39,10 +40,22 @@ std::string Describe(const storage::Lease& l) {
 struct WorkerState {
   std::string name;
   Clock::time_point last_seen;
-  int64_t trial = 0, attempt = 0;  // trial 0: idle
-  // What it announced (READY); a worker takes a trial only when the sweep's
-  // resources fit (ResourcesSpec::SlotsOn), one at a time today.
-  int64_t cores = 0, gpus = 0;
+  std::map<int64_t, int64_t> running;  // trial -> attempt: what it runs now
+  // What it announced (READY), and the trials it runs at once under the
+  // sweep's resources (ResourcesSpec::Concurrency; 0: none fits).
+  int64_t cores = 0, gpus = 0, slots = 0;
+  std::string Runs() const {
+    if (running.empty()) return "nothing";
+    std::string s;
+    for (const auto& [trial, attempt] : running)
+      s += (s.empty() ? "trial " : ", trial ") + std::to_string(trial) + " attempt " +
+           std::to_string(attempt);
+    return s;
+  }
+  bool Runs(int64_t trial, int64_t attempt) const {
+    auto it = running.find(trial);
+    return it != running.end() && it->second == attempt;
+  }
 };
 
 // A trial handed to a worker: what TPE's history and the scheduler need.
@@ -100,7 +113,7 @@ class Coordinator {
       while (auto frames = protocol::ReceiveFrames(router_, true, &last_identity_))
         MT_RETURN_IF_ERROR(OnMessage(*frames, now));
       MT_RETURN_IF_ERROR(PurgeSilent(now));
-      MT_RETURN_IF_ERROR(Dispatch());
+      MT_RETURN_IF_ERROR(Dispatch(now));
       const bool heartbeat = now >= next_heartbeat;
       if (heartbeat) MT_RETURN_IF_ERROR(RenewLease());
       const bool finished = Settled();
@@ -203,13 +216,13 @@ class Coordinator {
     changed_ = true;
   }
 
-  // The worker's running trial goes back to the queue (it died, restarted or was replaced).
+  // The worker's running trials go back to the queue (it died, restarted or was replaced).
   Status Release(WorkerState& w) {
-    if (!w.trial) return Status::Ok();
+    if (w.running.empty()) return Status::Ok();
     MT_ASSIGN_OR_RETURN(int64_t n, store_.Requeue(study_, w.name));
     stats_.requeued += n;
     CountRequeued(n);
-    w.trial = w.attempt = 0;
+    w.running.clear();
     return Status::Ok();
   }
 
@@ -233,12 +246,21 @@ class Coordinator {
     if (!parsed.ok()) {
       Drop(identity, parsed.status().message());
       // A busy worker's broken report would leave its trial running forever:
-      // the attempt fails, with the reason.
-      if (known != workers_.end() && known->second.trial &&
-          (frames->command == protocol::kResult || frames->command == protocol::kFailed))
-        return Settle(known->second, known->second.trial, known->second.attempt, nullptr,
-                      "worker " + known->second.name +
-                          " sent a malformed report: " + parsed.status().message());
+      // the attempt it names fails, with the reason; when it names none that
+      // the worker runs, every trial it runs fails (which one it meant is
+      // unknown).
+      if (known == workers_.end() || known->second.running.empty() ||
+          (frames->command != protocol::kResult && frames->command != protocol::kFailed))
+        return Status::Ok();
+      WorkerState& w = known->second;
+      const std::string why =
+          "worker " + w.name + " sent a malformed report: " + parsed.status().message();
+      if (auto ids = protocol::ReadableTrialIds(frames.value());
+          ids && w.Runs(ids->first, ids->second))
+        return Settle(w, ids->first, ids->second, nullptr, why);
+      const auto running = w.running;
+      for (const auto& [trial, attempt] : running)
+        MT_RETURN_IF_ERROR(Settle(w, trial, attempt, nullptr, why));
       return Status::Ok();
     }
     if (auto* ready = std::get_if<protocol::Ready>(&parsed.value()))
@@ -273,26 +295,27 @@ class Coordinator {
     }
     WorkerState& w = workers_[identity];
     MT_RETURN_IF_ERROR(Release(w));  // it restarted mid-trial: that attempt is lost
-    w = WorkerState{ready.name, now, 0, 0, ready.cores, ready.gpus};
-    if (std::string misfit = sweep_.resources.Misfit(ready.gpus, ready.cores); !misfit.empty())
+    const configs::ResourcesSpec& r = sweep_.resources;
+    w = WorkerState{ready.name,  now,        {},
+                    ready.cores, ready.gpus, r.Concurrency(ready.gpus, ready.cores)};
+    if (std::string misfit = r.Misfit(ready.gpus, ready.cores); !misfit.empty())
       log_("worker " + ready.name + " gets no trials: " + misfit);
     MT_RETURN_IF_ERROR(store_.TouchWorker(
         study_, w.name,
         json{{"name", ready.name}, {"cores", ready.cores}, {"gpus", ready.gpus}}.dump()));
-    outbox_.push_back({identity, protocol::Welcome{sweep_.study, sweep_.benchmark.ToJson()}});
+    outbox_.push_back({identity, protocol::Welcome{sweep_.study, sweep_.benchmark.ToJson(),
+                                                   std::max<int64_t>(1, w.slots),
+                                                   r.ThreadsPerTrial(ready.gpus, ready.cores)}});
     changed_ = true;
     return Status::Ok();
   }
 
   Status OnReport(WorkerState& w, int64_t trial, int64_t attempt, const Metrics* metrics,
                   const std::string& error) {
-    if (trial != w.trial || attempt != w.attempt) {
-      ++stats_.malformed;  // not the trial this worker runs (stale or wrong): ignored
+    if (!w.Runs(trial, attempt)) {
+      ++stats_.malformed;  // not a trial this worker runs (stale or wrong): ignored
       drop_log_("ignored a report from worker " + w.name + " for trial " + std::to_string(trial) +
-                " attempt " + std::to_string(attempt) + ": it runs " +
-                (w.trial
-                     ? "trial " + std::to_string(w.trial) + " attempt " + std::to_string(w.attempt)
-                     : "nothing"));
+                " attempt " + std::to_string(attempt) + ": it runs " + w.Runs());
       return Status::Ok();
     }
     return Settle(w, trial, attempt, metrics, error);
@@ -303,11 +326,10 @@ class Coordinator {
   // or done at max_t); its worker stays busy until its RESULT, which then
   // changes nothing. A repeated report gets the stored decision again.
   Status OnStep(const std::string& identity, WorkerState& w, const protocol::StepReport& r) {
-    if (r.trial != w.trial || r.attempt != w.attempt) {
+    if (!w.Runs(r.trial, r.attempt)) {
       ++stats_.malformed;
       drop_log_("ignored a report from worker " + w.name + " for trial " + std::to_string(r.trial) +
-                " attempt " + std::to_string(r.attempt) + ": it runs " +
-                (w.trial ? "trial " + std::to_string(w.trial) : "nothing"));
+                " attempt " + std::to_string(r.attempt) + ": it runs " + w.Runs());
       return Status::Ok();
     }
     auto running = dispatched_.find(r.trial);
@@ -372,7 +394,7 @@ class Coordinator {
       if (recorded) CountSettled(false, attempt >= sweep_.search.max_failures);
     }
     dispatched_.erase(trial);
-    w.trial = w.attempt = 0;
+    w.running.erase(trial);
     changed_ = true;
     return Status::Ok();
   }
@@ -393,7 +415,7 @@ class Coordinator {
 
   int64_t Running() const {
     int64_t n = 0;
-    for (const auto& [id, w] : workers_) n += w.trial != 0;
+    for (const auto& [id, w] : workers_) n += static_cast<int64_t>(w.running.size());
     return n;
   }
 
@@ -416,51 +438,95 @@ class Coordinator {
     return Status::Ok();
   }
 
-  // Idle workers get trials, written as running before they are sent.
-  Status Dispatch() {
+  // Workers with a free slot get trials, written as running before they are
+  // sent: one per worker per pass, so a queue shorter than the slots is
+  // spread over the workers rather than piled on the first.
+  Status Dispatch(Clock::time_point now) {
+    MT_RETURN_IF_ERROR(FailIfNoneFits(now));
     const int64_t max_running = sweep_.search.max_concurrent_trials;
     int64_t running = Running();
-    for (auto& [id, w] : workers_) {
-      if (w.trial || (max_running > 0 && running >= max_running)) continue;
-      if (sweep_.resources.SlotsOn(w.gpus, w.cores) < 1) continue;  // waits for one that fits
-      MT_RETURN_IF_ERROR(SuggestIfNeeded());
-      if (progress_.queued == 0) break;
-      MT_ASSIGN_OR_RETURN(auto trial, store_.StartNext(study_, w.name));
-      if (!trial) break;
-      CountStarted();
-      auto params = search::ParamsFromJson(trial->params);
-      auto configs =
-          params.ok() ? search::Materialize(registry_, *plan_of_.at(trial->stack), params.value())
-                      : Result<std::vector<MaskerConfig>>(params.status());
-      if (!configs.ok()) {  // only for a damaged database: fail the trial, not the study
-        MT_RETURN_IF_ERROR(
-            store_.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1)
-                .status());
-        CountSettled(false, true);
-        continue;
+    for (bool gave = true; gave;) {
+      gave = false;
+      for (auto& [id, w] : workers_) {
+        if (static_cast<int64_t>(w.running.size()) >= w.slots) continue;
+        if (max_running > 0 && running >= max_running) return Status::Ok();
+        MT_RETURN_IF_ERROR(SuggestIfNeeded());
+        if (progress_.queued == 0) return Status::Ok();
+        MT_ASSIGN_OR_RETURN(auto trial, store_.StartNext(study_, w.name));
+        if (!trial) return Status::Ok();
+        CountStarted();
+        gave = true;
+        auto params = search::ParamsFromJson(trial->params);
+        auto configs =
+            params.ok() ? search::Materialize(registry_, *plan_of_.at(trial->stack), params.value())
+                        : Result<std::vector<MaskerConfig>>(params.status());
+        if (!configs.ok()) {  // only for a damaged database: fail the trial, not the study
+          MT_RETURN_IF_ERROR(
+              store_.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1)
+                  .status());
+          CountSettled(false, true);
+          continue;
+        }
+        json maskers = json::array();
+        for (const MaskerConfig& c : configs.value()) {
+          json m = {{"type", c.type}};
+          for (const auto& [f, v] : c.values) m[f] = FieldValueToJson(v);
+          maskers.push_back(m);
+        }
+        w.running[trial->id] = trial->attempts;
+        dispatched_[trial->id] = {trial->stack, trial->number, params.value()};
+        ++running;
+        outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack,
+                                                      std::move(maskers), scheduler_ != nullptr}});
       }
-      json maskers = json::array();
-      for (const MaskerConfig& c : configs.value()) {
-        json m = {{"type", c.type}};
-        for (const auto& [f, v] : c.values) m[f] = FieldValueToJson(v);
-        maskers.push_back(m);
-      }
-      w.trial = trial->id;
-      w.attempt = trial->attempts;
-      dispatched_[trial->id] = {trial->stack, trial->number, params.value()};
-      ++running;
-      outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack,
-                                                    std::move(maskers), scheduler_ != nullptr}});
     }
     return Status::Ok();
   }
 
-  bool Settled() {
+  // Workers are connected but none fits the sweep's resources: after
+  // resources.no_fit_timeout_s of that, the queued trials fail for good with
+  // the reason (a GPU sweep whose workers all came up without a GPU would
+  // otherwise wait forever). With no worker at all the study waits: workers
+  // may still be starting.
+  Status FailIfNoneFits(Clock::time_point now) {
+    bool fits = workers_.empty();
+    for (const auto& [id, w] : workers_) fits |= w.slots > 0;
+    if (fits || (progress_.queued == 0 && AllCreated())) {
+      unfit_since_.reset();
+      return Status::Ok();
+    }
+    if (!unfit_since_) unfit_since_ = now;
+    const configs::ResourcesSpec& r = sweep_.resources;
+    if (now - *unfit_since_ < std::chrono::seconds(r.no_fit_timeout_s)) return Status::Ok();
+    std::string seen;
+    for (const auto& [id, w] : workers_)
+      seen += (seen.empty() ? "" : "; ") + w.name + ": " + r.Misfit(w.gpus, w.cores);
+    const std::string why = "no worker fits the sweep's resources after " +
+                            std::to_string(r.no_fit_timeout_s) +
+                            " s (resources.no_fit_timeout_s): " + seen;
+    log_(why + "; failing the queued trials");
+    while (true) {
+      MT_RETURN_IF_ERROR(SuggestIfNeeded());
+      if (progress_.queued == 0) break;
+      MT_ASSIGN_OR_RETURN(auto trial, store_.StartNext(study_, ""));
+      if (!trial) break;
+      CountStarted();
+      MT_RETURN_IF_ERROR(store_.RecordFailure(trial->id, trial->attempts, why, 1).status());
+      ++stats_.failures;
+      CountSettled(false, true);
+    }
+    return Status::Ok();
+  }
+
+  // Every trial of the plan exists in the store (TPE creates them as it goes).
+  bool AllCreated() {
     bool all_created = true;
     if (tpe_)
       for (const auto& p : plans_) all_created &= stacks_[p.stack->name].created >= p.trials;
-    return progress_.queued == 0 && progress_.running == 0 && all_created;
+    return all_created;
   }
+
+  bool Settled() { return progress_.queued == 0 && progress_.running == 0 && AllCreated(); }
 
   Status RenewLease() {
     if (options_.lease.holder.empty()) return Status::Ok();
@@ -558,6 +624,8 @@ class Coordinator {
   };
   std::map<std::string, StackState> stacks_;
   std::map<int64_t, Dispatched> dispatched_;  // running trials, by id
+  // Since when workers are connected and none fits the resources (unset: one fits).
+  std::optional<Clock::time_point> unfit_since_;
   std::vector<std::pair<std::string, protocol::FromCoordinator>> outbox_;
 };
 

@@ -52,7 +52,9 @@ Result<CoordinatorStats> RunWithLocalWorkers(zmq::context_t& context, storage::S
         w.curve = local.curve;
         w.name = DefaultWorkerName(local.name_prefix + std::to_string(i));
         w.heartbeat_interval_ms = options.heartbeat_interval_ms;
-        w.threads = local.threads_per_worker;
+        // Its share of the node's cores; WELCOME then divides them among its
+        // trials (resources), all to one trial by default.
+        w.announce_cores = local.threads_per_worker;
         w.device = local.device;
         w.stop = &stop;
         (void)RunWorker(context, registry, w);

@@ -15,7 +15,9 @@ namespace masktune {
 
 struct LocalRun {
   int workers = 1;
-  int threads_per_worker = 0;          // OpenMP threads per worker's trials (0: default)
+  // The cores each worker announces (its share), which its trials' OpenMP
+  // threads divide among themselves (0: the cores this process may use).
+  int threads_per_worker = 0;
   Device device;                       // where the workers' trials run (activated by the caller)
   std::string name_prefix = "local-";  // names read PREFIX<i>@HOST:PID
   std::shared_ptr<const security::ClientKeys>

@@ -168,6 +168,14 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
     if (type == it->end() || !type->is_string())
       return Bad(c, "benchmark.name", "expected a string");
     w.benchmark = *it;
+    if (body.contains("slots")) {
+      MT_ASSIGN_OR_RETURN(w.slots, PositiveInt(c, body, "slots"));
+      if (w.slots > kMaxSlots)
+        return Bad(
+            c, "slots",
+            "expected 1.." + std::to_string(kMaxSlots) + ", found " + std::to_string(w.slots));
+    }
+    MT_ASSIGN_OR_RETURN(w.threads, CountOr0(c, body, "threads"));
     return FromCoordinator(std::move(w));
   }
   if (c == kTrial) {
@@ -208,7 +216,8 @@ Result<FromCoordinator> ParseFromCoordinator(const Frames& f) {
 }
 
 std::optional<std::pair<int64_t, int64_t>> ReadableTrialIds(const Frames& f) {
-  if (f.command != kTrial) return std::nullopt;
+  if (f.command != kTrial && f.command != kResult && f.command != kFailed && f.command != kReport)
+    return std::nullopt;
   auto body = Body(f);
   if (!body.ok()) return std::nullopt;
   auto trial = PositiveInt(f.command, body.value(), "trial");
@@ -291,7 +300,10 @@ bool Send(zmq::socket_t& socket, const FromCoordinator& message, const std::stri
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, Welcome>) {
           return SendFrames(socket, &identity, kWelcome,
-                            {{"study", m.study}, {"benchmark", m.benchmark}});
+                            {{"study", m.study},
+                             {"benchmark", m.benchmark},
+                             {"slots", m.slots},
+                             {"threads", m.threads}});
         } else if constexpr (std::is_same_v<T, TrialRequest>) {
           json body = {{"trial", m.trial},
                        {"attempt", m.attempt},

@@ -39,7 +39,8 @@ inline constexpr const char* kResult = "RESULT";  // {"trial", "attempt", "metri
 inline constexpr const char* kFailed = "FAILED";  // {"trial", "attempt", "error"}
 inline constexpr const char* kReport = "REPORT";  // {"trial", "attempt", "step", "metrics": {..}}
 // Commands, coordinator -> worker.
-inline constexpr const char* kWelcome = "WELCOME";  // {"study", "benchmark": spec}
+// {"study", "benchmark": spec, "slots", "threads"}
+inline constexpr const char* kWelcome = "WELCOME";
 inline constexpr const char* kTrial = "TRIAL";    // {"trial", "attempt", "stack", "maskers": [..]}
 inline constexpr const char* kRejoin = "REJOIN";  // {} I do not know you: send READY
 inline constexpr const char* kDone = "DONE";      // {} the study is over: exit
@@ -73,7 +74,12 @@ using FromWorker = std::variant<Ready, TrialResult, TrialFailure, StepReport, He
 struct Welcome {
   std::string study;
   nlohmann::json benchmark;  // an object with a string "name"
+  // Trials the worker runs at once (resources: configs::ResourcesSpec::
+  // Concurrency) and the OpenMP threads each gets (0: the default). Optional
+  // on the wire (absent: 1 and 0); slots 1..kMaxSlots, threads 0..2^20.
+  int64_t slots = 1, threads = 0;
 };
+inline constexpr int64_t kMaxSlots = 1024;
 struct TrialRequest {
   int64_t trial = 0, attempt = 0;
   std::string stack;
@@ -107,8 +113,10 @@ std::optional<Result<Frames>> ReceiveFrames(zmq::socket_t& socket, bool with_ide
 // Typed parsing: an error says which field is wrong and how.
 Result<FromWorker> ParseFromWorker(const Frames& frames);
 Result<FromCoordinator> ParseFromCoordinator(const Frames& frames);
-// The trial and attempt of a TRIAL that failed the checks, when those two
-// fields pass them: the worker answers FAILED, so the trial is not lost.
+// The trial and attempt of a TRIAL, RESULT, FAILED or REPORT that failed the
+// checks, when those two fields pass them: the worker answers a bad TRIAL
+// with FAILED, and the coordinator fails the attempt a bad report names, so
+// the trial is not lost.
 std::optional<std::pair<int64_t, int64_t>> ReadableTrialIds(const Frames& frames);
 
 // Encoding; `identity` addresses a worker from the ROUTER side. Never

@@ -336,6 +336,28 @@ TEST_CASE("resources: slots per worker as Ray Tune counts them") {
   CHECK(r.SlotsOn(0, 2) == 0);
 }
 
+TEST_CASE("resources: trials at once per worker and threads per trial") {
+  configs::ResourcesSpec r;  // none asked for: the whole worker per trial
+  CHECK(r.Concurrency(0, 16) == 1);
+  CHECK(r.ThreadsPerTrial(0, 16) == 16);
+  CHECK(r.ThreadsPerTrial(0, 0) == 0);  // cores not announced: the OpenMP default
+  r.gpus_per_trial = 0.25;              // cpus_per_trial not written
+  CHECK(r.Concurrency(1, 16) == 4);
+  CHECK(r.ThreadsPerTrial(1, 16) == 4);  // the cores shared among the four
+  CHECK(r.Concurrency(1, 2) == 2);       // never more than its cores
+  CHECK(r.ThreadsPerTrial(1, 2) == 1);
+  CHECK(r.Concurrency(0, 16) == 0);  // no GPU: none fits
+  CHECK(r.Concurrency(1, 0) == 1);   // cores not announced: one at a time
+  r.gpus_per_trial = 0;
+  r.cpus_per_trial = 2;
+  r.cpus_at.line = 3;  // written in the file
+  CHECK(r.Concurrency(0, 8) == 4);
+  CHECK(r.ThreadsPerTrial(0, 8) == 2);
+  CHECK(r.Concurrency(0, 1) == 0);
+  r.cpus_per_trial = 1;
+  CHECK(r.Concurrency(0, 100000) == 1024);  // protocol::kMaxSlots
+}
+
 TEST_CASE("resources: more than any worker has is refused at validate and run (FILE:LINE:COL)") {
   TempDir dir;
   std::ofstream(dir / "two.yaml") << "study: two\nbenchmark: {name: noop}\n"
@@ -360,6 +382,30 @@ TEST_CASE("resources: more than any worker has is refused at validate and run (F
                 dir / "c.yaml" + ":3:29: resources: a trial asks for 0 GPU and 1024 cores");
 }
 
+// A coordinator process for the sweep file `yaml` on a free tcp port
+// (plain, 50 ms heartbeats), logging to dir/coordinator.log.
+struct Served {
+  pid_t pid;
+  std::string endpoint;
+};
+Served SpawnCoordinator(const TempDir& dir, const std::string& yaml, const std::string& db) {
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  return {Spawn({MASKTUNE_BINARY, "coordinator", yaml, "--bind", endpoint, "--db", db, "--insecure",
+                 "--heartbeat-ms", "50"},
+                dir / "coordinator.log"),
+          endpoint};
+}
+
+// A CPU worker process named `name`, with `extra` arguments.
+pid_t SpawnWorker(const std::string& endpoint, const std::string& name,
+                  std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {
+      MASKTUNE_BINARY, "worker",         "--connect", endpoint,   "--name", name,
+      "--insecure",    "--heartbeat-ms", "50",        "--device", "cpu"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return Spawn(args);
+}
+
 // Workers announce their GPUs (here through the test-only --announce-gpus):
 // a trial that needs a GPU goes only to a worker that has one; the other is
 // told why in the coordinator's log and still ends with the study.
@@ -370,15 +416,17 @@ TEST_CASE("resources: gpus_per_trial trials go only to workers that announce a G
                                 << "search: {algorithm: random, num_samples: 12}\n"
                                 << "attention: {a: [{sink: {sink_size: {randint: [1, 64]}}}]}\n";
   const std::string db = dir / "g.db";
-  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "g.yaml", "--bind",
-                                   endpoint, "--db", db, "--insecure", "--heartbeat-ms", "50"},
-                                  dir / "coordinator.log");
-  const pid_t cpu = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "cpu-only",
-                           "--insecure", "--heartbeat-ms", "50", "--device", "cpu"});
-  const pid_t gpu =
-      Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "one-gpu", "--insecure",
-             "--heartbeat-ms", "50", "--device", "cpu", "--announce-gpus", "1"});
+  const auto [coordinator, endpoint] = SpawnCoordinator(dir, dir / "g.yaml", db);
+  const pid_t cpu = SpawnWorker(endpoint, "cpu-only");
+  // The GPU worker joins once the coordinator has turned the other away (it
+  // would otherwise finish the study before the CPU worker got in).
+  const std::string refused =
+      "worker cpu-only gets no trials: a trial asks for 0.5 GPU and 1 cores (resources), and the "
+      "worker has 0 GPU";
+  for (int i = 0; i < 1000 && Slurp(dir / "coordinator.log").find(refused) == std::string::npos;
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const pid_t gpu = SpawnWorker(endpoint, "one-gpu", {"--announce-gpus", "1"});
   CHECK(WaitExit(coordinator, 60) == 0);
   CHECK(WaitExit(gpu, 20) == 0);
   CHECK(WaitExit(cpu, 20) == 0);  // told the study is over, though it ran nothing
@@ -388,9 +436,61 @@ TEST_CASE("resources: gpus_per_trial trials go only to workers that announce a G
     CHECK(r.status == "done");
     CHECK(r.worker == "one-gpu");
   }
-  CHECK(Slurp(dir / "coordinator.log")
-            .find("worker cpu-only gets no trials: a trial asks for 0.5 GPU and 1 cores "
-                  "(resources), and the worker has 0 GPU") != std::string::npos);
+  CHECK(Slurp(dir / "coordinator.log").find(refused) != std::string::npos);
+}
+
+// gpus_per_trial 0.25 on a worker announcing one GPU and 8 cores: four
+// trials run at once (their running intervals overlap four deep, never
+// five) with 2 OpenMP threads each (noop reports them).
+TEST_CASE("resources: gpus_per_trial 0.25 runs four trials at once on one GPU worker") {
+  TempDir dir;
+  std::ofstream(dir / "q.yaml") << "study: quarter\nbenchmark: {name: noop, sleep_ms: 300}\n"
+                                << "resources: {gpus_per_trial: 0.25}\n"
+                                << "search: {algorithm: random, num_samples: 8}\n"
+                                << "attention: {a: [{sink: {sink_size: {randint: [1, 64]}}}]}\n";
+  const std::string db = dir / "q.db";
+  const auto [coordinator, endpoint] = SpawnCoordinator(dir, dir / "q.yaml", db);
+  const pid_t gpu = SpawnWorker(endpoint, "one-gpu", {"--announce-gpus", "1", "--cores", "8"});
+  CHECK(WaitExit(coordinator, 60) == 0);
+  CHECK(WaitExit(gpu, 20) == 0);
+  const auto rows = AllTrials(db, "quarter");
+  REQUIRE(rows.size() == 8);
+  int deepest = 0;
+  for (const auto& r : rows) {
+    CHECK(r.status == "done");
+    CHECK(r.metrics.at("omp_threads") == 2);  // 8 cores / 4 trials
+    int depth = 0;                            // trials running at the moment r started
+    for (const auto& o : rows) depth += o.started <= r.started && r.started < o.finished;
+    deepest = std::max(deepest, depth);
+  }
+  CHECK(deepest == 4);
+}
+
+// A GPU sweep whose only worker has no GPU: after no_fit_timeout_s the
+// queued trials fail for good, naming the resources and the worker, and the
+// study ends instead of waiting forever.
+TEST_CASE("resources: with no fitting worker the trials fail after no_fit_timeout_s") {
+  TempDir dir;
+  std::ofstream(dir / "g.yaml") << "study: nofit\nbenchmark: {name: noop}\n"
+                                << "resources: {gpus_per_trial: 0.5, no_fit_timeout_s: 1}\n"
+                                << "search: {algorithm: random, num_samples: 3}\n"
+                                << "attention: {a: [{sink: {sink_size: {randint: [1, 64]}}}]}\n";
+  const std::string db = dir / "g.db";
+  const auto [coordinator, endpoint] = SpawnCoordinator(dir, dir / "g.yaml", db);
+  const pid_t cpu = SpawnWorker(endpoint, "cpu-only", {"--cores", "4"});
+  const int rc = WaitExit(coordinator, 60);
+  CHECK(rc >= 0);  // it ended by itself
+  CHECK(WaitExit(cpu, 20) == 0);
+  const auto rows = AllTrials(db, "nofit");
+  REQUIRE(rows.size() == 3);
+  for (const auto& r : rows) {
+    CHECK(r.status == "failed");
+    CHECK(r.error ==
+          "no worker fits the sweep's resources after 1 s (resources.no_fit_timeout_s): "
+          "cpu-only: a trial asks for 0.5 GPU and 1 cores (resources), and the worker has 0 GPU "
+          "and 4 cores");
+  }
+  CHECK(Slurp(dir / "coordinator.log").find("failing the queued trials") != std::string::npos);
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "coordinator/coordinator.h"
@@ -95,6 +97,26 @@ TEST_CASE("protocol: every field of a coordinator's message is type-checked") {
   CHECK(error("WELCOME", R"({"study":"s"})") == "WELCOME.benchmark: expected an object");
   CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":7}})") ==
         "WELCOME.benchmark.name: expected a string");
+  CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":"noop"},"slots":0})") ==
+        "WELCOME.slots: expected an integer >= 1, found 0");
+  CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":"noop"},"slots":"4"})") ==
+        "WELCOME.slots: expected an integer, found string");
+  CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":"noop"},"slots":5000})") ==
+        "WELCOME.slots: expected 1..1024, found 5000");
+  CHECK(error("WELCOME", R"({"study":"s","benchmark":{"name":"noop"},"threads":-1})") ==
+        "WELCOME.threads: expected 0..1048576, found -1");
+  {
+    auto w = protocol::ParseFromCoordinator(
+        F("WELCOME", R"({"study":"s","benchmark":{"name":"noop"},"slots":4,"threads":2})"));
+    REQUIRE(w.ok());
+    CHECK(std::get<protocol::Welcome>(w.value()).slots == 4);
+    CHECK(std::get<protocol::Welcome>(w.value()).threads == 2);
+    auto old = protocol::ParseFromCoordinator(
+        F("WELCOME", R"({"study":"s","benchmark":{"name":"noop"}})"));  // before slots existed
+    REQUIRE(old.ok());
+    CHECK(std::get<protocol::Welcome>(old.value()).slots == 1);
+    CHECK(std::get<protocol::Welcome>(old.value()).threads == 0);
+  }
   CHECK(error("READY", "{}") == "unknown command from the coordinator: 'READY'");
   auto t = protocol::ParseFromCoordinator(F(
       "TRIAL", R"({"trial":4,"attempt":1,"stack":"a","maskers":[{"type":"sink","sink_size":4}]})"));
@@ -184,31 +206,47 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcomed after READY") {
+// A study's coordinator on its own thread (inproc `bind`), and a DEALER
+// peer connected to it that a test drives by hand, as a worker would.
+struct ByHand {
+  ByHand(const std::string& yaml, const std::string& bind)
+      : sweep(Sweep(yaml)), store(storage::Store::Open(dir / "t.db")) {
+    REQUIRE(store.ok());
+    auto id = PrepareStudy(store.value(), sweep, yaml);
+    REQUIRE(id.ok());
+    study = id.value();
+    copt.bind = bind;
+    copt.heartbeat_interval_ms = kBeatMs;
+    copt.log = [](const std::string&) {};
+    copt.on_bound = [this](const std::string&) { bound = true; };
+    coordinator = std::thread(
+        [this] { stats = RunCoordinator(context, store.value(), study, sweep, registry, copt); });
+    while (!bound) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    peer.set(zmq::sockopt::linger, 0);
+    peer.connect(bind);
+  }
+  ~ByHand() {
+    if (coordinator.joinable()) coordinator.join();
+  }
   testing::TempDir dir;
-  const std::string yaml =
-      "study: rejoin\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
-      "attention: {a: [{sink: {sink_size: {grid_search: [1, 2]}}}]}\n";
-  const auto sweep = Sweep(yaml);
-  auto store = storage::Store::Open(dir / "t.db");
-  REQUIRE(store.ok());
-  auto study = PrepareStudy(store.value(), sweep, yaml);
-  REQUIRE(study.ok());
+  const configs::SweepConfig sweep;
+  Result<storage::Store> store;
+  int64_t study = 0;
   zmq::context_t context;
   CoordinatorOptions copt;
-  copt.bind = "inproc://rejoin";
-  copt.heartbeat_interval_ms = kBeatMs;
   std::atomic<bool> bound{false};
-  copt.on_bound = [&](const std::string&) { bound = true; };
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
   Result<CoordinatorStats> stats = Status::Error("not run");
-  std::thread coordinator([&] {
-    stats = RunCoordinator(context, store.value(), study.value(), sweep, registry, copt);
-  });
-  while (!bound) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  zmq::socket_t peer(context, zmq::socket_type::dealer);
-  peer.set(zmq::sockopt::linger, 0);
-  peer.connect("inproc://rejoin");
+  std::thread coordinator;
+  zmq::socket_t peer{context, zmq::socket_type::dealer};
+};
+
+TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcomed after READY") {
+  ByHand h(
+      "study: rejoin\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
+      "attention: {a: [{sink: {sink_size: {grid_search: [1, 2]}}}]}\n",
+      "inproc://rejoin");
+  zmq::socket_t& peer = h.peer;
   // What a worker of the coordinator's previous life sends first.
   protocol::Send(peer, protocol::Heartbeat{});
   CHECK(Await(peer, [](const protocol::FromCoordinator& m) {
@@ -242,13 +280,13 @@ TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcom
       done |= std::holds_alternative<protocol::Done>(m.value());
     }
   }
-  coordinator.join();
-  REQUIRE(stats.ok());
+  h.coordinator.join();
+  REQUIRE(h.stats.ok());
   CHECK(done);
   CHECK(finished == 2);
-  CHECK(stats->rejoins == 2);
-  CHECK(stats->results == 2);
-  auto rows = store->Trials(study.value());
+  CHECK(h.stats->rejoins == 2);
+  CHECK(h.stats->results == 2);
+  auto rows = h.store->Trials(h.study);
   REQUIRE(rows.ok());
   for (const auto& r : rows.value()) {
     CHECK(r.metrics.at("error") == 0.125);  // not the stale 0.5
@@ -363,6 +401,176 @@ TEST_CASE("a worker whose coordinator never answers gives up after --give-up-aft
         l.find("not running, or our key is not in its authorized_workers") != std::string::npos ||
         l.find("nothing accepts connections") != std::string::npos;
   CHECK(said);
+}
+
+// resources: {gpus_per_trial: 0.25} on a worker announcing one GPU and 4
+// cores: WELCOME gives it 4 slots and 1 thread each, it is sent 4 trials at
+// once and no fifth; a broken RESULT naming one of them fails that attempt
+// only, and the trial runs again.
+TEST_CASE("coordinator: a worker with 4 slots gets 4 trials at once; a bad report fails its own") {
+  ByHand h(
+      "study: slots\nbenchmark: {name: noop}\nsearch: {algorithm: grid}\n"
+      "resources: {gpus_per_trial: 0.25}\n"
+      "attention: {a: [{sink: {sink_size: {grid_search: [1, 2, 3, 4, 5, 6]}}}]}\n",
+      "inproc://slots");
+  zmq::socket_t& peer = h.peer;
+  protocol::Send(peer, protocol::Ready{"four-slots", 4, 1});
+  protocol::Welcome welcome;
+  CHECK(Await(peer, [&](const protocol::FromCoordinator& m) {
+    if (auto* w = std::get_if<protocol::Welcome>(&m)) welcome = *w;
+    return std::holds_alternative<protocol::Welcome>(m);
+  }));
+  CHECK(welcome.slots == 4);
+  CHECK(welcome.threads == 1);  // 4 cores shared by 4 trials
+  // Collect what it is sent for a while, answering nothing but heartbeats.
+  std::vector<protocol::TrialRequest> sent;
+  auto collect = [&](int ms) {
+    for (int i = 0; i < ms / 5; ++i) {
+      zmq::pollitem_t items[] = {{peer.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, std::chrono::milliseconds(5));
+      if (i % 5 == 0) protocol::Send(peer, protocol::Heartbeat{});
+      while (auto frames = protocol::ReceiveFrames(peer, false)) {
+        REQUIRE(frames->ok());
+        auto m = protocol::ParseFromCoordinator(frames->value());
+        REQUIRE(m.ok());
+        if (auto* t = std::get_if<protocol::TrialRequest>(&m.value())) sent.push_back(*t);
+      }
+    }
+  };
+  collect(400);
+  REQUIRE(sent.size() == 4);  // four at once, never a fifth
+  const protocol::TrialRequest broken = sent[1];
+  // A RESULT for sent[1] with a metric of the wrong type: that attempt fails.
+  protocol::SendRaw(peer, "RESULT",
+                    "{\"trial\":" + std::to_string(broken.trial) + ",\"attempt\":" +
+                        std::to_string(broken.attempt) + ",\"metrics\":{\"error\":\"x\"}}");
+  collect(300);
+  REQUIRE(sent.size() == 5);  // its slot was freed and refilled (the requeued trial or the next)
+  // Now answer everything until DONE.
+  std::set<int64_t> finished;
+  bool done = false;
+  size_t answered = 0;
+  for (int i = 0; i < 2000 && !done; ++i) {
+    for (; answered < sent.size(); ++answered)
+      if (!(sent[answered].trial == broken.trial && sent[answered].attempt == broken.attempt)) {
+        protocol::Send(peer, protocol::TrialResult{sent[answered].trial,
+                                                   sent[answered].attempt,
+                                                   {{"error", 0.25}, {"density", 0.5}}});
+        finished.insert(sent[answered].trial);
+      }
+    zmq::pollitem_t items[] = {{peer.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, std::chrono::milliseconds(5));
+    if (i % 5 == 0) protocol::Send(peer, protocol::Heartbeat{});
+    while (auto frames = protocol::ReceiveFrames(peer, false)) {
+      REQUIRE(frames->ok());
+      auto m = protocol::ParseFromCoordinator(frames->value());
+      REQUIRE(m.ok());
+      if (auto* t = std::get_if<protocol::TrialRequest>(&m.value())) sent.push_back(*t);
+      done |= std::holds_alternative<protocol::Done>(m.value());
+    }
+  }
+  h.coordinator.join();
+  REQUIRE_MESSAGE(h.stats.ok(), h.stats.status().message());
+  CHECK(done);
+  CHECK(finished.size() == 6);
+  CHECK(h.stats->failures == 1);
+  CHECK(h.stats->malformed == 1);
+  auto rows = h.store->Trials(h.study);
+  REQUIRE(rows.ok());
+  for (const auto& r : rows.value()) {
+    CHECK(r.status == "done");
+    CHECK(r.attempts == (r.id == broken.trial ? 2 : 1));
+  }
+}
+
+// A worker told to run 2 trials at once runs them side by side: both
+// trials report their first sample and wait for a DECISION at the same time
+// (one runner could not), a third is refused naming both, each decision
+// reaches its own trial, and each trial gets the threads WELCOME asked for.
+TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") {
+  zmq::context_t context;
+  zmq::socket_t router(context, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.bind("inproc://fake-coordinator-slots");
+  WorkerOptions w;
+  w.connect = "inproc://fake-coordinator-slots";
+  w.name = "two-slots";
+  w.heartbeat_interval_ms = kBeatMs;
+  w.log = [](const std::string&) {};
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  Result<WorkerStats> stats = Status::Error("not run");
+  std::thread worker([&] { stats = RunWorker(context, registry, w); });
+  std::string identity;
+  std::vector<protocol::FromWorker> got;
+  auto pump = [&](auto until) {
+    for (int i = 0; i < 1000; ++i) {
+      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, std::chrono::milliseconds(5));
+      while (auto frames = protocol::ReceiveFrames(router, true)) {
+        REQUIRE(frames->ok());
+        identity = frames->value().identity;
+        auto m = protocol::ParseFromWorker(frames->value());
+        REQUIRE(m.ok());
+        got.push_back(m.value());
+      }
+      if (until()) return true;
+    }
+    return false;
+  };
+  auto count = [&](auto pred) {
+    int n = 0;
+    for (const auto& m : got) n += pred(m);
+    return n;
+  };
+  REQUIRE(pump([&] {
+    return count([](const auto& m) { return std::holds_alternative<protocol::Ready>(m); }) > 0;
+  }));
+  protocol::SendRaw(router, "WELCOME",
+                    R"({"study":"s","benchmark":{"name":"noop","steps":2},"slots":2,)"
+                    R"("threads":3})",
+                    &identity);
+  for (int t : {1, 2, 3})
+    protocol::SendRaw(router, "TRIAL",
+                      "{\"trial\":" + std::to_string(t) +
+                          ",\"attempt\":1,\"stack\":\"a\",\"maskers\":[],\"report\":true}",
+                      &identity);
+  auto reports = [&](int64_t trial) {
+    return count([trial](const auto& m) {
+      auto* r = std::get_if<protocol::StepReport>(&m);
+      return r && r->trial == trial && r->step == 1;
+    });
+  };
+  // Both wait on their first decision at once.
+  REQUIRE(pump([&] { return reports(1) > 0 && reports(2) > 0; }));
+  CHECK(count([](const auto& m) {
+          auto* f = std::get_if<protocol::TrialFailure>(&m);
+          return f && f->trial == 3 &&
+                 f->error == "worker two-slots: busy with trial 1, trial 2 (2 slots)";
+        }) == 1);
+  // Trial 2 is stopped, trial 1 goes on to its second sample: each its own.
+  protocol::Send(router, protocol::Decision{2, 1, 1, true}, identity);
+  protocol::Send(router, protocol::Decision{1, 1, 1, false}, identity);
+  REQUIRE(pump([&] {
+    return count([](const auto& m) {
+             auto* r = std::get_if<protocol::StepReport>(&m);
+             return r && r->trial == 1 && r->step == 2;
+           }) > 0;
+  }));
+  protocol::Send(router, protocol::Decision{1, 1, 2, false}, identity);
+  REQUIRE(pump([&] {
+    return count([](const auto& m) { return std::holds_alternative<protocol::TrialResult>(m); }) ==
+           2;
+  }));
+  CHECK(count([](const auto& m) {
+          auto* r = std::get_if<protocol::StepReport>(&m);
+          return r && r->trial == 2 && r->step == 2;
+        }) == 0);  // stopped after its first sample
+  for (const auto& m : got)
+    if (auto* r = std::get_if<protocol::TrialResult>(&m)) CHECK(r->metrics.at("omp_threads") == 3);
+  protocol::Send(router, protocol::Done{}, identity);
+  worker.join();
+  REQUIRE(stats.ok());
+  CHECK(stats->trials == 2);
 }
 
 }  // namespace

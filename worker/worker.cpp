@@ -1,6 +1,7 @@
 #include "worker/worker.h"
 
 #include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "engine/benchmarks/benchmark.h"
 #include "protocol/protocol.h"
@@ -36,6 +38,7 @@ struct Job {
   std::string maskers, benchmark_spec;
   bool report = false;  // under a scheduler: REPORT each sample, wait for its DECISION
   Device device;        // where it runs: fixed at WELCOME for the study's benchmark
+  int threads = 0;      // its OpenMP threads (0: the default)
 };
 
 // A per-sample report waiting for the coordinator's decision.
@@ -52,15 +55,14 @@ struct Outcome {
 };
 
 // Runs trials one at a time on a thread of its own (so the worker's loop
-// keeps answering heartbeats), and says "finished" on an inproc pair so the
-// loop wakes at once instead of at its next poll timeout. The benchmark is
-// built on the first trial of a study and kept; only this thread touches it.
+// keeps answering heartbeats), and says "finished" on an inproc PUSH socket
+// so the loop wakes at once instead of at its next poll timeout. A worker
+// has one runner per slot (WELCOME's "slots"). The benchmark is built on the
+// runner's first trial of a study and kept; only this thread touches it.
 class TrialRunner {
  public:
-  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, int threads,
-              std::string pipe)
-      : registry_(registry),
-        thread_([this, &context, threads, pipe] { Loop(context, threads, pipe); }) {}
+  TrialRunner(zmq::context_t& context, const MaskerRegistry& registry, std::string pipe)
+      : registry_(registry), thread_([this, &context, pipe] { Loop(context, pipe); }) {}
   ~TrialRunner() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -113,11 +115,11 @@ class TrialRunner {
   }
 
  private:
-  void Loop(zmq::context_t& context, int threads, const std::string& pipe) {
-    zmq::socket_t tx(context, zmq::socket_type::pair);
+  void Loop(zmq::context_t& context, const std::string& pipe) {
+    zmq::socket_t tx(context, zmq::socket_type::push);
     tx.set(zmq::sockopt::linger, 0);
     tx.connect(pipe);
-    if (threads > 0) omp_set_num_threads(threads);
+    const int default_threads = omp_get_max_threads();
     std::string spec;
     std::unique_ptr<Benchmark> benchmark;
     while (true) {
@@ -128,6 +130,7 @@ class TrialRunner {
         if (quit_) return;
         job = *job_;
       }
+      omp_set_num_threads(job.threads > 0 ? job.threads : default_threads);
       Outcome o = Run(job, spec, benchmark, tx);
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -227,6 +230,23 @@ std::string HostName() {
   return host;
 }
 
+// A runner and the trial the coordinator gave it.
+struct Slot {
+  std::unique_ptr<TrialRunner> runner;
+  int64_t trial = 0, attempt = 0;  // 0: none
+  int64_t report_step = 0;         // the last REPORT sent for it
+  Clock::time_point report_sent;
+};
+
+// The cores this process may run on (a SLURM task or a cgroup gets fewer
+// than the node has).
+int64_t AvailableCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 // "10 s", "0.7 s".
 std::string Seconds(int64_t ms) {
   char buf[32];
@@ -254,10 +274,19 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
   static std::atomic<int64_t> next_pipe{0};
   const int64_t instance = next_pipe++;
   const std::string pipe = "inproc://masktune-worker-done-" + std::to_string(instance);
-  zmq::socket_t done_rx(context, zmq::socket_type::pair);
+  zmq::socket_t done_rx(context, zmq::socket_type::pull);
   done_rx.set(zmq::sockopt::linger, 0);
   done_rx.bind(pipe);
-  TrialRunner runner(context, registry, options.threads, pipe);
+  // One runner per slot, made as WELCOME asks for them (and kept: a later
+  // WELCOME asking for fewer leaves the rest idle).
+  std::vector<Slot> slots;
+  int64_t slot_count = 1;
+  int threads = options.threads;  // per trial; WELCOME's unless --threads
+  auto busy = [&] {
+    for (Slot& s : slots)
+      if (s.runner->busy()) return true;
+    return false;
+  };
   Device device = options.device;  // for the study's benchmark, set at WELCOME
   auto stopped = [&] { return options.stop && options.stop->load(); };
 
@@ -278,15 +307,12 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
 
   const int64_t gpus =
       options.announce_gpus >= 0 ? options.announce_gpus : (options.device.cuda() ? 1 : 0);
-  const protocol::Ready ready{options.name,
-                              static_cast<int64_t>(std::thread::hardware_concurrency()), gpus};
+  const protocol::Ready ready{
+      options.name, options.announce_cores > 0 ? options.announce_cores : AvailableCores(), gpus};
   // READY goes out when the worker is idle and the socket takes it (a
   // refused handshake leaves no peer to queue it for: retried each turn).
   bool welcomed = false, ready_pending = true, first_ready = true;
   std::string benchmark_spec;
-  int64_t running_trial = 0, running_attempt = 0;  // what the coordinator gave us, 0: none
-  int64_t report_trial = 0, report_step = 0;       // the last REPORT sent
-  Clock::time_point report_sent;
   const auto started = Clock::now();
   Clock::time_point last_heard = started, next_heartbeat = started + interval, ready_sent = started;
   bool said_silent = false;
@@ -307,36 +333,36 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       zmq::message_t m;
       (void)done_rx.recv(m, zmq::recv_flags::dontwait);
     }
-    if (std::optional<Outcome> o = runner.Take()) {
-      // Reported only if it is still the trial the coordinator gave us (a
-      // REJOIN in between means it requeued it).
-      if (o->trial == running_trial && o->attempt == running_attempt) {
-        if (o->ok) {
-          protocol::Send(dealer,
-                         protocol::TrialResult{o->trial, o->attempt, std::move(o->metrics)});
-          ++stats.trials;
-        } else {
-          protocol::Send(dealer, protocol::TrialFailure{o->trial, o->attempt, o->error});
+    for (Slot& slot : slots) {
+      if (std::optional<Outcome> o = slot.runner->Take()) {
+        // Reported only if it is still the trial the coordinator gave this
+        // slot (a REJOIN in between means it requeued it).
+        if (o->trial == slot.trial && o->attempt == slot.attempt) {
+          if (o->ok) {
+            protocol::Send(dealer,
+                           protocol::TrialResult{o->trial, o->attempt, std::move(o->metrics)});
+            ++stats.trials;
+          } else {
+            protocol::Send(dealer, protocol::TrialFailure{o->trial, o->attempt, o->error});
+          }
+          next_heartbeat = now + interval;
         }
-        next_heartbeat = now + interval;
+        slot.trial = slot.attempt = 0;
       }
-      running_trial = running_attempt = 0;
-    }
-    // A sample's report: sent once, and again each interval until its decision
-    // comes (a message may be dropped; the coordinator answers a repeat with
-    // the decision it took).
-    if (std::optional<PendingReport> p = runner.Pending();
-        p && p->trial == running_trial && p->attempt == running_attempt) {
-      const bool fresh = p->step != report_step || p->trial != report_trial;
-      if (fresh || now - report_sent > interval) {
-        protocol::Send(dealer,
-                       protocol::StepReport{p->trial, p->attempt, p->step, std::move(p->metrics)});
-        report_trial = p->trial;
-        report_step = p->step;
-        report_sent = now;
+      // A sample's report: sent once, and again each interval until its
+      // decision comes (a message may be dropped; the coordinator answers a
+      // repeat with the decision it took).
+      if (std::optional<PendingReport> p = slot.runner->Pending();
+          p && p->trial == slot.trial && p->attempt == slot.attempt) {
+        if (p->step != slot.report_step || now - slot.report_sent > interval) {
+          protocol::Send(
+              dealer, protocol::StepReport{p->trial, p->attempt, p->step, std::move(p->metrics)});
+          slot.report_step = p->step;
+          slot.report_sent = now;
+        }
       }
     }
-    if (ready_pending && !runner.busy() && protocol::Send(dealer, ready)) {
+    if (ready_pending && !busy() && protocol::Send(dealer, ready)) {
       ready_pending = false;
       ready_sent = now;
       stats.rejoins += !first_ready;
@@ -354,7 +380,9 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         drop_log("dropped a message from the coordinator: " + parsed.status().message());
         // A TRIAL we cannot read but whose ids we can: fail it, so the
         // coordinator does not wait for it forever.
-        if (auto ids = protocol::ReadableTrialIds(frames->value()))
+        if (auto ids = frames->value().command == protocol::kTrial
+                           ? protocol::ReadableTrialIds(frames->value())
+                           : std::nullopt)
           protocol::Send(dealer, protocol::TrialFailure{
                                      ids->first, ids->second,
                                      "worker " + options.name + ": " + parsed.status().message()});
@@ -383,27 +411,39 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
               ", so its trials run on the CPU");
         }
         benchmark_spec = w->benchmark.dump();
+        slot_count = w->slots;
+        threads = options.threads > 0 ? options.threads : static_cast<int>(w->threads);
+        while (static_cast<int64_t>(slots.size()) < slot_count)
+          slots.push_back(Slot{std::make_unique<TrialRunner>(context, registry, pipe)});
         welcomed = true;
       } else if (auto* t = std::get_if<protocol::TrialRequest>(&m)) {
         std::string refuse;
-        if (!welcomed)
+        Slot* free = nullptr;
+        for (int64_t i = 0; welcomed && i < slot_count && !free; ++i)
+          if (!slots[i].trial && !slots[i].runner->busy()) free = &slots[i];
+        if (!welcomed) {
           refuse = "TRIAL before WELCOME: no benchmark to run it on";
-        else if (runner.busy())
-          refuse = "busy with trial " + std::to_string(running_trial);
+        } else if (!free) {
+          refuse = "busy with";
+          for (int64_t i = 0; i < slot_count; ++i)
+            refuse += (i ? ", trial " : " trial ") + std::to_string(slots[i].trial);
+          refuse += " (" + std::to_string(slot_count) + " slots)";
+        }
         if (!refuse.empty()) {
           drop_log("refused trial " + std::to_string(t->trial) + ": " + refuse);
           protocol::Send(dealer, protocol::TrialFailure{t->trial, t->attempt,
                                                         "worker " + options.name + ": " + refuse});
           continue;
         }
-        running_trial = t->trial;
-        running_attempt = t->attempt;
-        report_trial = report_step = 0;
-        runner.Submit(
-            Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec, t->report, device});
+        free->trial = t->trial;
+        free->attempt = t->attempt;
+        free->report_step = 0;
+        free->runner->Submit(Job{t->trial, t->attempt, t->maskers.dump(), benchmark_spec, t->report,
+                                 device, threads});
       } else if (auto* d = std::get_if<protocol::Decision>(&m)) {
-        if (d->trial == running_trial && d->attempt == running_attempt)
-          runner.Decide(d->trial, d->attempt, d->step, d->stop);
+        for (Slot& slot : slots)
+          if (d->trial == slot.trial && d->attempt == slot.attempt)
+            slot.runner->Decide(d->trial, d->attempt, d->step, d->stop);
       } else if (std::holds_alternative<protocol::Rejoin>(m)) {
         // The coordinator does not know us (it restarted, or gave us up while
         // we were paused): introduce ourselves once the trial in flight is over.
@@ -414,8 +454,10 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
             now - ready_sent < protocol::kHeartbeatLiveness * interval)
           continue;
         welcomed = false;
-        running_trial = running_attempt = 0;
-        runner.Abandon();  // a trial waiting on a decision stops at once
+        for (Slot& slot : slots) {
+          slot.trial = slot.attempt = 0;
+          slot.runner->Abandon();  // a trial waiting on a decision stops at once
+        }
         if (!ready_pending) log("the coordinator does not know us: joining again");
         ready_pending = true;  // sent at the top of the next turn, once idle
       }

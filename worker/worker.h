@@ -1,17 +1,15 @@
 // File: worker/worker.h
 //
 // A worker: connects a DEALER to the coordinator, announces its resources,
-// builds the study's benchmark once, runs the trials it is sent (one at a
-// time, on a thread of its own, so heartbeats keep flowing) and reports their
-// metrics. Every message from the coordinator is checked (protocol/): a wrong
-// one is logged and dropped, never fatal.
-// One socket for the worker's life: ZeroMQ reconnects it to a restarted
-// coordinator, which answers a peer it does not know with REJOIN, and the
-// worker introduces itself again (READY, once its trial in flight is over).
-// It says why it is not getting in (no answer in 10 s, key refused, plain
-// against CURVE, nothing listening). It returns when told the study is
-// over, or when `stop` is set, or with an error once the coordinator has
-// been silent for `give_up_after_ms`.
+// builds the study's benchmark once per slot, runs the trials it is sent
+// (as many at once as WELCOME's slots, each on a thread of its own, so
+// heartbeats keep flowing) and reports their metrics. Every message from the coordinator is checked
+// (protocol/): a wrong one is logged and dropped, never fatal. One socket for the worker's life:
+// ZeroMQ reconnects it to a restarted coordinator, which answers a peer it does not know with
+// REJOIN, and the worker introduces itself again (READY, once its trial in flight is over). It says
+// why it is not getting in (no answer in 10 s, key refused, plain against CURVE, nothing
+// listening). It returns when told the study is over, or when `stop` is set, or with an error once
+// the coordinator has been silent for `give_up_after_ms`.
 #pragma once
 
 #include <atomic>
@@ -31,8 +29,9 @@ struct WorkerOptions {
   std::shared_ptr<const security::ClientKeys> curve;  // null: plain
   std::string name;  // shown in the trials table; unique per worker (DefaultWorkerName)
   int64_t heartbeat_interval_ms = 1000;
-  int threads = 0;  // OpenMP threads for this worker's trials (0: the default)
-  Device device;    // where trials run (engine/device.h), activated by the caller
+  // OpenMP threads per trial; 0: what WELCOME says (resources), else the default.
+  int threads = 0;
+  Device device;  // where trials run (engine/device.h), activated by the caller
   // --device was given: a benchmark that cannot run there is refused (the
   // worker leaves, WorkerStats::refused); defaulted: such a benchmark runs on
   // the CPU.
@@ -40,6 +39,9 @@ struct WorkerOptions {
   // GPUs announced in READY; -1: 1 on a cuda device (a worker drives one),
   // else 0. Tests override it (the hidden `worker --announce-gpus N`).
   int64_t announce_gpus = -1;
+  // Cores announced in READY; 0: the cores this process may run on
+  // (sched_getaffinity). Local workers announce their share.
+  int64_t announce_cores = 0;
   const std::atomic<bool>* stop = nullptr;
   // With no message from the coordinator for this long, give up (an error).
   int64_t give_up_after_ms = 600000;

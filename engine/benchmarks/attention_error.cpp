@@ -1,6 +1,8 @@
 // attention_error: masker stacks on attention tensors; density, error and the
 // recall of the dense top mass. Synthetic inputs carry the traits of real
 // attention; or q, k, v come from safetensors files captured from a model.
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -169,7 +171,9 @@ class NoopBenchmark : public Benchmark {
   // Every step sleeps sleep_ms and reports the same metrics.
   Result<Metrics> RunSteps(const MaskerRegistry&, const std::vector<MaskerConfig>& configs,
                            const StepCallback& on_step) override {
-    const Metrics m = Landscape(configs);
+    Metrics m = Landscape(configs);
+    // The OpenMP threads the trial was given (resources, worker/): for tests.
+    m["omp_threads"] = omp_get_max_threads();
     for (int64_t step = 1; step <= steps_; ++step) {
       if (sleep_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
       if (on_step && !on_step(step, m)) break;
