@@ -495,6 +495,7 @@ TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") 
   WorkerOptions w;
   w.connect = "inproc://fake-coordinator-slots";
   w.name = "two-slots";
+  w.announce_cores = 2;  // slots are capped at the cores announced
   w.heartbeat_interval_ms = kBeatMs;
   w.log = [](const std::string&) {};
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();

@@ -411,7 +411,9 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
               ", so its trials run on the CPU");
         }
         benchmark_spec = w->benchmark.dump();
-        slot_count = w->slots;
+        // Never more trials than the cores we announced (a coordinator's
+        // Concurrency never asks for more; a wrong one does not get 1024 threads).
+        slot_count = std::min(w->slots, std::max<int64_t>(1, ready.cores));
         threads = options.threads > 0 ? options.threads : static_cast<int>(w->threads);
         while (static_cast<int64_t>(slots.size()) < slot_count)
           slots.push_back(Slot{std::make_unique<TrialRunner>(context, registry, pipe)});
