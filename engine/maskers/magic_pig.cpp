@@ -3,10 +3,14 @@
 // of K bits, and is written with its collision probability
 // 1 - (1 - (1 - theta/pi)^K)^L, so that the sparse output is an unbiased-
 // weight estimate of dense attention (spec: "magic_pig").
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "engine/cpu_kernels.h"
 #include "engine/maskers/common.h"
+#include "engine/maskers/magic_pig_math.h"
 #include "engine/maskers/maskers.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
@@ -147,77 +151,120 @@ class MagicPigMasker : public Masker {
     });
     count_slot[0] = static_cast<uint64_t>(N);
     // Queries: signatures, matches, and the collision probability of matches.
+    // A work item is a query of up to 32 heads of one kv-head group (fewer
+    // when that leaves threads idle): their matches are found head by head,
+    // then the union of their matched keys is read once, in key order, for
+    // the dot products of every head of the item (heads that did not match
+    // a key drop its value). The values do not depend on the split.
     std::vector<std::vector<int32_t>> kept(static_cast<size_t>(shape.rows()));
     std::vector<std::vector<float>> prob(static_cast<size_t>(shape.rows()));
-    ParallelRows(shape.rows(), [&](int64_t row) {
-      const int64_t b = shape.batch_of(row), h = (row / Q) % H, i = shape.query_of(row);
-      const int64_t bh = b * H + h, bkv = b * Hkv + h / g;
-      const float* mu = mean.data() + bh * D;
-      std::vector<float> qc(static_cast<size_t>(D)), x(static_cast<size_t>(E)),
-          proj(static_cast<size_t>(bits));
-      std::vector<uint64_t> qcode(static_cast<size_t>(words_));
-      const float* q = in.query(b, h, i);
-      float qn2 = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        qc[d] = q[d] - mu[d];
-        qn2 += qc[d] * qc[d];
-      }
-      const float qn = std::sqrt(qn2);
-      Transform(q, mu, D, qn, M, false, x.data());
-      Sign(x.data(), *rt, E, proj.data(), qcode.data(), true);
-      // |q~| and the cosine with each matching key, as the reference computes them.
-      float xq2 = 0;
-      for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
-      const float xq = std::sqrt(xq2);
+    const int64_t queries = B * Hkv * Q;
+    const int64_t threads = std::max<int64_t>(1, omp_get_max_threads());
+    const int64_t per_item =
+        std::clamp<int64_t>(g * queries / threads, 1, std::min<int64_t>(g, 32));
+    const int64_t chunks = (g + per_item - 1) / per_item;
+    ParallelRows(queries * chunks, [&](int64_t item) {
+      const int64_t bq = item / chunks, r0 = (item % chunks) * per_item;
+      const int64_t rows = std::min(per_item, g - r0);
+      const int64_t b = bq / (Hkv * Q), kvh = (bq / Q) % Hkv, i = bq % Q;
+      const int64_t bkv = b * Hkv + kvh;
       const uint64_t* kc = codes.data() + bkv * words_ * cap;
-      // <x~, k~_j> = (<x, k_j> - <x, mu>) / M over the head dimension (the
-      // augmented coordinate of q~ is 0): one vectorised dot per matched key.
+      // x~ of each head's query, its code, and the terms of its cosines.
+      std::vector<float> xs(static_cast<size_t>(rows * E)), qc(static_cast<size_t>(D)),
+          proj(static_cast<size_t>(bits)), x_mu(static_cast<size_t>(rows)),
+          inv_xq(static_cast<size_t>(rows));
+      std::vector<uint64_t> qcodes(static_cast<size_t>(rows * words_));
+      std::vector<const float*> x_rows(static_cast<size_t>(rows));
       const float inv_m = simple_lsh_ ? 1.0f / M : 1.0f;
-      const float x_mu = Dot(x.data(), mu, D);
-      const float inv_xq = 1.0f / (xq + 1e-8f);
-      auto& out_keys = kept[row];
-      auto& out_p = prob[row];
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t h = kvh * g + r0 + r;
+        const float* mu = mean.data() + (b * H + h) * D;
+        const float* q = in.query(b, h, i);
+        float* x = xs.data() + r * E;
+        float qn2 = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          qc[d] = q[d] - mu[d];
+          qn2 += qc[d] * qc[d];
+        }
+        const float qn = std::sqrt(qn2);
+        Transform(q, mu, D, qn, M, false, x);
+        Sign(x, *rt, E, proj.data(), qcodes.data() + r * words_, true);
+        // |q~| and <x, mu>, as the reference's cosine needs them: <x~, k~_j> =
+        // (<x, k_j> - <x, mu>) / M over the head dimension (the augmented
+        // coordinate of q~ is 0).
+        float xq2 = 0;
+        for (int64_t e = 0; e < E; ++e) xq2 += x[e] * x[e];
+        const float xq = std::sqrt(xq2);
+        x_mu[r] = Dot(x, mu, D);
+        inv_xq[r] = 1.0f / (xq + 1e-8f);
+        x_rows[r] = x;
+      }
       // A table matches when its lane of key ^ query is zero; blocks of keys,
-      // one word of each at a time, so the loop vectorises.
+      // one word of each at a time, so the loop vectorises. The union is
+      // listed without branches (matches are random: a branch per key would
+      // mispredict often), each key with the bit set of heads that matched it.
       constexpr int64_t kBlock = 512;
-      uint8_t hit[kBlock];
+      std::vector<uint8_t> hit(static_cast<size_t>(rows * kBlock));
+      thread_local std::vector<int32_t> union_keys;
+      thread_local std::vector<uint32_t> union_heads;
+      union_keys.resize(static_cast<size_t>(N));
+      union_heads.resize(static_cast<size_t>(N));
+      int64_t u = 0;
       for (int64_t j0 = 0; j0 < N; j0 += kBlock) {
         const int64_t nb = std::min(kBlock, N - j0);
-        std::fill_n(hit, nb, uint8_t{0});
-        for (int64_t w = 0; w < words_; ++w)
-          kernels::MatchLanes(kc + w * cap + j0, nb, qcode[w], static_cast<int>(lane_bits_), low_,
-                              high_, hit);
-        for (int64_t j = 0; j < nb; ++j)
-          if (hit[j]) out_keys.push_back(static_cast<int32_t>(j0 + j));
-      }
-      out_p.resize(out_keys.size());
-      size_t kept_n = 0;
-      for (size_t t = 0; t < out_keys.size(); ++t) {
-        const int64_t j = out_keys[t];
-        // Matched keys are scattered: fetch the row a few matches ahead.
-        if (t + 8 < out_keys.size()) {
-          const float* ahead = in.key(b, h / g, out_keys[t + 8]);
-          for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(ahead + d);
+        std::fill(hit.begin(), hit.end(), uint8_t{0});
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t w = 0; w < words_; ++w)
+            kernels::MatchLanes(kc + w * cap + j0, nb, qcodes[r * words_ + w],
+                                static_cast<int>(lane_bits_), low_, high_, &hit[r * kBlock]);
+        for (int64_t j = 0; j < nb; ++j) {
+          uint32_t heads = 0;
+          for (int64_t r = 0; r < rows; ++r)
+            heads |= static_cast<uint32_t>(hit[r * kBlock + j] != 0) << r;
+          union_keys[u] = static_cast<int32_t>(j0 + j);
+          union_heads[u] = heads;
+          u += heads != 0;
         }
-        const float dot = (Dot(x.data(), in.key(b, h / g, j), D) - x_mu) * inv_m;
-        const float kn = norms.data()[bkv * cap + j];
-        float xk;
-        if (simple_lsh_) {
-          const float aug = std::sqrt(std::max(0.0f, M * M - kn * kn)) / M;
-          xk = std::sqrt((kn / M) * (kn / M) + aug * aug);
-        } else {
-          xk = kn;
-        }
-        const float cosv = std::clamp(dot * inv_xq / (xk + 1e-8f), -1.0f, 1.0f);
-        const float theta = std::acos(cosv);
-        const float p1 = std::pow(1.0f - theta / static_cast<float>(M_PI), static_cast<float>(K_));
-        const float p = 1.0f - std::pow(1.0f - p1, static_cast<float>(L_));
-        if (p <= 0.0f) continue;  // underflow: a probability-0 key cannot be weighted
-        out_keys[kept_n] = static_cast<int32_t>(j);
-        out_p[kept_n++] = p;
       }
-      out_keys.resize(kept_n);
-      out_p.resize(kept_n);
+      thread_local std::vector<const float*> key_rows;
+      thread_local std::vector<float> dots, kn_of, head_dots;
+      key_rows.resize(static_cast<size_t>(u));
+      for (int64_t t = 0; t < u; ++t) key_rows[t] = in.key(b, kvh, union_keys[t]);
+      dots.resize(static_cast<size_t>(rows * u));
+      magic_pig::GroupDots(x_rows.data(), rows, key_rows.data(), u, D, dots.data());
+      // Per head: its matched keys, the cosine with each (the dot product,
+      // then the norms, as the reference computes them), their collision
+      // probabilities in one vectorised pass (magic_pig_math.h), and the keys
+      // whose probability did not underflow to 0 (a probability-0 key cannot
+      // be weighted).
+      kn_of.resize(static_cast<size_t>(u));
+      head_dots.resize(static_cast<size_t>(u));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = (b * H + kvh * g + r0 + r) * Q + i;
+        auto& out_keys = kept[row];
+        auto& out_p = prob[row];
+        out_keys.resize(static_cast<size_t>(u));
+        int64_t n = 0;
+        for (int64_t t = 0; t < u; ++t) {
+          const int32_t j = union_keys[t];
+          out_keys[n] = j;
+          head_dots[n] = (dots[r * u + t] - x_mu[r]) * inv_m;
+          kn_of[n] = norms.data()[bkv * cap + j];
+          n += (union_heads[t] >> r) & 1u;
+        }
+        out_p.resize(static_cast<size_t>(n));
+        magic_pig::Cosines(head_dots.data(), kn_of.data(), n, M, inv_xq[r], simple_lsh_,
+                           out_p.data());
+        magic_pig::CollisionProbabilities(out_p.data(), n, K_, L_, out_p.data());
+        int64_t kept_n = 0;
+        for (int64_t t = 0; t < n; ++t) {
+          out_keys[kept_n] = out_keys[t];
+          out_p[kept_n] = out_p[t];
+          kept_n += out_p[t] > 0.0f;
+        }
+        out_keys.resize(static_cast<size_t>(kept_n));
+        out_p.resize(static_cast<size_t>(kept_n));
+      }
     });
     return prev.Merge(Mask::FromRows(shape, kept, prob));
   }

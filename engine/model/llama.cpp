@@ -323,6 +323,25 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
   return logits;
 }
 
+Status Sequence::PrepareAttention(SparseAttention& attention) const {
+  if (!attention.stack || length_ == 0) return Status::Ok();
+  const auto& c = model_->config();
+  const Tensor query({1, c.heads, 1, c.head_dim});  // zeros: only the key side matters
+  for (int64_t l = 0; l < c.layers; ++l) {
+    if (attention.dense_layers.count(static_cast<int>(l))) continue;
+    AttentionInputs in;
+    in.queries = &query;
+    in.keys = &k_cache_[l];
+    in.values = &v_cache_[l];
+    in.used_keys = length_;
+    in.scaling = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    in.layer = static_cast<int>(l);
+    auto m = attention.stack->ComputeMask(in, attention.state);
+    if (!m.ok()) return m.status().WithContext("layer " + std::to_string(l) + ": ");
+  }
+  return Status::Ok();
+}
+
 Status Sequence::Save(const std::string& path, const std::vector<float>& logits) const {
   const auto& c = model_->config();
   const int64_t D = c.head_dim;

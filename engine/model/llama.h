@@ -100,6 +100,17 @@ class Sequence {
   Result<std::vector<float>> Forward(std::span<const int32_t> tokens,
                                      SparseAttention* attention = nullptr);
 
+  // Builds `attention`'s per-layer key-side state from the keys in the
+  // cache (MagicPIG's key mean, norms and signatures, PQCache's codebooks,
+  // HashAttention's key signatures) before decoding, so that the first
+  // decoded token's call finds its keys prepared and does only its own: each
+  // masked layer runs the stack once over the cached keys with one zero
+  // query and discards the mask (no density counted). The cached keys are
+  // then the layer's first call (its key mean is theirs), as when the
+  // maskers see the prefill. Call it after a dense prefill (Forward or
+  // Load); without it the first decoded token does this work.
+  Status PrepareAttention(SparseAttention& attention) const;
+
   // The processed tokens, their KV cache and `logits` as a safetensors file
   // (tensors layer{L}.k / layer{L}.v [1, kv_heads, length, head_dim],
   // tokens, logits; metadata: the model file). Load checks every shape
