@@ -38,6 +38,9 @@ constexpr const char* kUsage =
     "  (JSON, or @FILE) or a name: magic_pig (sink 64 + local 64 + magic_pig K8 L75),\n"
     "  oracle_top_k (sink 64 + local 64 + oracle_top_k 0.1), quest.\n"
     "--kv-cache DIR: keep each dense prefill in DIR (reused when the tokens match).\n"
+    "--prepare on|off: before a stack decodes, build its key-side state from the\n"
+    "  prefill (MagicPIG signs the cached keys; timed apart, 'prepare ms'), as a\n"
+    "  runtime does during the prefill; off: the first decoded token does it (default on).\n"
     "--stacks dense,magic_pig,...: only these of the default stacks (dense, oracle_top_k,\n"
     "  quest, magic_pig); --format json: a last line of JSON (prefill tokens/s, decode\n"
     "  ms/token per stack, peak resident MB, weight MB) for bench/vs_llama_cpp.py.\n";
@@ -66,12 +69,14 @@ double CpuSeconds() {
 
 struct Decoded {
   double ms_per_token = 0, cpu_ms_per_token = 0, density = 1;
+  double prepare_ms = 0, prepare_cpu_ms = 0;  // Sequence::PrepareAttention, once
   std::vector<int32_t> tokens;
 };
 
-// Greedy decoding of `decode` tokens from `seq` (consumed) with `json`'s stack.
+// Greedy decoding of `decode` tokens from `seq` (consumed) with `json`'s stack,
+// its key-side state first built from the prefill when `prepare` (timed apart).
 Result<Decoded> Decode(const MaskerRegistry& registry, const std::string& json, model::Sequence seq,
-                       const std::vector<float>& logits, int64_t decode) {
+                       const std::vector<float>& logits, int64_t decode, bool prepare) {
   model::SparseAttention sparse;
   std::optional<MaskerStack> stack;
   if (!json.empty()) {
@@ -80,10 +85,17 @@ Result<Decoded> Decode(const MaskerRegistry& registry, const std::string& json, 
     stack.emplace(std::move(built));
     sparse.stack = &*stack;
   }
+  Decoded d;
+  if (prepare && stack) {
+    const auto p0 = Clock::now();
+    const double pc0 = CpuSeconds();
+    MT_RETURN_IF_ERROR(seq.PrepareAttention(sparse));
+    d.prepare_ms = 1e3 * Since(p0);
+    d.prepare_cpu_ms = 1e3 * (CpuSeconds() - pc0);
+  }
   const auto t0 = Clock::now();
   const double c0 = CpuSeconds();
   MT_ASSIGN_OR_RETURN(std::vector<int32_t> out, seq.Generate(logits, decode, {}, &sparse));
-  Decoded d;
   // Generate runs decode - 1 forward passes (the first token comes from `logits`).
   const double passes = static_cast<double>(std::max<size_t>(1, out.size() - 1));
   d.ms_per_token = 1e3 * Since(t0) / passes;
@@ -135,7 +147,7 @@ std::vector<int64_t> ParseList(const std::string& s) {
 int main(int argc, char** argv) {
   if (int rc = masktune::bench::HelpOrArgError(argc, argv, kUsage); rc >= 0) return rc;
   std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", compare, cache_dir, stacks;
-  bool json_out = false;
+  bool json_out = false, prepare = true;
   int64_t context = 2048, decode = 32;
   std::vector<int64_t> contexts = {2048, 4096, 8000};
   try {
@@ -157,6 +169,8 @@ int main(int argc, char** argv) {
         stacks = value;
       else if (flag == "--format" && (value == "text" || value == "json"))
         json_out = value == "json";
+      else if (flag == "--prepare" && (value == "on" || value == "off"))
+        prepare = value == "on";
       else {
         std::fprintf(stderr, "bench_model: unknown flag %s\n%s", flag.c_str(), kUsage);
         return 2;
@@ -216,7 +230,7 @@ int main(int argc, char** argv) {
   if (!compare_json.empty()) {
     struct Row {
       int64_t context;
-      double dense, sparse, dense_cpu, sparse_cpu, density;
+      double dense, sparse, dense_cpu, sparse_cpu, density, prepare_cpu;
       bool same;
     };
     std::vector<Row> rows;
@@ -232,33 +246,36 @@ int main(int argc, char** argv) {
         return 1;
       }
       // Dense decodes from a copy; the stack takes the prefill itself.
-      auto dense = Decode(registry, "", pre->first, pre->second, decode);
+      auto dense = Decode(registry, "", pre->first, pre->second, decode, prepare);
       if (!dense.ok()) {
         std::fprintf(stderr, "dense: %s\n", dense.status().message().c_str());
         return 1;
       }
-      auto sparse = Decode(registry, compare_json, std::move(pre->first), pre->second, decode);
+      auto sparse = Decode(registry, compare_json, std::move(pre->first), pre->second, decode,
+                           prepare);
       if (!sparse.ok()) {
         std::fprintf(stderr, "%s: %s\n", compare.c_str(), sparse.status().message().c_str());
         return 1;
       }
       rows.push_back({n, dense->ms_per_token, sparse->ms_per_token, dense->cpu_ms_per_token,
-                      sparse->cpu_ms_per_token, sparse->density, dense->tokens == sparse->tokens});
+                      sparse->cpu_ms_per_token, sparse->density, sparse->prepare_cpu_ms,
+                      dense->tokens == sparse->tokens});
       std::printf(
           "  context %6lld: dense %7.1f ms/token (cpu %.1f), %s %7.1f ms/token (cpu %.1f, "
-          "density %.3f): %.2fx dense\n",
+          "density %.3f): %.2fx dense; prepare %.0f ms (cpu %.0f)\n",
           (long long)n, dense->ms_per_token, dense->cpu_ms_per_token, compare.c_str(),
           sparse->ms_per_token, sparse->cpu_ms_per_token, sparse->density,
-          sparse->ms_per_token / dense->ms_per_token);
+          sparse->ms_per_token / dense->ms_per_token, sparse->prepare_ms, sparse->prepare_cpu_ms);
       std::fflush(stdout);
     }
-    std::printf("\n%-8s %14s %14s %8s %10s %10s %9s %8s %s\n", "context", "dense ms/tok",
+    std::printf("\n%-8s %14s %14s %8s %10s %10s %9s %8s %11s %s\n", "context", "dense ms/tok",
                 "stack ms/tok", "ratio", "dense cpu", "stack cpu", "cpu ratio", "density",
-                "same tokens");
+                "prepare cpu", "same tokens");
     for (const Row& r : rows)
-      std::printf("%-8lld %14.1f %14.1f %8.2f %10.1f %10.1f %9.2f %8.3f %s\n", (long long)r.context,
-                  r.dense, r.sparse, r.sparse / r.dense, r.dense_cpu, r.sparse_cpu,
-                  r.sparse_cpu / r.dense_cpu, r.density, r.same ? "yes" : "no");
+      std::printf("%-8lld %14.1f %14.1f %8.2f %10.1f %10.1f %9.2f %8.3f %11.0f %s\n",
+                  (long long)r.context, r.dense, r.sparse, r.sparse / r.dense, r.dense_cpu,
+                  r.sparse_cpu, r.sparse_cpu / r.dense_cpu, r.density, r.prepare_cpu,
+                  r.same ? "yes" : "no");
     return 0;
   }
 
@@ -288,8 +305,8 @@ int main(int argc, char** argv) {
     const auto& [name, json] = chosen[i];
     // Each run decodes from a copy of the prefill, except the last, which takes it.
     const bool last = i + 1 == chosen.size();
-    auto out = last ? Decode(registry, json, std::move(pre->first), pre->second, decode)
-                    : Decode(registry, json, pre->first, pre->second, decode);
+    auto out = last ? Decode(registry, json, std::move(pre->first), pre->second, decode, prepare)
+                    : Decode(registry, json, pre->first, pre->second, decode, prepare);
     if (!out.ok()) {
       std::fprintf(stderr, "%s: %s\n", name.c_str(), out.status().message().c_str());
       return 1;
@@ -299,7 +316,8 @@ int main(int argc, char** argv) {
                 out->density);
     report["stacks"][name] = {{"decode_ms_per_token", out->ms_per_token},
                               {"cpu_ms_per_token", out->cpu_ms_per_token},
-                              {"density", out->density}};
+                              {"density", out->density},
+                              {"prepare_ms", out->prepare_ms}};
     if (name == "dense") report["decode_ms_per_token"] = out->ms_per_token;
   }
   rusage usage{};
