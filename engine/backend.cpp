@@ -70,6 +70,11 @@ Result<Mask> Backend::BuildMask(const MaskerStack& stack, const BackendInputs& i
   return stack.ComputeMask(in.host(), state);
 }
 
+Status Backend::MatMul(const float* x, int64_t n, std::span<const model::Product> products) {
+  model::MatMul(x, n, products);
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<Backend>> CreateBackend(const Device& device) {
   if (!device.cuda()) return std::unique_ptr<Backend>(new CpuBackend());
   if (!cuda::Available())

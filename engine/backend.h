@@ -9,20 +9,27 @@
 // compute the CPU engine's contract; outputs come back as float32 host
 // tensors [batch, heads, queries, head_dim].
 //
+// It also runs the model runtime's linear layers (MatMul on GGUF blocks,
+// engine/model/quant.h): the Llama runtime (engine/model/llama.h) does every
+// product and every attention call through its model's backend.
+//
 // Masks are built on the host for every backend today (the maskers run on
 // the CPU); BuildMask is the seam where a device backend builds them on the
-// GPU (issue 16, part 2).
+// GPU, and MatMul the one where it runs cuBLAS or device quant kernels
+// (issue 16, part 2): both default to the CPU code.
 //
 // Thread-safety: a Backend may be shared; a BackendInputs is used by one
 // thread at a time.
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 
 #include "engine/device.h"
 #include "engine/mask.h"
 #include "engine/masker.h"
+#include "engine/model/quant.h"
 #include "engine/registry.h"
 #include "engine/status.h"
 #include "engine/tensor.h"
@@ -57,6 +64,9 @@ class Backend {
   // `mask` has in.host().mask_shape(); an empty or full mask is dense attention.
   virtual Result<Tensor> MaskedAttention(BackendInputs& in, const Mask& mask) = 0;
   virtual Result<Tensor> DenseAttention(BackendInputs& in) = 0;
+  // Products sharing the host input x [n, cols], each into its host y [n,
+  // rows] (model::MatMul's contract). Base: the CPU kernels.
+  virtual Status MatMul(const float* x, int64_t n, std::span<const model::Product> products);
 };
 
 // The backend of `device`, which Activate must have accepted; cuda without a

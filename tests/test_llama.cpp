@@ -156,6 +156,80 @@ TEST_CASE("llama: a masker stack runs in every layer but the dense ones") {
   CHECK(sparse.masked_calls == 28 + 3 * 28);
 }
 
+// A backend that counts what the model asks of it, doing it on the CPU's.
+class CountingBackend : public Backend {
+ public:
+  CountingBackend() : cpu_(std::move(CreateBackend(Device::Cpu())).value()) {}
+  Device device() const override { return cpu_->device(); }
+  Result<std::unique_ptr<BackendInputs>> Upload(const AttentionInputs& in) override {
+    ++uploads;
+    return cpu_->Upload(in);
+  }
+  Result<Mask> BuildMask(const MaskerStack& stack, const BackendInputs& in,
+                         StackState& state) override {
+    ++masks;
+    return cpu_->BuildMask(stack, in, state);
+  }
+  Result<Tensor> MaskedAttention(BackendInputs& in, const Mask& mask) override {
+    ++masked;
+    return cpu_->MaskedAttention(in, mask);
+  }
+  Result<Tensor> DenseAttention(BackendInputs& in) override {
+    ++dense;
+    return cpu_->DenseAttention(in);
+  }
+  Status MatMul(const float* x, int64_t n, std::span<const Product> products) override {
+    ++matmuls;
+    for (const Product& p : products) weights_read += p.w->bytes();
+    return cpu_->MatMul(x, n, products);
+  }
+  void Reset() {
+    uploads = masks = masked = dense = matmuls = 0;
+    weights_read = 0;
+  }
+  int64_t uploads = 0, masks = 0, masked = 0, dense = 0, matmuls = 0;
+  size_t weights_read = 0;
+
+ private:
+  std::unique_ptr<Backend> cpu_;
+};
+
+// The runtime's products and attention all go through its model's backend
+// (engine/backend.h), the seam a GPU backend takes over: a decoded token is
+// 4 product calls per layer and the output's, reading every weight once, and
+// one attention call per layer; the logits equal the default backend's.
+TEST_CASE("llama: every product and attention call goes through the model's backend") {
+  REQUIRE_MODEL();
+  auto counting = std::make_shared<CountingBackend>();
+  auto model = LlamaModel::Load(Ref().model->path(), counting);
+  REQUIRE(model.ok());
+  const auto& c = Ref().json["model_cases"][3];
+  const auto ids = c["input_ids"].get<std::vector<int32_t>>();
+  Sequence mine(model.value(), 200), reference(Ref().model, 200);
+  auto a = mine.Forward(std::span(ids).first(ids.size() - 1));
+  auto b = reference.Forward(std::span(ids).first(ids.size() - 1));
+  REQUIRE((a.ok() && b.ok()));
+  CHECK(a.value() == b.value());
+  const int64_t layers = Ref().model->config().layers;
+  counting->Reset();
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  auto configs = registry.ParseJsonList(R"([{"type":"sink","sink_size":4}])", "");
+  REQUIRE(configs.ok());
+  auto stack = MaskerStack::Build(registry, configs.value());
+  REQUIRE(stack.ok());
+  SparseAttention sparse;
+  sparse.stack = &stack.value();
+  sparse.dense_layers = {0};
+  auto next = mine.Forward(std::span(ids).last(1), &sparse);
+  REQUIRE(next.ok());
+  CHECK(counting->matmuls == 4 * layers + 1);
+  CHECK(counting->weights_read == Ref().model->weight_bytes());
+  CHECK(counting->uploads == layers);
+  CHECK(counting->dense == 1);  // layer 0
+  CHECK(counting->masks == layers - 1);
+  CHECK(counting->masked == layers - 1);
+}
+
 TEST_CASE("llama: bad model files and token ids are clear errors") {
   testing::TempDir dir;
   std::ofstream(dir / "x.gguf") << "GGUF";

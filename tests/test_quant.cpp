@@ -163,6 +163,41 @@ TEST_CASE("quant: every type and kernel equals dequantise-then-dot") {
   }
 }
 
+// MatMul shares out any number of products (the old runtime's silently
+// dropped a fourth), one token (on the blocks) or many (tiles through BLAS),
+// and each y equals its own MatVecRows.
+TEST_CASE("quant: MatMul runs every product, one token or many") {
+  std::mt19937 rng(11);
+  const int64_t cols = 96;
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<QuantMatrix> ws;
+  for (int i = 0; i < 11; ++i) {  // more than one OpenMP loop's 8
+    const GgufTensorType type = i % 2 ? GgufTensorType::kQ4_1 : GgufTensorType::kQ8_0;
+    const int64_t rows = 3 + 17 * i;
+    data.push_back(RandomRows(type, rows, cols, rng));
+    ws.push_back(QuantMatrix{type, rows, cols, RowBytes(type, cols), data.back().data(), nullptr});
+  }
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  for (int64_t n : {1, 5}) {
+    std::vector<float> x(static_cast<size_t>(n * cols));
+    for (float& v : x) v = uniform(rng);
+    std::vector<std::vector<float>> ys;
+    std::vector<Product> products;
+    for (const QuantMatrix& w : ws) ys.emplace_back(static_cast<size_t>(n * w.rows), 12345.0f);
+    for (size_t i = 0; i < ws.size(); ++i) products.push_back({&ws[i], ys[i].data()});
+    MatMul(x.data(), n, products);
+    for (size_t i = 0; i < ws.size(); ++i)
+      for (int64_t t = 0; t < n; ++t) {
+        std::vector<float> want(static_cast<size_t>(ws[i].rows));
+        MatVecRows(ws[i], &x[t * cols], want.data(), 0, ws[i].rows);
+        for (int64_t r = 0; r < ws[i].rows; ++r) {
+          INFO("product " << i << " token " << t << " row " << r);
+          CHECK(std::fabs(ys[i][t * ws[i].rows + r] - want[r]) <= 1e-4f * (1 + std::fabs(want[r])));
+        }
+      }
+  }
+}
+
 TEST_CASE("quant: the model's matrices in their stored form") {
   const std::string path = MASKTUNE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(path)) {

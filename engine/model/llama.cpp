@@ -11,77 +11,17 @@
 // rotate-half form on the original weights.
 #include "engine/model/llama.h"
 
-#include <cblas.h>
-#include <omp.h>
-
 #include <algorithm>
-#include <array>
 #include <cmath>
-#include <initializer_list>
 #include <limits>
-#include <mutex>
 
 #include "engine/attention.h"
 #include "engine/safetensors.h"
-
-// OpenBLAS's own thread pool would spin against OpenMP's on the same cores;
-// BLAS runs single-threaded inside our OpenMP regions instead.
-extern "C" void openblas_set_num_threads(int);
 
 namespace masktune::model {
 namespace {
 
 constexpr int64_t kChunk = 256;  // tokens per causal-attention chunk of a long input
-
-// One product y[n, out] = x[n, in] W^T for W [out, in] (see MatMul).
-struct Product {
-  const QuantMatrix& w;
-  float* y;
-};
-
-// Products that share the input x, split into slices of each W's rows
-// (about 64 rows, at least one per core) that one OpenMP loop shares out,
-// so the q, k, v (and the gate, up) products cost one fork and join. One
-// token: a slice's rows are dotted with x on the blocks (MatVecRows). More:
-// the slice is dequantised into a per-thread buffer (kept between calls, so
-// no page faults per call) and multiplied with all n tokens by a
-// single-threaded BLAS call.
-void MatMul(const float* x, int64_t n, std::initializer_list<Product> products) {
-  constexpr int64_t kTileRows = 64;
-  constexpr size_t kMaxProducts = 3;
-  const int64_t threads = omp_get_max_threads();
-  std::array<int64_t, kMaxProducts + 1> first{};  // products[i] owns slices first[i] ..
-  size_t count = 0;
-  for (const Product& p : products) {
-    const int64_t per_thread =
-        std::max<int64_t>(1, (p.w.rows + kTileRows * threads - 1) / (kTileRows * threads));
-    first[count + 1] = first[count] + std::min<int64_t>(p.w.rows, threads * per_thread);
-    if (++count == kMaxProducts) break;
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < first[count]; ++s) {
-    size_t i = 0;
-    while (s >= first[i + 1]) ++i;
-    const QuantMatrix& w = products.begin()[i].w;
-    float* y = products.begin()[i].y;
-    const int64_t out = w.rows, in = w.cols, slices = first[i + 1] - first[i], k = s - first[i];
-    const int64_t lo = out * k / slices, hi = out * (k + 1) / slices, rows = hi - lo;
-    if (n == 1) {
-      MatVecRows(w, x, y, lo, hi);
-      continue;
-    }
-    const float* tile = reinterpret_cast<const float*>(w.row(lo));
-    if (w.type != GgufTensorType::kF32) {
-      thread_local std::vector<float> buffer;
-      buffer.resize(static_cast<size_t>(rows * in));
-      DequantizeRows(w, lo, hi, buffer.data());
-      tile = buffer.data();
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-                static_cast<int>(rows), static_cast<int>(in), 1.0f, x, static_cast<int>(in), tile,
-                static_cast<int>(in), 0.0f, y + lo, static_cast<int>(out));
-  }
-}
 
 void RmsNorm(const float* x, const Tensor& weight, float eps, int64_t d, float* y) {
   double ss = 0;
@@ -126,15 +66,19 @@ Result<QuantMatrix> ReadMatrix(const GgufFile& f, const std::string& name, int64
 
 }  // namespace
 
-Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(const std::string& path) {
-  static std::once_flag blas_threads;
-  std::call_once(blas_threads, [] { openblas_set_num_threads(1); });
+Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(const std::string& path,
+                                                           std::shared_ptr<Backend> backend) {
+  if (!backend) {
+    MT_ASSIGN_OR_RETURN(std::unique_ptr<Backend> cpu, CreateBackend(Device::Cpu()));
+    backend = std::move(cpu);
+  }
   MT_ASSIGN_OR_RETURN(GgufFile f, GgufFile::Open(path));
   MT_ASSIGN_OR_RETURN(std::string arch, f.GetString("general.architecture"));
   if (arch != "llama")
     return Status::Error(path + ": general.architecture is '" + arch +
                          "'; masktune runs Llama-family models ('llama')");
   auto m = std::make_shared<LlamaModel>();
+  m->backend_ = std::move(backend);
   m->path_ = path;
   LlamaConfig& c = m->config_;
   MT_ASSIGN_OR_RETURN(c.layers, f.GetInt("llama.block_count"));
@@ -240,6 +184,7 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
   Reserve(length_ + static_cast<int64_t>(tokens.size()));
   const int64_t E = c.embedding, H = c.heads, Hkv = c.kv_heads, D = c.head_dim;
   const int64_t F = c.feed_forward;
+  Backend& backend = model_->backend();
   std::vector<float> logits;
 
   for (size_t start = 0; start < tokens.size(); start += kChunk) {
@@ -263,7 +208,8 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
     for (int64_t l = 0; l < c.layers; ++l) {
       const LlamaLayer& L = model_->layers()[l];
       for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.attn_norm, c.rms_epsilon, E, &h[i * E]);
-      MatMul(h.data(), n, {{L.wq, q.data()}, {L.wk, k.data()}, {L.wv, v.data()}});
+      const Product qkv[] = {{&L.wq, q.data()}, {&L.wk, k.data()}, {&L.wv, v.data()}};
+      MT_RETURN_IF_ERROR(backend.MatMul(h.data(), n, qkv));
       for (int64_t i = 0; i < n; ++i) Rope(&q[i * H * D], H, D, c.rope_dim, c.rope_base, pos0 + i);
       for (int64_t i = 0; i < n; ++i)
         for (int64_t hh = 0; hh < H; ++hh)
@@ -288,27 +234,34 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
       in.scaling = 1.0f / std::sqrt(static_cast<float>(D));
       in.layer = static_cast<int>(l);
       if (attention && attention->observe) attention->observe(static_cast<int>(l), in);
-      Tensor out;
+      const std::string where = "layer " + std::to_string(l) + ": ";
+      auto resident = backend.Upload(in);
+      if (!resident.ok()) return resident.status().WithContext(where);
+      Result<Tensor> out = Status::Error("not run");
       if (attention && attention->stack && !attention->dense_layers.count(static_cast<int>(l))) {
-        auto m = attention->stack->ComputeMask(in, attention->state);
-        if (!m.ok()) return m.status().WithContext("layer " + std::to_string(l) + ": ");
+        auto m = backend.BuildMask(*attention->stack, **resident, attention->state);
+        if (!m.ok()) return m.status().WithContext(where);
         attention->density_sum += m->AttendedDensity();
         ++attention->masked_calls;
-        out = MaskedAttention(in, m.value());
+        out = backend.MaskedAttention(**resident, m.value());
       } else {
-        out = DenseAttention(in);
+        out = backend.DenseAttention(**resident);
       }
+      if (!out.ok()) return out.status().WithContext(where);
       for (int64_t i = 0; i < n; ++i)
         for (int64_t hh = 0; hh < H; ++hh)
-          std::copy_n(out.data() + (hh * n + i) * D, D, &attn[(i * H + hh) * D]);
-      MatMul(attn.data(), n, {{L.wo, proj.data()}});
+          std::copy_n(out->data() + (hh * n + i) * D, D, &attn[(i * H + hh) * D]);
+      const Product o[] = {{&L.wo, proj.data()}};
+      MT_RETURN_IF_ERROR(backend.MatMul(attn.data(), n, o));
       for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 
       for (int64_t i = 0; i < n; ++i) RmsNorm(&x[i * E], L.ffn_norm, c.rms_epsilon, E, &h[i * E]);
-      MatMul(h.data(), n, {{L.w_gate, gate.data()}, {L.w_up, up.data()}});
+      const Product gate_up[] = {{&L.w_gate, gate.data()}, {&L.w_up, up.data()}};
+      MT_RETURN_IF_ERROR(backend.MatMul(h.data(), n, gate_up));
       for (size_t i = 0; i < gate.size(); ++i)
         gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-      MatMul(gate.data(), n, {{L.w_down, proj.data()}});
+      const Product down[] = {{&L.w_down, proj.data()}};
+      MT_RETURN_IF_ERROR(backend.MatMul(gate.data(), n, down));
       for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
     }
     tokens_.insert(tokens_.end(), tokens.begin() + static_cast<std::ptrdiff_t>(start),
@@ -317,7 +270,8 @@ Result<std::vector<float>> Sequence::Forward(std::span<const int32_t> tokens,
     if (start + n == tokens.size()) {
       RmsNorm(&x[(n - 1) * E], model_->output_norm(), c.rms_epsilon, E, h.data());
       logits.resize(static_cast<size_t>(c.vocab));
-      MatMul(h.data(), 1, {{model_->output(), logits.data()}});
+      const Product out[] = {{&model_->output(), logits.data()}};
+      MT_RETURN_IF_ERROR(backend.MatMul(h.data(), 1, out));
     }
   }
   return logits;

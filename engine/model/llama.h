@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/masker.h"
 #include "engine/model/gguf.h"
 #include "engine/model/quant.h"
@@ -49,7 +50,9 @@ class LlamaModel {
  public:
   // Reads the architecture from the GGUF's llama.* keys and every weight.
   // Errors name the file and the key or tensor.
-  static Result<std::shared_ptr<const LlamaModel>> Load(const std::string& path);
+  // Products and attention run on `backend` (engine/backend.h; null: the CPU's).
+  static Result<std::shared_ptr<const LlamaModel>> Load(const std::string& path,
+                                                        std::shared_ptr<Backend> backend = nullptr);
 
   const std::string& path() const { return path_; }
   const LlamaConfig& config() const { return config_; }
@@ -60,6 +63,7 @@ class LlamaModel {
   const QuantMatrix& output() const { return output_.data ? output_ : token_embd_; }  // tied
   // Bytes of weight matrices (as stored) read per decoded token.
   size_t weight_bytes() const;
+  Backend& backend() const { return *backend_; }
 
  private:
   std::string path_;
@@ -68,6 +72,7 @@ class LlamaModel {
   Tensor output_norm_;
   QuantMatrix token_embd_, output_;
   std::vector<LlamaLayer> layers_;
+  std::shared_ptr<Backend> backend_;
 };
 
 // How a forward pass computes attention: dense when `stack` is null or the

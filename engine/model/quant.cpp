@@ -13,12 +13,21 @@
 // converts the small integers straight to float and multiplies them with x.
 #include "engine/model/quant.h"
 
+#include <cblas.h>
 #include <immintrin.h>
+#include <omp.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "engine/safetensors.h"  // HalfToFloat, BFloat16ToFloat
+
+// OpenBLAS's own thread pool would spin against OpenMP's on the same cores;
+// BLAS runs single-threaded inside our OpenMP regions instead.
+extern "C" void openblas_set_num_threads(int);
 
 namespace masktune::model {
 namespace {
@@ -406,6 +415,51 @@ const char* KernelName(Kernel kernel) {
       return "avx2";
     default:
       return "scalar";
+  }
+}
+
+void MatMul(const float* x, int64_t n, std::span<const Product> all) {
+  constexpr int64_t kTileRows = 64;
+  constexpr size_t kMaxProducts = 8;  // per OpenMP loop
+  if (all.size() > kMaxProducts) {
+    for (size_t i = 0; i < all.size(); i += kMaxProducts)
+      MatMul(x, n, all.subspan(i, std::min(kMaxProducts, all.size() - i)));
+    return;
+  }
+  static std::once_flag blas_threads;
+  std::call_once(blas_threads, [] { openblas_set_num_threads(1); });
+  const std::span<const Product> products = all;
+  const int64_t threads = omp_get_max_threads();
+  std::array<int64_t, kMaxProducts + 1> first{};  // products[i] owns slices first[i] ..
+  size_t count = 0;
+  for (const Product& p : products) {
+    const int64_t per_thread =
+        std::max<int64_t>(1, (p.w->rows + kTileRows * threads - 1) / (kTileRows * threads));
+    first[count + 1] = first[count] + std::min<int64_t>(p.w->rows, threads * per_thread);
+    ++count;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t s = 0; s < first[count]; ++s) {
+    size_t i = 0;
+    while (s >= first[i + 1]) ++i;
+    const QuantMatrix& w = *products[i].w;
+    float* y = products[i].y;
+    const int64_t out = w.rows, in = w.cols, slices = first[i + 1] - first[i], k = s - first[i];
+    const int64_t lo = out * k / slices, hi = out * (k + 1) / slices, rows = hi - lo;
+    if (n == 1) {
+      MatVecRows(w, x, y, lo, hi);
+      continue;
+    }
+    const float* tile = reinterpret_cast<const float*>(w.row(lo));
+    if (w.type != GgufTensorType::kF32) {
+      thread_local std::vector<float> buffer;
+      buffer.resize(static_cast<size_t>(rows * in));
+      DequantizeRows(w, lo, hi, buffer.data());
+      tile = buffer.data();
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+                static_cast<int>(rows), static_cast<int>(in), 1.0f, x, static_cast<int>(in), tile,
+                static_cast<int>(in), 0.0f, y + lo, static_cast<int>(out));
   }
 }
 

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "engine/model/gguf.h"
 
@@ -56,6 +57,22 @@ void DequantizeRows(const QuantMatrix& w, int64_t r0, int64_t r1, float* dst);
 // x has w.cols floats.
 void MatVecRows(const QuantMatrix& w, const float* x, float* y, int64_t r0, int64_t r1,
                 Kernel kernel = Kernel::kBest);
+
+// One product y[n, w.rows] = x[n, w.cols] W^T.
+struct Product {
+  const QuantMatrix* w;
+  float* y;
+};
+
+// Products that share the input x [n, cols] (the q, k, v or the gate, up
+// projections), split into slices of each W's rows (about 64 rows, at least
+// one per thread) that one OpenMP loop shares out, so they cost one fork and
+// join. One token: a slice's rows are dotted with x on the blocks
+// (MatVecRows). More: the slice is dequantised into a per-thread buffer
+// (kept between calls, so no page faults per call) and multiplied with all n
+// tokens by a single-threaded BLAS call. Any number of products (in loops of
+// at most 8). The CPU backend's MatMul (engine/backend.h).
+void MatMul(const float* x, int64_t n, std::span<const Product> products);
 
 // "avx512", "avx2" or "scalar": what `kernel` runs on this CPU.
 const char* KernelName(Kernel kernel = Kernel::kBest);
