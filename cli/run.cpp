@@ -316,8 +316,9 @@ Action AddWorkerCommand(CLI::App& app) {
       ->check(CLI::Range(1, 3600));
   cmd->footer(
       "Says why it cannot get in (no answer in 10 s, key refused, plain against CURVE), keeps\n"
-      "retrying, and rejoins a restarted coordinator by itself. Exit codes: 0 the study is over\n"
-      "(DONE) or SIGINT/SIGTERM; 1 the coordinator stayed silent for --give-up-after; 2 bad "
+      "retrying, and rejoins a restarted coordinator by itself. SIGINT/SIGTERM: exits at once,\n"
+      "abandoning a trial in flight (the coordinator requeues it). Exit codes: 0 the study is\n"
+      "over (DONE) or SIGINT/SIGTERM; 1 the coordinator stayed silent for --give-up-after; 2 bad "
       "input.");
   cmd->add_option("--heartbeat-ms", o->heartbeat_interval_ms, "heartbeat interval")
       ->check(CLI::Range(10, 60000));
@@ -342,6 +343,11 @@ Action AddWorkerCommand(CLI::App& app) {
     o->give_up_after_ms = *give_up_s * 1000;
     o->welcome_timeout_ms = *welcome_s * 1000;
     o->stop = &g_stop;
+    // SIGINT/SIGTERM mid-trial: leave now rather than after the trial (exit 0).
+    o->on_stop_busy = [] {
+      std::fflush(stderr);
+      std::_Exit(kExitOk);
+    };
     o->device_given = !device->empty();
     auto chosen = o->device_given ? ChooseDevice(*device, "") : Result<Device>(DefaultDevice());
     if (!chosen.ok())

@@ -62,6 +62,35 @@ TEST_CASE("a worker process killed mid-trial: its trial is requeued and done by 
   CHECK(retried == 1);
 }
 
+// Ctrl-C or scancel on a worker in the middle of a long trial: it leaves at
+// once (exit 0, saying which trial it abandons) instead of finishing the
+// trial first, and the coordinator requeues that trial.
+TEST_CASE("a worker SIGTERMed mid-trial exits at once; its trial goes back to the queue") {
+  testing::TempDir dir;
+  std::ofstream(dir / "s.yaml") << "study: term_worker\nbenchmark: {name: noop, sleep_ms: 60000}\n"
+                                   "search: {algorithm: random, num_samples: 1, seed: 1}\n"
+                                   "attention: {a: [{sink: {sink_size: {randint: [1, 50]}}}]}\n";
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  const std::string db = dir / "s.db";
+  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", dir / "s.yaml", "--bind",
+                                   endpoint, "--db", db, "--heartbeat-ms", "50", "--insecure"});
+  const pid_t worker = Spawn({MASKTUNE_BINARY, "worker", "--connect", endpoint, "--name", "leaving",
+                              "--heartbeat-ms", "50", "--insecure"},
+                             dir / "worker.log");
+  REQUIRE(WaitFor(db, "term_worker", [](const auto& rows) {
+    return rows.size() == 1 && rows[0].status == "running";
+  }));
+  kill(worker, SIGTERM);
+  CHECK(WaitExit(worker, 10) == 0);  // not after the trial's 60 s
+  CHECK(Slurp(dir / "worker.log").find("stopped with trial 1 in flight: abandoned") !=
+        std::string::npos);
+  CHECK(WaitFor(db, "term_worker", [](const auto& rows) {
+    return rows.size() == 1 && rows[0].status == "queued" && rows[0].attempts == 1;
+  }));
+  kill(coordinator, SIGTERM);
+  CHECK(WaitExit(coordinator, 10) == 143);
+}
+
 TEST_CASE("the coordinator killed mid-sweep, then resume: the plan completes, nothing twice") {
   testing::TempDir dir;
   std::ofstream(dir / "s.yaml")

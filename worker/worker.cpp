@@ -481,6 +481,14 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       return Status::Error("no answer from " + options.connect + " for " +
                            Seconds(options.give_up_after_ms) + ": giving up");
   }
+  if (options.on_stop_busy && busy()) {
+    std::string running;
+    for (const Slot& slot : slots)
+      if (slot.trial) running += (running.empty() ? "" : ", ") + std::to_string(slot.trial);
+    log("stopped with trial " + (running.empty() ? std::string("(none assigned)") : running) +
+        " in flight: abandoned, the coordinator requeues it");
+    options.on_stop_busy();
+  }
   return stats;
 }
 

@@ -43,6 +43,11 @@ struct WorkerOptions {
   // (sched_getaffinity). Local workers announce their share.
   int64_t announce_cores = 0;
   const std::atomic<bool>* stop = nullptr;
+  // Called when `stop` is seen while trials are in flight, before waiting for
+  // them to end (a RULER trial can take minutes): `masktune worker` ends the
+  // process there, abandoning them (the coordinator requeues them when the
+  // heartbeats stop). Null: wait for them.
+  std::function<void()> on_stop_busy;
   // With no message from the coordinator for this long, give up (an error).
   int64_t give_up_after_ms = 600000;
   // Without WELCOME this long after connecting, say so (and keep trying).
