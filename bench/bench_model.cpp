@@ -251,8 +251,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "dense: %s\n", dense.status().message().c_str());
         return 1;
       }
-      auto sparse = Decode(registry, compare_json, std::move(pre->first), pre->second, decode,
-                           prepare);
+      auto sparse =
+          Decode(registry, compare_json, std::move(pre->first), pre->second, decode, prepare);
       if (!sparse.ok()) {
         std::fprintf(stderr, "%s: %s\n", compare.c_str(), sparse.status().message().c_str());
         return 1;

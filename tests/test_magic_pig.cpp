@@ -59,8 +59,8 @@ TEST_CASE("magic_pig math: acos is within 1 ulp of acosf and correctly rounded o
     worst_libm = std::max(worst_libm, Ulps(a, std::acos(x)));
     worst_exact = std::max(worst_exact, Ulps(a, static_cast<float>(std::acos(double{x}))));
   }
-  MESSAGE(xs.size() << " cosines: acos within " << worst_libm << " ulp of acosf, "
-                    << worst_exact << " of acos in double rounded to float");
+  MESSAGE(xs.size() << " cosines: acos within " << worst_libm << " ulp of acosf, " << worst_exact
+                    << " of acos in double rounded to float");
   CHECK(worst_libm <= 1);
   CHECK(worst_exact <= 1);
   CHECK(magic_pig::Acos(1.0f) == 0.0f);
@@ -170,7 +170,8 @@ TEST_CASE("magic_pig math: a group's dot products equal Dot's bit for bit") {
   }
 }
 
-TEST_CASE("magic_pig: PrepareAttention signs the prefill's keys; the first decode step signs its own") {
+TEST_CASE(
+    "magic_pig: PrepareAttention signs the prefill's keys; the first decode step signs its own") {
   const std::string path = MASKTUNE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(path)) {
     MESSAGE("skipped: no " << path << " (scripts/setup.sh fetches it)");
@@ -204,7 +205,7 @@ TEST_CASE("magic_pig: PrepareAttention signs the prefill's keys; the first decod
   model::SparseAttention sparse, again;
   prepared(sparse);
   prepared(again);
-  CHECK(sparse.masked_calls == 0);  // the discarded masks count no density
+  CHECK(sparse.masked_calls == 0);    // the discarded masks count no density
   CHECK(sparse.state.count(0) == 0);  // dense layers are left alone
   REQUIRE(static_cast<int64_t>(sparse.state.size()) == c.layers - 1);
   for (int64_t l = 1; l < c.layers; ++l) {
