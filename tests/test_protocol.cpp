@@ -530,7 +530,7 @@ TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") 
                     R"({"study":"s","benchmark":{"name":"noop","steps":2},"slots":2,)"
                     R"("threads":3})",
                     &identity);
-  for (int t : {1, 2, 3})
+  for (int t : {1, 1, 2, 3})  // the repeated 1 is dropped: it must not run twice
     protocol::SendRaw(router, "TRIAL",
                       "{\"trial\":" + std::to_string(t) +
                           ",\"attempt\":1,\"stack\":\"a\",\"maskers\":[],\"report\":true}",
@@ -543,6 +543,10 @@ TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") 
   };
   // Both wait on their first decision at once.
   REQUIRE(pump([&] { return reports(1) > 0 && reports(2) > 0; }));
+  CHECK(count([](const auto& m) {
+          auto* f = std::get_if<protocol::TrialFailure>(&m);
+          return f && f->trial == 1;
+        }) == 0);  // a FAILED would have failed the attempt it runs
   CHECK(count([](const auto& m) {
           auto* f = std::get_if<protocol::TrialFailure>(&m);
           return f && f->trial == 3 &&

@@ -419,6 +419,16 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
           slots.push_back(Slot{std::make_unique<TrialRunner>(context, registry, pipe)});
         welcomed = true;
       } else if (auto* t = std::get_if<protocol::TrialRequest>(&m)) {
+        // A repeated TRIAL of an attempt we run is dropped: running it twice
+        // side by side would be wrong, and a FAILED would fail the attempt.
+        bool repeated = false;
+        for (const Slot& slot : slots)
+          repeated |= slot.trial == t->trial && slot.attempt == t->attempt;
+        if (repeated) {
+          drop_log("ignored a repeated TRIAL of trial " + std::to_string(t->trial) + " attempt " +
+                   std::to_string(t->attempt) + ": it is running");
+          continue;
+        }
         std::string refuse;
         Slot* free = nullptr;
         for (int64_t i = 0; welcomed && i < slot_count && !free; ++i)
