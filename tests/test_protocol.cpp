@@ -495,7 +495,7 @@ TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") 
   WorkerOptions w;
   w.connect = "inproc://fake-coordinator-slots";
   w.name = "two-slots";
-  w.announce_cores = 2;  // slots are capped at the cores announced
+  w.announce_cores = 4;  // slots and threads are capped at the cores announced
   w.heartbeat_interval_ms = kBeatMs;
   w.log = [](const std::string&) {};
   const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
@@ -572,10 +572,25 @@ TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") 
         }) == 0);  // stopped after its first sample
   for (const auto& m : got)
     if (auto* r = std::get_if<protocol::TrialResult>(&m)) CHECK(r->metrics.at("omp_threads") == 3);
+  // A WELCOME asking for a million threads gets the 4 cores announced.
+  protocol::SendRaw(router, "WELCOME",
+                    R"({"study":"s","benchmark":{"name":"noop"},"slots":2,"threads":1048576})",
+                    &identity);
+  protocol::SendRaw(router, "TRIAL", R"({"trial":4,"attempt":1,"stack":"a","maskers":[]})",
+                    &identity);
+  REQUIRE(pump([&] {
+    return count([](const auto& m) {
+             auto* r = std::get_if<protocol::TrialResult>(&m);
+             return r && r->trial == 4;
+           }) == 1;
+  }));
+  for (const auto& m : got)
+    if (auto* r = std::get_if<protocol::TrialResult>(&m); r && r->trial == 4)
+      CHECK(r->metrics.at("omp_threads") == 4);
   protocol::Send(router, protocol::Done{}, identity);
   worker.join();
   REQUIRE(stats.ok());
-  CHECK(stats->trials == 2);
+  CHECK(stats->trials == 3);
 }
 
 }  // namespace

@@ -414,7 +414,10 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         // Never more trials than the cores we announced (a coordinator's
         // Concurrency never asks for more; a wrong one does not get 1024 threads).
         slot_count = std::min(w->slots, std::max<int64_t>(1, ready.cores));
-        threads = options.threads > 0 ? options.threads : static_cast<int>(w->threads);
+        // Likewise never more threads per trial than those cores.
+        threads = options.threads > 0
+                      ? options.threads
+                      : static_cast<int>(std::min(w->threads, std::max<int64_t>(1, ready.cores)));
         while (static_cast<int64_t>(slots.size()) < slot_count)
           slots.push_back(Slot{std::make_unique<TrialRunner>(context, registry, pipe)});
         welcomed = true;
