@@ -23,34 +23,17 @@ namespace {
 // Share of the dense attention mass whose keys the recall metric asks for.
 constexpr double kTopMass = 0.9;
 
-struct Sample {
-  Tensor q, k, v, mask;
-  bool has_mask = false;
-  float scaling = 1.0f;
+// An attention sample (q, k, v, mask, scaling: synthetic.h's) and what is
+// computed from it once per worker.
+struct Sample : AttentionSample {
   Tensor dense_out;                            // computed once per worker
   std::vector<std::vector<int32_t>> top_mass;  // per row: keys holding kTopMass of the dense mass
-
-  AttentionInputs Inputs() const {
-    AttentionInputs in;
-    in.queries = &q;
-    in.keys = &k;
-    in.values = &v;
-    in.attention_mask = has_mask ? &mask : nullptr;
-    in.scaling = scaling;
-    return in;
-  }
 };
 
 // One synthetic sample: the generator of engine/benchmarks/synthetic.h.
 Sample Synthesize(const nlohmann::json& s, int64_t index) {
-  AttentionSample a = SynthesizeAttention(s, index);
   Sample out;
-  out.q = std::move(a.q);
-  out.k = std::move(a.k);
-  out.v = std::move(a.v);
-  out.mask = std::move(a.mask);
-  out.has_mask = a.has_mask;
-  out.scaling = a.scaling;
+  static_cast<AttentionSample&>(out) = SynthesizeAttention(s, index);
   return out;
 }
 
