@@ -456,30 +456,42 @@ class Coordinator {
         if (!trial) return Status::Ok();
         CountStarted();
         gave = true;
-        auto params = search::ParamsFromJson(trial->params);
-        auto configs =
-            params.ok() ? search::Materialize(registry_, *plan_of_.at(trial->stack), params.value())
-                        : Result<std::vector<MaskerConfig>>(params.status());
-        if (!configs.ok()) {  // only for a damaged database: fail the trial, not the study
-          MT_RETURN_IF_ERROR(
-              store_.RecordFailure(trial->id, trial->attempts, configs.status().message(), 1)
-                  .status());
-          CountSettled(false, true);
-          continue;
-        }
-        json maskers = json::array();
-        for (const MaskerConfig& c : configs.value()) {
-          json m = {{"type", c.type}};
-          for (const auto& [f, v] : c.values) m[f] = FieldValueToJson(v);
-          maskers.push_back(m);
-        }
-        w.running[trial->id] = trial->attempts;
-        dispatched_[trial->id] = {trial->stack, trial->number, params.value()};
-        ++running;
-        outbox_.push_back({id, protocol::TrialRequest{trial->id, trial->attempts, trial->stack,
-                                                      std::move(maskers), scheduler_ != nullptr}});
+        MT_ASSIGN_OR_RETURN(bool sent, Send(id, w, *trial));
+        running += sent;
       }
     }
+    return Status::Ok();
+  }
+
+  // A trial StartNext gave `w`: its masker list goes out as TRIAL (true), or,
+  // when its stored parameters do not make one (only a damaged database
+  // does that), it fails for good (false).
+  Result<bool> Send(const std::string& id, WorkerState& w, const storage::TrialRow& trial) {
+    auto params = search::ParamsFromJson(trial.params);
+    auto configs = params.ok()
+                       ? search::Materialize(registry_, *plan_of_.at(trial.stack), params.value())
+                       : Result<std::vector<MaskerConfig>>(params.status());
+    if (!configs.ok()) {
+      MT_RETURN_IF_ERROR(FailStarted(trial, configs.status().message()));
+      return false;
+    }
+    json maskers = json::array();
+    for (const MaskerConfig& c : configs.value()) {
+      json m = {{"type", c.type}};
+      for (const auto& [f, v] : c.values) m[f] = FieldValueToJson(v);
+      maskers.push_back(m);
+    }
+    w.running[trial.id] = trial.attempts;
+    dispatched_[trial.id] = {trial.stack, trial.number, params.value()};
+    outbox_.push_back({id, protocol::TrialRequest{trial.id, trial.attempts, trial.stack,
+                                                  std::move(maskers), scheduler_ != nullptr}});
+    return true;
+  }
+
+  // A trial just started (StartNext) that cannot run: failed for good, with `why`.
+  Status FailStarted(const storage::TrialRow& trial, const std::string& why) {
+    MT_RETURN_IF_ERROR(store_.RecordFailure(trial.id, trial.attempts, why, 1).status());
+    CountSettled(false, true);
     return Status::Ok();
   }
 
@@ -511,9 +523,8 @@ class Coordinator {
       MT_ASSIGN_OR_RETURN(auto trial, store_.StartNext(study_, ""));
       if (!trial) break;
       CountStarted();
-      MT_RETURN_IF_ERROR(store_.RecordFailure(trial->id, trial->attempts, why, 1).status());
+      MT_RETURN_IF_ERROR(FailStarted(*trial, why));
       ++stats_.failures;
-      CountSettled(false, true);
     }
     return Status::Ok();
   }
