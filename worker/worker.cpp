@@ -236,6 +236,7 @@ struct Slot {
   int64_t trial = 0, attempt = 0;  // 0: none
   int64_t report_step = 0;         // the last REPORT sent for it
   Clock::time_point report_sent;
+  bool Runs(int64_t t, int64_t a) const { return t == trial && a == attempt; }
 };
 
 // The cores this process may run on (a SLURM task or a cgroup gets fewer
@@ -337,7 +338,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       if (std::optional<Outcome> o = slot.runner->Take()) {
         // Reported only if it is still the trial the coordinator gave this
         // slot (a REJOIN in between means it requeued it).
-        if (o->trial == slot.trial && o->attempt == slot.attempt) {
+        if (slot.Runs(o->trial, o->attempt)) {
           if (o->ok) {
             protocol::Send(dealer,
                            protocol::TrialResult{o->trial, o->attempt, std::move(o->metrics)});
@@ -353,7 +354,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
       // decision comes (a message may be dropped; the coordinator answers a
       // repeat with the decision it took).
       if (std::optional<PendingReport> p = slot.runner->Pending();
-          p && p->trial == slot.trial && p->attempt == slot.attempt) {
+          p && slot.Runs(p->trial, p->attempt)) {
         if (p->step != slot.report_step || now - slot.report_sent > interval) {
           protocol::Send(
               dealer, protocol::StepReport{p->trial, p->attempt, p->step, std::move(p->metrics)});
@@ -425,8 +426,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
         // A repeated TRIAL of an attempt we run is dropped: running it twice
         // side by side would be wrong, and a FAILED would fail the attempt.
         bool repeated = false;
-        for (const Slot& slot : slots)
-          repeated |= slot.trial == t->trial && slot.attempt == t->attempt;
+        for (const Slot& slot : slots) repeated |= slot.Runs(t->trial, t->attempt);
         if (repeated) {
           drop_log("ignored a repeated TRIAL of trial " + std::to_string(t->trial) + " attempt " +
                    std::to_string(t->attempt) + ": it is running");
@@ -457,7 +457,7 @@ Result<WorkerStats> RunWorker(zmq::context_t& context, const MaskerRegistry& reg
                                  device, threads});
       } else if (auto* d = std::get_if<protocol::Decision>(&m)) {
         for (Slot& slot : slots)
-          if (d->trial == slot.trial && d->attempt == slot.attempt)
+          if (slot.Runs(d->trial, d->attempt))
             slot.runner->Decide(d->trial, d->attempt, d->step, d->stop);
       } else if (std::holds_alternative<protocol::Rejoin>(m)) {
         // The coordinator does not know us (it restarted, or gave us up while
