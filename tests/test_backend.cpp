@@ -143,28 +143,59 @@ TEST_CASE("device: run --device reaches the local workers; cuda without CUDA is 
   }
 }
 
+// A coordinator process for the sweep file `yaml` on a free tcp port
+// (plain, 50 ms heartbeats), logging to dir/coordinator.log; db "": the
+// file's storage.
+struct Served {
+  pid_t pid;
+  std::string endpoint;
+};
+Served SpawnCoordinator(const TempDir& dir, const std::string& yaml, const std::string& db = "") {
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
+  std::vector<std::string> args = {MASKTUNE_BINARY, "coordinator",    yaml, "--bind", endpoint,
+                                   "--insecure",    "--heartbeat-ms", "50"};
+  if (!db.empty()) args.insert(args.end(), {"--db", db});
+  return {Spawn(args, dir / "coordinator.log"), endpoint};
+}
+
+// An in-process worker on the device `device` (not activated: nothing here
+// needs a GPU), `given` as if by --device; its log lines into `lines`.
+Result<WorkerStats> RunDeviceWorker(const std::string& endpoint, const std::string& name,
+                                    const Device& device, bool given,
+                                    std::vector<std::string>& lines) {
+  zmq::context_t context;
+  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
+  WorkerOptions o;
+  o.connect = endpoint;
+  o.name = name;
+  o.heartbeat_interval_ms = 50;
+  o.give_up_after_ms = 20000;
+  o.device = device;
+  o.device_given = given;
+  o.log = [&](const std::string& l) { lines.push_back(l); };
+  return RunWorker(context, registry, o);
+}
+
+// A CPU worker process named `name`, with `extra` arguments.
+pid_t SpawnWorker(const std::string& endpoint, const std::string& name,
+                  std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {
+      MASKTUNE_BINARY, "worker",         "--connect", endpoint,   "--name", name,
+      "--insecure",    "--heartbeat-ms", "50",        "--device", "cpu"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return Spawn(args);
+}
+
 // A worker whose --device the study's benchmark cannot use leaves at
 // WELCOME, before any trial, saying why; with a defaulted device it runs the
 // benchmark on the CPU instead.
 TEST_CASE("device: a worker given --device cuda leaves a ruler_niah study at WELCOME") {
   TempDir dir;
   const std::string sweep = RulerSweep(dir, "ruler_worker");
-  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", sweep, "--bind", endpoint,
-                                   "--insecure", "--heartbeat-ms", "50"},
-                                  dir / "coordinator.log");
-  zmq::context_t context;
-  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  WorkerOptions o;
-  o.connect = endpoint;
-  o.name = "gpu-worker";
-  o.heartbeat_interval_ms = 50;
-  o.give_up_after_ms = 20000;
-  o.device = Device::Cuda(0);  // not activated: the refusal needs no GPU
-  o.device_given = true;
+  const auto [coordinator, endpoint] = SpawnCoordinator(dir, sweep);
   std::vector<std::string> lines;
-  o.log = [&](const std::string& l) { lines.push_back(l); };
-  auto stats = RunWorker(context, registry, o);
+  // Not activated: the refusal needs no GPU.
+  auto stats = RunDeviceWorker(endpoint, "gpu-worker", Device::Cuda(0), true, lines);
   kill(coordinator, SIGTERM);
   waitpid(coordinator, nullptr, 0);
   REQUIRE(stats.ok());
@@ -203,22 +234,10 @@ TEST_CASE("device: a worker whose device was defaulted runs a ruler_niah study o
   TempDir dir;
   const std::string sweep = RulerSweep(dir, "ruler_default");
   std::ofstream(sweep, std::ios::app) << "search: {max_failures: 1}\n";
-  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  const pid_t coordinator = Spawn({MASKTUNE_BINARY, "coordinator", sweep, "--bind", endpoint,
-                                   "--insecure", "--heartbeat-ms", "50"},
-                                  dir / "coordinator.log");
-  zmq::context_t context;
-  const MaskerRegistry registry = MaskerRegistry::WithBuiltins();
-  WorkerOptions o;
-  o.connect = endpoint;
-  o.name = "default-worker";
-  o.heartbeat_interval_ms = 50;
-  o.give_up_after_ms = 20000;
-  o.device = Device::Cuda(0);  // what DefaultDevice() gives on a GPU node
-  o.device_given = false;
+  const auto [coordinator, endpoint] = SpawnCoordinator(dir, sweep);
   std::vector<std::string> lines;
-  o.log = [&](const std::string& l) { lines.push_back(l); };
-  auto stats = RunWorker(context, registry, o);
+  // What DefaultDevice() gives on a GPU node.
+  auto stats = RunDeviceWorker(endpoint, "default-worker", Device::Cuda(0), false, lines);
   CHECK(WaitExit(coordinator, 30) == 1);  // its one trial failed
   REQUIRE(stats.ok());
   CHECK(stats->refused.empty());
@@ -380,30 +399,6 @@ TEST_CASE("resources: more than any worker has is refused at validate and run (F
                                 << "\n";
   CheckBadInput(Masktune("run " + dir / "c.yaml" + " --workers 1", "", 60),
                 dir / "c.yaml" + ":3:29: resources: a trial asks for 0 GPU and 1024 cores");
-}
-
-// A coordinator process for the sweep file `yaml` on a free tcp port
-// (plain, 50 ms heartbeats), logging to dir/coordinator.log.
-struct Served {
-  pid_t pid;
-  std::string endpoint;
-};
-Served SpawnCoordinator(const TempDir& dir, const std::string& yaml, const std::string& db) {
-  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  return {Spawn({MASKTUNE_BINARY, "coordinator", yaml, "--bind", endpoint, "--db", db, "--insecure",
-                 "--heartbeat-ms", "50"},
-                dir / "coordinator.log"),
-          endpoint};
-}
-
-// A CPU worker process named `name`, with `extra` arguments.
-pid_t SpawnWorker(const std::string& endpoint, const std::string& name,
-                  std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {
-      MASKTUNE_BINARY, "worker",         "--connect", endpoint,   "--name", name,
-      "--insecure",    "--heartbeat-ms", "50",        "--device", "cpu"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  return Spawn(args);
 }
 
 // Workers announce their GPUs (here through the test-only --announce-gpus):

@@ -294,6 +294,25 @@ TEST_CASE("a peer the coordinator does not know is told to REJOIN, and is welcom
   }
 }
 
+// The fake coordinator's side: receives the worker's messages on `router`
+// (remembering its identity), polling `polls` times for 10 ms, until `take`
+// returns true for one of them.
+template <typename Take>
+bool FromWorkerUntil(zmq::socket_t& router, std::string& identity, Take take, int polls) {
+  for (int i = 0; i < polls; ++i) {
+    zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, std::chrono::milliseconds(10));
+    while (auto frames = protocol::ReceiveFrames(router, true)) {
+      REQUIRE(frames->ok());
+      identity = frames->value().identity;
+      auto m = protocol::ParseFromWorker(frames->value());
+      REQUIRE(m.ok());
+      if (take(m.value())) return true;
+    }
+  }
+  return false;
+}
+
 TEST_CASE(
     "a coordinator holding the right key sends a worker wrong messages: it answers, drops, goes "
     "on") {
@@ -316,20 +335,7 @@ TEST_CASE(
   std::thread worker([&] { stats = RunWorker(context, registry, w); });
   // Receives until a message from the worker that `want` accepts (5 s).
   std::string identity;
-  auto await = [&](auto want) {
-    for (int i = 0; i < 500; ++i) {
-      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, std::chrono::milliseconds(10));
-      while (auto frames = protocol::ReceiveFrames(router, true)) {
-        REQUIRE(frames->ok());
-        identity = frames->value().identity;
-        auto m = protocol::ParseFromWorker(frames->value());
-        REQUIRE(m.ok());
-        if (want(m.value())) return true;
-      }
-    }
-    return false;
-  };
+  auto await = [&](auto want) { return FromWorkerUntil(router, identity, want, 500); };
   auto failure = [&](int64_t trial, const std::string& contains) {
     return await([&](const protocol::FromWorker& m) {
       auto* f = std::get_if<protocol::TrialFailure>(&m);
@@ -504,19 +510,13 @@ TEST_CASE("worker: WELCOME's slots run trials side by side with their threads") 
   std::string identity;
   std::vector<protocol::FromWorker> got;
   auto pump = [&](auto until) {
-    for (int i = 0; i < 1000; ++i) {
-      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, std::chrono::milliseconds(5));
-      while (auto frames = protocol::ReceiveFrames(router, true)) {
-        REQUIRE(frames->ok());
-        identity = frames->value().identity;
-        auto m = protocol::ParseFromWorker(frames->value());
-        REQUIRE(m.ok());
-        got.push_back(m.value());
-      }
-      if (until()) return true;
-    }
-    return false;
+    return until() || FromWorkerUntil(
+                          router, identity,
+                          [&](const protocol::FromWorker& m) {
+                            got.push_back(m);
+                            return until();
+                          },
+                          500);
   };
   auto count = [&](auto pred) {
     int n = 0;
