@@ -18,6 +18,7 @@
 # Needs curl. Both sweeps run on the same machine as the clients, so on a
 # small machine part of any slowdown is plain CPU sharing, not SQLite.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/dashboard_port.sh"
 
 build=build trials=20000 clients=8 workers=2 sleep_ms=0 rounds=2 interval=0 batch=30
 while [ $# -gt 0 ]; do
@@ -85,13 +86,7 @@ for round in $(seq "$rounds"); do
   "$mt" dashboard --db "$tmp/read.db" --bind 127.0.0.1:0 > "$tmp/dashboard.log" 2>&1 &
   dashboard=$!
   pids+=($dashboard)
-  port=
-  for _ in $(seq 200); do
-    port=$(sed -n 's|^dashboard: http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/dashboard.log")
-    [ -n "$port" ] && break
-    sleep 0.05
-  done
-  [ -n "$port" ] || { echo "bench_dashboard: the dashboard did not start:" >&2; cat "$tmp/dashboard.log" >&2; exit 1; }
+  port=$(dashboard_port "$tmp/dashboard.log" bench_dashboard) || exit 1
   clients_pids=()
   for c in $(seq "$clients"); do
     : > "$tmp/requests.$c"

@@ -7,6 +7,7 @@
 # The quickstart study comes from build/quickstart.db (`make run`), or is run
 # here into a temporary folder. Usage: scripts/screenshots.sh [--build DIR]
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/dashboard_port.sh"
 
 build=build
 [ "${1:-}" = "--build" ] && build=$2
@@ -63,13 +64,7 @@ EOF
 pids+=($!)
 (cd "$tmp" && exec "$mt" dashboard --db quickstart.db --bind 127.0.0.1:0 > dashboard.log 2>&1) &
 pids+=($!)
-port=
-for _ in $(seq 200); do
-  port=$(sed -n 's|^dashboard: http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/dashboard.log")
-  [ -n "$port" ] && break
-  sleep 0.05
-done
-[ -n "$port" ] || { echo "screenshots: the dashboard did not start" >&2; cat "$tmp/dashboard.log" >&2; exit 1; }
+port=$(dashboard_port "$tmp/dashboard.log" screenshots) || exit 1
 sleep 6  # some live-demo trials settle
 shot "http://127.0.0.1:$port/" docs/img/dashboard.png 1100 420
 
